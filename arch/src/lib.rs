@@ -1,0 +1,5 @@
+//! x86_64 guest platform for vfiovm: memory layout, boot protocols (Linux boot protocol and PVH),
+//! initial vCPU state (registers, page tables, CPUID, MSRs, LAPIC) and firmware tables (ACPI, MP).
+#![deny(missing_docs)]
+
+pub mod layout;
