@@ -135,6 +135,12 @@ pub mod irqs {
     pub const MSI_GSI_BASE: u32 = 24;
 }
 
+/// The IOAPIC pin (GSI) that INTx pin `pin` (0 = INTA#) of bus-0 device `slot` is wired to.
+/// The ACPI `_PRT` and the PCI devices both use this; keep them in step by calling it.
+pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    irqs::PCI_INTX_BASE + (u32::from(slot) + u32::from(pin)) % 8
+}
+
 /// The RAM regions of a guest with `mem_size` bytes of RAM: below the 32-bit hole, and the rest
 /// above 4 GiB.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
