@@ -3,3 +3,5 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+pub mod acpi;
+pub mod mptable;

@@ -8,3 +8,7 @@ pub mod exit;
 
 pub use bus::{Bus, BusDevice, BusError, SharedBusDevice};
 pub use exit::{ExitSink, GuestExit};
+pub mod interrupt;
+pub mod legacy;
+pub mod pci;
+pub mod vfio;
