@@ -2,6 +2,10 @@
 //! initial vCPU state (registers, page tables, CPUID, MSRs, LAPIC) and firmware tables (ACPI, MP).
 #![deny(missing_docs)]
 
-pub mod layout;
 pub mod acpi;
+pub mod boot;
+pub mod cpuid;
+pub mod layout;
 pub mod mptable;
+pub mod msr;
+pub mod regs;
