@@ -562,7 +562,7 @@ mod tests {
         };
         let at = write_zero_page(&m, &k, &info).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(at)).unwrap();
-        assert_eq!(p.hdr.cmd_line_ptr as u64, CMDLINE_START);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_START);
         assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!(p.e820_entries as usize, memory_map(64 << 20).len());

@@ -135,6 +135,15 @@ pub mod irqs {
     pub const MSI_GSI_BASE: u32 = 24;
 }
 
+// The boot structures must not overlap; checked at compile time.
+const _: () = {
+    assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+};
+
 /// The IOAPIC pin (GSI) that INTx pin `pin` (0 = INTA#) of bus-0 device `slot` is wired to.
 /// The ACPI `_PRT` and the PCI devices both use this; keep them in step by calling it.
 pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
@@ -209,14 +218,5 @@ mod tests {
         let (_, size) = mmio64_window(4 << 30, 40).unwrap();
         assert!(size >= 64 << 30);
         assert!(mmio64_window(1 << 40, 40).is_none());
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     }
 }

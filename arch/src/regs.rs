@@ -65,7 +65,7 @@ pub const BOOT_GDT: [u64; 5] = [
 /// The `kvm_segment` that loading `selector` from `BOOT_GDT` produces.
 pub fn segment_from_gdt(selector: u16) -> kvm_segment {
     let entry = BOOT_GDT[usize::from(selector >> 3)];
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {

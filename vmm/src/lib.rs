@@ -1,1 +1,64 @@
-pub fn x() {}
+//! vfiovm: a minimal KVM virtual machine monitor whose purpose is PCI passthrough through VFIO.
+//!
+//! The binary (`src/main.rs`) is a thin shell over [`run_main`]: parse the command line, build
+//! the VM ([`vm::Vm::build`]), run it ([`vm::Vm::run`]) and turn why it stopped into the process
+//! exit status ([`exit::ExitReason::status`]).
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod event_loop;
+pub mod exit;
+pub mod logger;
+pub mod memory;
+pub mod platform;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;
+
+use config::Command;
+
+/// Runs the program with `args` (without the program name); returns the exit status.
+pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
+    let command = match config::parse_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vfiovm: error: {e}");
+            return exit::STATUS_ERROR;
+        }
+    };
+    let config = match command {
+        Command::Help => {
+            print!("{}", config::HELP);
+            return 0;
+        }
+        Command::Version => {
+            println!("vfiovm {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        Command::Run(c) => c,
+    };
+    logger::init(logger::level_for(
+        config.verbosity,
+        std::env::var("VFIOVM_LOG").ok().as_deref(),
+    ));
+    let vm = match vm::Vm::build(&config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("vfiovm: error: {e}");
+            return exit::STATUS_ERROR;
+        }
+    };
+    match vm.run() {
+        Ok(reason) => {
+            if let Some(line) = reason.complaint() {
+                eprintln!("vfiovm: {line}");
+            }
+            log::info!("exit status {}", reason.status());
+            reason.status()
+        }
+        Err(e) => {
+            eprintln!("vfiovm: error: {e}");
+            exit::STATUS_ERROR
+        }
+    }
+}

@@ -1,1 +1,72 @@
-//! Being written.
+//! Legacy PC devices on the port-I/O bus.
+//!
+//! Each device implements [`crate::bus::BusDevice`] and sees offsets into its own range; port
+//! numbers are the VMM's business. The lengths below are what each device expects to be mapped
+//! with (the VMM passes its own port constants as bases).
+//!
+//! | Device        | Purpose                                                        | Range length           |
+//! |---------------|----------------------------------------------------------------|------------------------|
+//! | [`Serial`]    | COM1 16550 UART (vm-superio): console output, stdin input       | [`SERIAL_PORT_LEN`] (8) |
+//! | [`I8042`]     | PS/2 controller, enough for Linux's probe and the 0xFE reset    | [`I8042_PORT_LEN`] (5, data at 0, command/status at 4) |
+//! | [`DebugExit`] | QEMU-compatible `isa-debug-exit`: exit status for CI guests     | [`DEBUG_EXIT_PORT_LEN`] (4) |
+//! | [`AcpiPm`]    | ACPI PM block (ICH9 layout): PM1 event/control, PM timer, GPE0; S5 power-off | [`ACPI_PM_BLOCK_LEN`] (0x40) |
+//! | [`Cmos`]      | MC146818 RTC/CMOS: wall-clock time, memory-size bytes, NVRAM  | [`CMOS_PORT_LEN`] (2)   |
+//!
+//! Devices that end the VM (i8042 reset, debug exit, ACPI power-off) report through an
+//! [`crate::exit::ExitSink`]. None of these devices raise interrupts except the serial port,
+//! which signals an `EventFd` the VMM registers as an irqfd.
+//!
+//! Every access size is accepted: the byte-register devices (serial, i8042, CMOS) treat a wider
+//! access as consecutive byte accesses, as an ISA bus splitting the cycle would; offsets outside
+//! a device's registers read all ones and ignore writes. Nothing a guest writes can panic.
+
+pub mod acpi_pm;
+pub mod debug_exit;
+pub mod i8042;
+pub mod rtc;
+pub mod serial;
+
+pub use acpi_pm::{AcpiPm, AcpiPmError, ACPI_PM_BLOCK_LEN};
+pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT_LEN};
+pub use i8042::{I8042, I8042_PORT_LEN};
+pub use rtc::{Cmos, CMOS_PORT_LEN};
+pub use serial::{FdWriter, Serial, StdoutWriter, SERIAL_PORT_LEN};
+
+/// A flag that is true the first time it is asked: for "logged once" messages about guest
+/// behaviour, so a guest cannot flood the log.
+#[derive(Debug, Default)]
+pub(crate) struct Once(bool);
+
+impl Once {
+    /// True on the first call only.
+    pub(crate) fn first(&mut self) -> bool {
+        !std::mem::replace(&mut self.0, true)
+    }
+}
+
+/// Test helpers shared by the legacy device tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::sync::Mutex;
+
+    use crate::exit::{ExitSink, GuestExit};
+
+    /// An [`ExitSink`] that records every request, in order.
+    #[derive(Debug, Default)]
+    pub(crate) struct RecordingSink(Mutex<Vec<GuestExit>>);
+
+    impl RecordingSink {
+        pub(crate) fn requests(&self) -> Vec<GuestExit> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl ExitSink for RecordingSink {
+        fn request_exit(&self, why: GuestExit) {
+            self.0.lock().unwrap().push(why);
+        }
+    }
+
+    /// Access sizes a hostile guest may use, including odd ones.
+    pub(crate) const SIZES: [usize; 7] = [0, 1, 2, 3, 4, 7, 8];
+}

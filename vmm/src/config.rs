@@ -1,0 +1,317 @@
+//! What the user asked for, as typed structs, and the command-line parser that fills them.
+//!
+//! The flag names are a contract with users and scripts: `--kernel`, `--initramfs`,
+//! `--cmdline`, `--memory`, `--cpus`, `--device`. Aliases: `--initrd`, `--append`, `-m`,
+//! `--smp`. `--flag value` and `--flag=value` both work.
+
+use std::path::PathBuf;
+
+/// Smallest guest RAM we accept: room for the boot structures, a small kernel and a stack.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Default kernel command line when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// The xAPIC ID space (8 bits, 0xff is broadcast) bounds the vCPU count.
+pub const MAX_CPUS_XAPIC: u32 = 254;
+
+/// A whole VM's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH note.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Devices to pass through (`--device`), as given.
+    pub devices: Vec<String>,
+    /// Attach the PCI test device (for the project's own guest tests).
+    pub test_pci_device: bool,
+    /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
+    pub verbosity: u8,
+}
+
+/// What the command line asks the program to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Boot a VM.
+    Run(VmConfig),
+    /// Print the help text.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Errors in the command line. Each names the flag and what would be accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A flag we do not know.
+    #[error("unknown option '{0}' (see vfiovm --help)")]
+    UnknownOption(String),
+    /// A flag that needs a value got none.
+    #[error("option '{0}' needs a value (see vfiovm --help)")]
+    MissingValue(String),
+    /// A flag given twice that may only appear once.
+    #[error("option '{0}' given more than once")]
+    Repeated(String),
+    /// `--kernel` is required.
+    #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF)")]
+    NoKernel,
+    /// `--memory` does not parse.
+    #[error("invalid --memory '{0}': use a size like 512M, 4G or 1024 (MiB)")]
+    BadMemory(String),
+    /// `--memory` is below the minimum.
+    #[error("--memory {0} is too small: the minimum is {min} MiB", min = MIN_MEMORY >> 20)]
+    MemoryTooSmall(String),
+    /// `--cpus` does not parse or is zero.
+    #[error("invalid --cpus '{0}': give a number from 1 to {MAX_CPUS_XAPIC}")]
+    BadCpus(String),
+    /// A positional argument where none is expected.
+    #[error("unexpected argument '{0}' (options start with --; see vfiovm --help)")]
+    Unexpected(String),
+}
+
+/// The help text; the flag descriptions double as the reference in the README.
+pub const HELP: &str = "\
+vfiovm - a minimal KVM VMM for PCI passthrough through VFIO
+
+USAGE:
+    vfiovm --kernel PATH [OPTIONS]
+
+OPTIONS:
+    --kernel PATH        Kernel to boot: a bzImage, an ELF vmlinux (64-bit entry) or an ELF
+                         with a PVH note (32-bit PVH entry; preferred when present)
+    --initramfs PATH     Initramfs (alias --initrd)
+    --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0]
+    --memory SIZE        Guest RAM: 512M, 4G, 1024 (MiB) (alias -m) [default: 512M]
+    --cpus N             Number of vCPUs (alias --smp) [default: 1]
+    --device BDF         PCI device to pass through (repeatable): 0000:06:0d.0 or a sysfs path
+    -v, --verbose        More logging on stderr (repeat for more); VFIOVM_LOG=debug also works
+    -h, --help           Print this help
+    -V, --version        Print the version
+
+The guest's COM1 is on stdout; stdin feeds COM1 (when stdin is a terminal it is put in raw
+mode: type Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A).
+
+EXIT STATUS:
+    0        the guest reset or powered off
+    odd      the guest wrote v to the debug-exit port 0xf4: status (v << 1) | 1, as QEMU's
+             isa-debug-exit (truncated to 8 bits)
+    2        bad input or a host problem (one line on stderr names it and the fix)
+    4        the guest crashed: triple fault, KVM internal/emulation error, failed VM entry
+    128+N    stopped by signal N (SIGINT 130, SIGTERM 143) or Ctrl-A x (130)
+";
+
+/// Parses a memory size: a number with an optional K/M/G/T suffix (optionally followed by
+/// `iB` or `B`); a bare number is MiB, as in QEMU.
+pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadMemory(s.to_string());
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits_end == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits_end].parse().map_err(|_| bad())?;
+    let suffix = t[digits_end..].to_ascii_lowercase();
+    let shift = match suffix.trim_end_matches("ib").trim_end_matches('b') {
+        "" if suffix.is_empty() => 20,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if bytes < MIN_MEMORY {
+        return Err(ConfigError::MemoryTooSmall(s.to_string()));
+    }
+    Ok(bytes)
+}
+
+fn parse_cpus(s: &str) -> Result<u32, ConfigError> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_CPUS_XAPIC).contains(&n) => Ok(n),
+        _ => Err(ConfigError::BadCpus(s.to_string())),
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
+    let mut kernel = None;
+    let mut initramfs = None;
+    let mut cmdline = None;
+    let mut memory = None;
+    let mut cpus = None;
+    let mut devices = Vec::new();
+    let mut test_pci_device = false;
+    let mut verbosity = 0u8;
+
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let value = |it: &mut I::IntoIter| -> Result<String, ConfigError> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .ok_or_else(|| ConfigError::MissingValue(flag.clone())),
+            }
+        };
+        fn once<T>(slot: &mut Option<T>, v: T, flag: &str) -> Result<(), ConfigError> {
+            if slot.replace(v).is_some() {
+                return Err(ConfigError::Repeated(flag.to_string()));
+            }
+            Ok(())
+        }
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--kernel" => once(&mut kernel, PathBuf::from(value(&mut it)?), &flag)?,
+            "--initramfs" | "--initrd" => {
+                once(&mut initramfs, PathBuf::from(value(&mut it)?), &flag)?
+            }
+            "--cmdline" | "--append" => once(&mut cmdline, value(&mut it)?, &flag)?,
+            "--memory" | "-m" => once(&mut memory, parse_memory(&value(&mut it)?)?, &flag)?,
+            "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
+            "--device" => devices.push(value(&mut it)?),
+            "--test-pci-device" => test_pci_device = true,
+            "-v" | "--verbose" => verbosity = verbosity.saturating_add(1),
+            "-vv" => verbosity = verbosity.saturating_add(2),
+            f if f.starts_with('-') => return Err(ConfigError::UnknownOption(f.to_string())),
+            _ => return Err(ConfigError::Unexpected(arg)),
+        }
+    }
+    Ok(Command::Run(VmConfig {
+        kernel: kernel.ok_or(ConfigError::NoKernel)?,
+        initramfs,
+        cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+        memory: memory.unwrap_or(DEFAULT_MEMORY),
+        cpus: cpus.unwrap_or(1),
+        devices,
+        test_pci_device,
+        verbosity,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn run(s: &[&str]) -> VmConfig {
+        match parse_args(args(s)).unwrap() {
+            Command::Run(c) => c,
+            c => panic!("expected Run, got {c:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_memory("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_memory("256").unwrap(), 256 << 20);
+        assert_eq!(parse_memory("65536k").unwrap(), 64 << 20);
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "-5M",
+            "1.5G",
+            "99999999999999999999G",
+            "5 G",
+            "0x10M",
+        ] {
+            assert!(
+                matches!(parse_memory(bad), Err(ConfigError::BadMemory(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_memory("1M"),
+            Err(ConfigError::MemoryTooSmall("1M".into()))
+        );
+        assert!(parse_memory("18446744073709551615T").is_err());
+    }
+
+    #[test]
+    fn flags_and_aliases() {
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--initrd=i",
+            "--append",
+            "a b",
+            "-m",
+            "1G",
+            "--smp=2",
+            "-v",
+            "-v",
+        ]);
+        assert_eq!(c.kernel, PathBuf::from("k"));
+        assert_eq!(c.initramfs, Some(PathBuf::from("i")));
+        assert_eq!(c.cmdline, "a b");
+        assert_eq!(c.memory, 1 << 30);
+        assert_eq!(c.cpus, 2);
+        assert_eq!(c.verbosity, 2);
+        let c = run(&[
+            "--kernel=k",
+            "--device",
+            "0000:06:0d.0",
+            "--device",
+            "0000:07:00.1",
+        ]);
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert_eq!((c.memory, c.cpus), (DEFAULT_MEMORY, 1));
+        // A value that itself contains '=' survives.
+        assert_eq!(
+            run(&["--kernel", "k", "--cmdline=a=b c=d"]).cmdline,
+            "a=b c=d"
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let e = |s: &[&str]| parse_args(args(s)).unwrap_err();
+        assert_eq!(e(&[]), ConfigError::NoKernel);
+        assert_eq!(
+            e(&["--kernel"]),
+            ConfigError::MissingValue("--kernel".into())
+        );
+        assert_eq!(
+            e(&["--kernel", "a", "--kernel", "b"]),
+            ConfigError::Repeated("--kernel".into())
+        );
+        assert_eq!(
+            e(&["--bogus"]),
+            ConfigError::UnknownOption("--bogus".into())
+        );
+        assert_eq!(e(&["stray"]), ConfigError::Unexpected("stray".into()));
+        assert_eq!(
+            e(&["--kernel", "k", "--cpus", "0"]),
+            ConfigError::BadCpus("0".into())
+        );
+        assert_eq!(
+            e(&["--kernel", "k", "--cpus", "255"]),
+            ConfigError::BadCpus("255".into())
+        );
+        assert_eq!(
+            e(&["--kernel", "k", "--cpus", "two"]),
+            ConfigError::BadCpus("two".into())
+        );
+        assert_eq!(parse_args(args(&["--help"])).unwrap(), Command::Help);
+        assert_eq!(parse_args(args(&["-V"])).unwrap(), Command::Version);
+    }
+}

@@ -1,0 +1,206 @@
+//! The guest's PC platform: the two buses, the legacy devices on them, and the firmware tables
+//! that describe them. Addresses come from `arch::layout`; the devices themselves only see
+//! offsets.
+
+use std::sync::{Arc, Mutex};
+
+use arch::layout::{self, irqs, ports};
+use devices::legacy::{
+    AcpiPm, Cmos, DebugExit, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
+    DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, SERIAL_PORT_LEN,
+};
+use devices::{Bus, BusDevice, BusError, ExitSink};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::VmConfig;
+use crate::event_loop::ConsoleSink;
+use crate::exit::ExitState;
+use crate::memory::GuestMemory;
+use crate::vcpu::IoBuses;
+
+/// Errors from creating the platform devices.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd for {0}: {1}")]
+    EventFd(&'static str, std::io::Error),
+    /// KVM refused an irqfd.
+    #[error("cannot route {what} to GSI {gsi}: {err}")]
+    Irqfd {
+        /// Which device.
+        what: &'static str,
+        /// The GSI.
+        gsi: u32,
+        /// The error.
+        err: kvm_ioctls::Error,
+    },
+    /// Two devices claim one range (a bug in the layout).
+    #[error("cannot map {what}: {err}")]
+    Bus {
+        /// Which device.
+        what: &'static str,
+        /// The error.
+        err: BusError,
+    },
+    /// A device refused its configuration.
+    #[error("cannot create {0}: {1}")]
+    Device(&'static str, String),
+}
+
+/// COM1 as the console: output to stdout, input from stdin.
+pub type ConsoleSerial = Serial<StdoutWriter>;
+
+/// The serial port's receive FIFO as the event loop's console sink.
+struct SerialConsole {
+    serial: Arc<Mutex<ConsoleSerial>>,
+    /// Fires when the guest has read the FIFO empty after a short enqueue.
+    drained: EventFd,
+}
+
+impl ConsoleSink for SerialConsole {
+    fn enqueue(&mut self, bytes: &[u8]) -> usize {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_input(bytes)
+    }
+
+    fn space_event(&self) -> &EventFd {
+        &self.drained
+    }
+}
+
+/// The devices of one VM and the buses they sit on.
+pub struct Platform {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    console: Arc<Mutex<SerialConsole>>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .finish_non_exhaustive()
+    }
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, PlatformError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| PlatformError::EventFd(what, e))
+}
+
+fn insert(
+    bus: &Bus,
+    what: &'static str,
+    dev: Arc<Mutex<dyn BusDevice>>,
+    base: u16,
+    len: u64,
+) -> Result<(), PlatformError> {
+    bus.insert(dev, u64::from(base), len)
+        .map_err(|err| PlatformError::Bus { what, err })
+}
+
+impl Platform {
+    /// Creates the legacy devices, wires the serial interrupt and maps everything.
+    pub fn new(
+        vm: &Arc<VmFd>,
+        _mem: &GuestMemory,
+        config: &VmConfig,
+        exit: Arc<ExitState>,
+        _phys_bits: u8,
+    ) -> Result<Self, PlatformError> {
+        let pio = Arc::new(Bus::new("pio"));
+        let mmio = Arc::new(Bus::new("mmio"));
+        let sink: Arc<dyn ExitSink> = exit;
+
+        let irq = eventfd("the serial interrupt")?;
+        vm.register_irqfd(&irq, irqs::COM1)
+            .map_err(|err| PlatformError::Irqfd {
+                what: "COM1",
+                gsi: irqs::COM1,
+                err,
+            })?;
+        let drained = eventfd("the serial input")?;
+        let drained_clone = drained
+            .try_clone()
+            .map_err(|e| PlatformError::EventFd("the serial input", e))?;
+        let serial = Arc::new(Mutex::new(Serial::new(
+            irq,
+            drained,
+            StdoutWriter::stdout(),
+        )));
+        let console = Arc::new(Mutex::new(SerialConsole {
+            serial: serial.clone(),
+            drained: drained_clone,
+        }));
+        insert(&pio, "COM1", serial.clone(), ports::COM1, SERIAL_PORT_LEN)?;
+        insert(
+            &pio,
+            "the i8042",
+            Arc::new(Mutex::new(I8042::new(sink.clone()))),
+            ports::I8042_DATA,
+            I8042_PORT_LEN,
+        )?;
+        insert(
+            &pio,
+            "the debug-exit port",
+            Arc::new(Mutex::new(DebugExit::new(sink.clone()))),
+            ports::DEBUG_EXIT,
+            DEBUG_EXIT_PORT_LEN,
+        )?;
+        let pm = AcpiPm::new(sink.clone(), ports::SLP_TYP_S5)
+            .map_err(|e| PlatformError::Device("the ACPI PM block", e.to_string()))?;
+        insert(
+            &pio,
+            "the ACPI PM block",
+            Arc::new(Mutex::new(pm)),
+            ports::PM_BLOCK_START,
+            ACPI_PM_BLOCK_LEN,
+        )?;
+        let ram = layout::ram_regions(config.memory);
+        let below_4g = ram[0].1;
+        let above_4g = ram.get(1).map(|r| r.1).unwrap_or(0);
+        insert(
+            &pio,
+            "the RTC",
+            Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
+            ports::RTC,
+            CMOS_PORT_LEN,
+        )?;
+        Ok(Platform { pio, mmio, console })
+    }
+
+    /// The buses the vCPUs dispatch to.
+    pub fn buses(&self) -> IoBuses {
+        IoBuses {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+        }
+    }
+
+    /// The console's input side (COM1's receive FIFO).
+    pub fn console_input(&self) -> Option<Arc<Mutex<dyn ConsoleSink>>> {
+        Some(self.console.clone())
+    }
+}
+
+/// Writes the ACPI tables and the MP table; returns the RSDP address.
+pub fn write_firmware_tables(
+    mem: &GuestMemory,
+    config: &VmConfig,
+    phys_bits: u8,
+) -> Result<u64, String> {
+    let cpus = u8::try_from(config.cpus).map_err(|_| "too many vCPUs".to_string())?;
+    let acpi = arch::acpi::AcpiConfig {
+        num_cpus: cpus,
+        mmio64: layout::mmio64_window(config.memory, phys_bits),
+    };
+    let rsdp = arch::acpi::create_acpi_tables(mem, &acpi).map_err(|e| e.to_string())?;
+    // The MP table only has room for a limited number of CPUs; ACPI is what modern guests use.
+    if let Err(e) = arch::mptable::setup_mptable(mem, cpus) {
+        log::info!("no MP table: {e}");
+    }
+    Ok(rsdp.0)
+}

@@ -1,0 +1,326 @@
+//! vCPU threads: the run loop, the exit handler, and stopping a vCPU from another thread.
+//!
+//! A vCPU is a small state machine: `Running` until an exit asks it to stop, then `Stopped`.
+//! [`handle_exit`] is pure with respect to the vCPU: it takes a decoded exit and the buses and
+//! returns what to do, so tests feed it synthetic exits. Port numbers never appear here: every
+//! port I/O and MMIO access goes through a [`Bus`].
+//!
+//! Stopping: the event loop sets the shared `stop` flag and sends [`kick_signal`] to each vCPU
+//! thread until it has left; the signal makes a blocked `KVM_RUN` return `EINTR`. A kick that
+//! lands just before `KVM_RUN` is entered is lost, which is why the kick repeats.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::Bus;
+use kvm_bindings::{
+    kvm_run, KVM_EXIT_IO, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::exit::{ExitReason, ExitState};
+use devices::GuestExit;
+
+/// The two address spaces a vCPU exits on.
+#[derive(Debug, Clone)]
+pub struct IoBuses {
+    /// Port I/O.
+    pub pio: Arc<Bus>,
+    /// MMIO.
+    pub mmio: Arc<Bus>,
+}
+
+/// What the run loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VcpuAction {
+    /// Enter the guest again.
+    Continue,
+    /// Stop this vCPU and ask the VMM to stop the VM for this reason.
+    Stop(ExitReason),
+}
+
+/// Handles one exit. `io_size` is the access size of a port I/O exit (1, 2 or 4); the data of a
+/// string instruction (`rep outsb`) holds `count` such accesses to the same port.
+pub fn handle_exit(cpu: u32, exit: VcpuExit, io_size: usize, buses: &IoBuses) -> VcpuAction {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            for chunk in data.chunks_mut(io_size.max(1)) {
+                buses.pio.read(u64::from(port), chunk);
+            }
+            VcpuAction::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            for chunk in data.chunks(io_size.max(1)) {
+                buses.pio.write(u64::from(port), chunk);
+            }
+            VcpuAction::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            buses.mmio.read(addr, data);
+            VcpuAction::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            buses.mmio.write(addr, data);
+            VcpuAction::Continue
+        }
+        // With the in-kernel irqchip HLT does not exit; if it does, running again is right.
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => VcpuAction::Continue,
+        VcpuExit::Shutdown => VcpuAction::Stop(ExitReason::TripleFault { cpu }),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => VcpuAction::Stop(ExitReason::Guest(GuestExit::PowerOff)),
+            KVM_SYSTEM_EVENT_RESET => VcpuAction::Stop(ExitReason::Guest(GuestExit::Reset)),
+            KVM_SYSTEM_EVENT_CRASH => VcpuAction::Stop(ExitReason::GuestCrash {
+                cpu,
+                what: "KVM reported a guest crash".into(),
+            }),
+            other => VcpuAction::Stop(ExitReason::GuestCrash {
+                cpu,
+                what: format!("unhandled KVM system event {other}"),
+            }),
+        },
+        VcpuExit::FailEntry(reason, _) => VcpuAction::Stop(ExitReason::FailEntry { cpu, reason }),
+        VcpuExit::InternalError => VcpuAction::Stop(ExitReason::InternalError { cpu, suberror: 0 }),
+        other => VcpuAction::Stop(ExitReason::GuestCrash {
+            cpu,
+            what: format!("unexpected KVM exit {other:?}"),
+        }),
+    }
+}
+
+/// Reads fields of the vCPU's shared `kvm_run` page that `VcpuExit` does not carry.
+struct RunPeek(*const kvm_run);
+
+// SAFETY: the pointer is only dereferenced on the vCPU's own thread, while the vCPU (and so the
+// mmap of its kvm_run page) is alive; the type only moves it there.
+unsafe impl Send for RunPeek {}
+
+impl RunPeek {
+    /// Access size of the current port I/O exit (1, 2 or 4), or 1 if it is not one.
+    fn io_size(&self) -> usize {
+        // SAFETY: `self.0` points at the kvm_run page mmapped by kvm-ioctls for this vCPU, which
+        // lives as long as the VcpuFd that the caller holds. The kernel wrote exit_reason and,
+        // for KVM_EXIT_IO, the `io` member of the union before KVM_RUN returned; nothing writes
+        // the page while the vCPU is not running. We only read plain integers.
+        let (reason, size) = unsafe {
+            let run = &*self.0;
+            (run.exit_reason, run.__bindgen_anon_1.io.size)
+        };
+        if reason == KVM_EXIT_IO && matches!(size, 1 | 2 | 4) {
+            usize::from(size)
+        } else {
+            1
+        }
+    }
+
+    /// KVM's internal-error suberror, if this is an internal-error exit.
+    fn internal_suberror(&self) -> u32 {
+        // SAFETY: as in `io_size`; `internal` is the union member for KVM_EXIT_INTERNAL_ERROR.
+        unsafe { (*self.0).__bindgen_anon_1.internal.suberror }
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that interrupts a vCPU thread's `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the (empty) handler for [`kick_signal`]; without SA_RESTART, `KVM_RUN` returns EINTR.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    register_signal_handler(kick_signal(), kick_handler)
+}
+
+/// A running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuThread {
+    /// vCPU index.
+    pub id: u32,
+    handle: JoinHandle<()>,
+    done: Arc<AtomicBool>,
+}
+
+/// Starts vCPU `id` on its own thread.
+pub fn spawn(
+    id: u32,
+    mut fd: VcpuFd,
+    buses: IoBuses,
+    exit: Arc<ExitState>,
+    stop: Arc<AtomicBool>,
+    dump_on_crash: bool,
+) -> std::io::Result<VcpuThread> {
+    let done = Arc::new(AtomicBool::new(false));
+    let done_t = done.clone();
+    let peek = RunPeek(fd.get_kvm_run() as *const kvm_run);
+    let handle = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            run_loop(id, &mut fd, &peek, &buses, &exit, &stop, dump_on_crash);
+            done_t.store(true, Ordering::Release);
+        })?;
+    Ok(VcpuThread { id, handle, done })
+}
+
+fn run_loop(
+    id: u32,
+    fd: &mut VcpuFd,
+    peek: &RunPeek,
+    buses: &IoBuses,
+    exit: &ExitState,
+    stop: &AtomicBool,
+    dump_on_crash: bool,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let action = match fd.run() {
+            Ok(e) => {
+                let size = peek.io_size();
+                match handle_exit(id, e, size, buses) {
+                    VcpuAction::Stop(ExitReason::InternalError { cpu, .. }) => {
+                        VcpuAction::Stop(ExitReason::InternalError {
+                            cpu,
+                            suberror: peek.internal_suberror(),
+                        })
+                    }
+                    a => a,
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => VcpuAction::Stop(ExitReason::VcpuError {
+                cpu: id,
+                error: format!("KVM_RUN failed: {e}"),
+            }),
+        };
+        if let VcpuAction::Stop(reason) = action {
+            if dump_on_crash && reason.status() != 0 && !matches!(reason, ExitReason::Guest(_)) {
+                dump_registers(id, fd);
+            }
+            exit.request(reason);
+            return;
+        }
+    }
+}
+
+fn dump_registers(id: u32, fd: &VcpuFd) {
+    match (fd.get_regs(), fd.get_sregs()) {
+        (Ok(r), Ok(s)) => log::error!(
+            "vCPU {id} registers: rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}/{:#x}",
+            r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi,
+            s.cr0, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base
+        ),
+        (Err(e), _) | (_, Err(e)) => log::error!("vCPU {id}: cannot read registers: {e}"),
+    }
+}
+
+/// Stops every vCPU thread: sets `stop`, kicks each thread until it has left `KVM_RUN`, then
+/// joins it. Gives up on a thread (and says so) after `timeout`.
+pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool, timeout: Duration) {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + timeout;
+    for t in threads {
+        while !t.done.load(Ordering::Acquire) {
+            if Instant::now() > deadline {
+                log::error!("vCPU {} did not stop within {timeout:?}", t.id);
+                break;
+            }
+            if let Err(e) = t.handle.kill(kick_signal()) {
+                log::debug!("kicking vCPU {}: {e}", t.id);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if t.done.load(Ordering::Acquire) && t.handle.join().is_err() {
+            log::error!("vCPU {} thread panicked", t.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::BusDevice;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Rec(Vec<Vec<u8>>);
+    impl BusDevice for Rec {
+        fn read(&mut self, _: u64, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 0x10);
+        }
+        fn write(&mut self, _: u64, _: u64, data: &[u8]) {
+            self.0.push(data.to_vec());
+        }
+    }
+
+    fn buses() -> (IoBuses, Arc<Mutex<Rec>>) {
+        let rec = Arc::new(Mutex::new(Rec::default()));
+        let b = IoBuses {
+            pio: Arc::new(Bus::new("pio")),
+            mmio: Arc::new(Bus::new("mmio")),
+        };
+        b.pio.insert(rec.clone(), 0x3f8, 8).unwrap();
+        b.mmio.insert(rec.clone(), 0x1000, 0x100).unwrap();
+        (b, rec)
+    }
+
+    #[test]
+    fn port_io_goes_to_bus_per_access() {
+        let (b, rec) = buses();
+        // `rep outsb` of three bytes: three one-byte writes.
+        let a = handle_exit(0, VcpuExit::IoOut(0x3f8, b"abc"), 1, &b);
+        assert_eq!(a, VcpuAction::Continue);
+        assert_eq!(
+            rec.lock().unwrap().0,
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        let mut d = [0u8; 4];
+        handle_exit(0, VcpuExit::IoIn(0x3f9, &mut d), 2, &b);
+        assert_eq!(d, [0x11; 4]);
+        // Unknown port reads all ones.
+        let mut d = [0u8; 2];
+        handle_exit(0, VcpuExit::IoIn(0x80, &mut d), 2, &b);
+        assert_eq!(d, [0xff; 2]);
+    }
+
+    #[test]
+    fn mmio_goes_to_bus() {
+        let (b, rec) = buses();
+        handle_exit(0, VcpuExit::MmioWrite(0x1004, &[1, 2, 3, 4]), 1, &b);
+        assert_eq!(rec.lock().unwrap().0, vec![vec![1, 2, 3, 4]]);
+        let mut d = [0u8; 8];
+        handle_exit(0, VcpuExit::MmioRead(0x1002, &mut d), 1, &b);
+        assert_eq!(d, [0x12; 8]);
+    }
+
+    #[test]
+    fn stop_reasons() {
+        let (b, _) = buses();
+        assert_eq!(
+            handle_exit(1, VcpuExit::Shutdown, 1, &b),
+            VcpuAction::Stop(ExitReason::TripleFault { cpu: 1 })
+        );
+        assert_eq!(
+            handle_exit(0, VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), 1, &b),
+            VcpuAction::Stop(ExitReason::Guest(GuestExit::Reset))
+        );
+        assert_eq!(
+            handle_exit(
+                0,
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                1,
+                &b
+            ),
+            VcpuAction::Stop(ExitReason::Guest(GuestExit::PowerOff))
+        );
+        assert!(matches!(
+            handle_exit(0, VcpuExit::FailEntry(7, 0), 1, &b),
+            VcpuAction::Stop(ExitReason::FailEntry { reason: 7, .. })
+        ));
+        assert!(matches!(
+            handle_exit(0, VcpuExit::Exception, 1, &b),
+            VcpuAction::Stop(ExitReason::GuestCrash { .. })
+        ));
+        assert_eq!(handle_exit(0, VcpuExit::Hlt, 1, &b), VcpuAction::Continue);
+    }
+}

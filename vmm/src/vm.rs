@@ -1,0 +1,373 @@
+//! Building a VM from a [`VmConfig`] and running it to its end.
+//!
+//! Order matters and is the same on every path: inputs are checked (files open, sizes sane)
+//! before KVM is touched; then the VM, its irqchip and PIT, guest RAM, the boot image and
+//! firmware tables, the devices, and the vCPUs. Nothing the guest can reach exists before it is
+//! fully set up. On the way out, vCPUs are stopped and joined before devices are released and
+//! before guest RAM is unmapped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arch::boot::{self, BootInfo, LoadedKernel};
+use arch::regs::{self, EntryMode};
+use kvm_bindings::{kvm_pit_config, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use crate::config::VmConfig;
+use crate::event_loop::{ConsoleInput, ExitWatcher, SignalWatcher};
+use crate::exit::{ExitReason, ExitState};
+use crate::memory::{self, GuestMemory, MemoryError};
+use crate::platform::{self, Platform, PlatformError};
+use crate::vcpu::{self, IoBuses, VcpuThread};
+
+/// TSS and identity-map pages KVM needs below 4 GiB on Intel hosts, out of the way of the MMIO
+/// hole's devices (just below the BIOS ROM area's top).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Errors from building or running a VM. Each names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// An input file cannot be opened.
+    #[error("cannot open {what} '{path}': {err}")]
+    OpenFile {
+        /// "kernel" or "initramfs".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// An input path is a directory or otherwise not a file.
+    #[error("{what} '{path}' is not a regular file")]
+    NotAFile {
+        /// "kernel" or "initramfs".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// /dev/kvm cannot be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    Kvm(String),
+    /// Too many vCPUs for this host.
+    #[error("--cpus {asked} is more than this host's KVM allows ({max}): ask for fewer")]
+    TooManyCpus {
+        /// Asked for.
+        asked: u32,
+        /// KVM's limit.
+        max: u32,
+    },
+    /// A KVM call failed while setting up the VM.
+    #[error("KVM setup failed ({what}): {err}")]
+    KvmSetup {
+        /// The step.
+        what: &'static str,
+        /// The error.
+        err: kvm_ioctls::Error,
+    },
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel or writing boot information.
+    #[error("{0}")]
+    Boot(#[from] boot::BootError),
+    /// Writing the vCPU boot state.
+    #[error("{0}")]
+    Regs(#[from] regs::RegsError),
+    /// Writing firmware tables.
+    #[error("cannot write the firmware tables: {0}")]
+    Firmware(String),
+    /// Devices.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// The event loop.
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    /// Starting a vCPU thread.
+    #[error("cannot start vCPU thread {0}: {1}")]
+    VcpuThread(u32, std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |err| VmError::KvmSetup { what, err }
+}
+
+fn open_input(what: &'static str, path: &Path) -> Result<File, VmError> {
+    let f = File::open(path).map_err(|err| VmError::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        err,
+    })?;
+    match f.metadata() {
+        Ok(m) if m.is_file() => Ok(f),
+        _ => Err(VmError::NotAFile {
+            what,
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| {
+        VmError::Kvm(match e.errno() {
+            libc::ENOENT => "it does not exist: enable virtualization (VT-x/AMD-V) in the firmware and load the kvm_intel or kvm_amd module".into(),
+            libc::EACCES | libc::EPERM => "permission denied: add your user to the 'kvm' group (then log in again) or run as root".into(),
+            _ => format!("{e}"),
+        })
+    })
+}
+
+/// A VM ready to run. Field order is drop order: vCPU fds and devices go before the VM fd,
+/// and the VM fd before guest RAM.
+pub struct Vm {
+    vcpus: Vec<VcpuFd>,
+    platform: Platform,
+    buses: IoBuses,
+    exit: Arc<ExitState>,
+    signals: Option<SignalWatcher>,
+    vm: Arc<VmFd>,
+    _kvm: Kvm,
+    mem: GuestMemory,
+    dump_on_crash: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &self.vcpus.len())
+            .field("buses", &self.buses)
+            .finish()
+    }
+}
+
+impl Vm {
+    /// Builds the VM `config` describes.
+    pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
+        // Inputs first: a typo in a path should not cost a KVM VM.
+        let mut kernel_file = open_input("kernel", &config.kernel)?;
+        let mut initramfs_file = config
+            .initramfs
+            .as_deref()
+            .map(|p| open_input("initramfs", p))
+            .transpose()?;
+
+        let exit = Arc::new(ExitState::new().map_err(|e| VmError::EventLoop(e.to_string()))?);
+        // Block the stop signals before any thread starts, so every thread inherits the mask.
+        let signals =
+            SignalWatcher::new(exit.clone()).map_err(|e| VmError::EventLoop(e.to_string()))?;
+
+        let kvm = open_kvm()?;
+        let max = kvm.get_max_vcpus() as u32;
+        if config.cpus > max {
+            return Err(VmError::TooManyCpus {
+                asked: config.cpus,
+                max,
+            });
+        }
+        let mem = memory::create_guest_memory(config.memory)?;
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        memory::register_with_kvm(&vm, &mem)?;
+        let vm = Arc::new(vm);
+
+        // The boot image and what it reads.
+        let kernel = boot::load_kernel(&mem, &mut kernel_file)?;
+        log::info!(
+            "kernel {}: {:?} entry at {:#x}",
+            config.kernel.display(),
+            kernel.mode,
+            kernel.entry
+        );
+        let initramfs = initramfs_file
+            .as_mut()
+            .map(|f| boot::load_initramfs(&mem, config.memory, f, &kernel))
+            .transpose()?;
+        let max_cmdline = kernel
+            .setup_header
+            .map(|h| h.cmdline_size as usize)
+            .filter(|&n| n > 0)
+            .map(|n| n - 1);
+        boot::write_cmdline(&mem, &config.cmdline, max_cmdline)?;
+        let phys_bits = guest_phys_bits(&kvm);
+        let rsdp =
+            platform::write_firmware_tables(&mem, config, phys_bits).map_err(VmError::Firmware)?;
+        let info = BootInfo {
+            mem_size: config.memory,
+            cmdline: &config.cmdline,
+            initramfs,
+            rsdp: Some(rsdp),
+        };
+        let boot_info = match kernel.mode {
+            EntryMode::Pvh => boot::write_pvh_start_info(&mem, &info)?,
+            EntryMode::Linux64 => boot::write_zero_page(&mem, &kernel, &info)?,
+        };
+        regs::write_gdt_idt(&mem)?;
+        regs::write_identity_page_tables(&mem)?;
+
+        let platform = Platform::new(&vm, &mem, config, exit.clone(), phys_bits)?;
+        let buses = platform.buses();
+
+        let vcpus = (0..config.cpus)
+            .map(|id| create_vcpu(&kvm, &vm, id, config.cpus, &kernel, boot_info))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Vm {
+            vcpus,
+            platform,
+            buses,
+            exit,
+            signals: Some(signals),
+            vm,
+            _kvm: kvm,
+            mem,
+            dump_on_crash: config.verbosity > 0,
+        })
+    }
+
+    /// Runs the VM until the guest or the user stops it; returns why it stopped.
+    pub fn run(mut self) -> Result<ExitReason, VmError> {
+        use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+        vcpu::install_kick_handler().map_err(|e| VmError::EventLoop(e.to_string()))?;
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
+        em.add_subscriber(Arc::new(Mutex::new(ExitWatcher(self.exit.clone()))));
+        if let Some(s) = self.signals.take() {
+            em.add_subscriber(Arc::new(Mutex::new(s)));
+        }
+        let console = self.platform.console_input();
+        let _raw_mode = console
+            .as_ref()
+            .and_then(|_| crate::terminal::RawMode::enter());
+        if let Some(sink) = console {
+            let tty = _raw_mode.is_some();
+            em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+                libc::STDIN_FILENO,
+                tty,
+                sink,
+                self.exit.clone(),
+            ))));
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<VcpuThread> = Vec::new();
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            match vcpu::spawn(
+                id as u32,
+                fd,
+                self.buses.clone(),
+                self.exit.clone(),
+                stop.clone(),
+                self.dump_on_crash,
+            ) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    vcpu::stop_all(threads, &stop, Duration::from_secs(5));
+                    return Err(VmError::VcpuThread(id as u32, e));
+                }
+            }
+        }
+        log::debug!("{} vCPU thread(s) running", threads.len());
+
+        let result = loop {
+            if let Some(reason) = self.exit.reason() {
+                break Ok(reason);
+            }
+            if let Err(e) = em.run() {
+                if !matches!(&e, event_manager::Error::Epoll(err) if err.errno() == libc::EINTR) {
+                    break Err(VmError::EventLoop(e.to_string()));
+                }
+            }
+        };
+        vcpu::stop_all(threads, &stop, Duration::from_secs(5));
+        log::debug!("vCPUs stopped");
+        result
+    }
+
+    /// Guest RAM (for tests and embedding).
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// The VM fd.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+}
+
+/// The guest's physical address width, from KVM's supported CPUID leaf 0x8000_0008.
+fn guest_phys_bits(kvm: &Kvm) -> u8 {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0x8000_0008)
+                .map(|e| (e.eax & 0xff) as u8)
+        })
+        .filter(|&b| (32..=52).contains(&b))
+        .unwrap_or(36)
+}
+
+fn create_vcpu(
+    kvm: &Kvm,
+    vm: &VmFd,
+    id: u32,
+    count: u32,
+    kernel: &LoadedKernel,
+    boot_info: u64,
+) -> Result<VcpuFd, VmError> {
+    let fd = vm
+        .create_vcpu(u64::from(id))
+        .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let params = arch::cpuid::CpuidParams {
+        cpu_id: id as u8,
+        cpu_count: count as u8,
+        tsc_khz: fd.get_tsc_khz().ok().filter(|&k| k > 0),
+    };
+    arch::cpuid::filter_cpuid(&mut cpuid, &params).map_err(|e| VmError::Firmware(e.to_string()))?;
+    fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+
+    let entries = arch::msr::boot_msrs();
+    let msrs = Msrs::from_entries(&entries).map_err(|e| VmError::Firmware(format!("{e:?}")))?;
+    let set = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    if set != entries.len() {
+        log::debug!(
+            "vCPU {id}: KVM accepted {set} of {} boot MSRs (from index {:#x} on they were refused)",
+            entries.len(),
+            entries.get(set).map(|e| e.index).unwrap_or(0)
+        );
+    }
+    let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+    arch::msr::set_lint(&mut lapic);
+    fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+    fd.set_fpu(&regs::boot_fpu())
+        .map_err(kvm_err("KVM_SET_FPU"))?;
+
+    // Only the boot vCPU gets the entry state; the others wait for INIT/SIPI in the kernel.
+    if id == 0 {
+        let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        fd.set_sregs(&regs::boot_sregs(sregs, kernel.mode))
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
+        fd.set_regs(&regs::boot_regs(kernel.mode, kernel.entry, boot_info))
+            .map_err(kvm_err("KVM_SET_REGS"))?;
+    }
+    Ok(fd)
+}
