@@ -14,7 +14,7 @@ pub fn vfiovm_bin() -> PathBuf {
 
 /// Path of a tiny guest built by resources/guests.
 pub fn guest(name: &str) -> String {
-    vfiovm_guests::path(name)
+    guests::path(name)
         .unwrap_or_else(|| panic!("no guest named {name}"))
         .to_string_lossy()
         .into_owned()

@@ -75,10 +75,10 @@ impl ExitReason {
         match self {
             ExitReason::Guest(_) => None,
             ExitReason::TripleFault { cpu } => Some(format!(
-                "guest crashed: triple fault on vCPU {cpu} (run with -v for the registers)"
+                "guest crashed: triple fault on vCPU {cpu} (-v dumps the registers)"
             )),
             ExitReason::InternalError { cpu, suberror } => Some(format!(
-                "guest crashed: KVM internal error on vCPU {cpu}, suberror {suberror}{} (run with -v for the registers)",
+                "guest crashed: KVM internal error on vCPU {cpu}, suberror {suberror}{} (-v dumps the registers)",
                 if *suberror == 1 { " (instruction emulation failed)" } else { "" }
             )),
             ExitReason::FailEntry { cpu, reason } => Some(format!(
