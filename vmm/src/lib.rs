@@ -15,6 +15,8 @@ pub mod terminal;
 pub mod vcpu;
 pub mod vm;
 
+use std::time::Instant;
+
 use config::Command;
 
 /// Runs the program with `args` (without the program name); returns the exit status.
@@ -41,14 +43,27 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
         config.verbosity,
         std::env::var("VFIOVM_LOG").ok().as_deref(),
     ));
-    let vm = match vm::Vm::build(&config) {
+    let t0 = Instant::now();
+    let mut vm = match vm::Vm::build(&config) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("vfiovm: error: {e}");
             return exit::STATUS_ERROR;
         }
     };
-    match vm.run() {
+    let t1 = Instant::now();
+    let result = vm.run();
+    let t2 = Instant::now();
+    drop(vm);
+    let t3 = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    log::info!(
+        "timing: build {:.2} ms, run {:.2} ms, teardown {:.2} ms",
+        ms(t0, t1),
+        ms(t1, t2),
+        ms(t2, t3)
+    );
+    match result {
         Ok(reason) => {
             if let Some(line) = reason.complaint() {
                 eprintln!("vfiovm: {line}");

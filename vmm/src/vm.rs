@@ -181,7 +181,9 @@ impl Vm {
             ..Default::default()
         })
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let t = std::time::Instant::now();
         memory::register_with_kvm(&vm, &mem)?;
+        let slots_time = t.elapsed();
         let vm = Arc::new(vm);
 
         // The boot image and what it reads.
@@ -225,6 +227,10 @@ impl Vm {
             .map(|id| create_vcpu(&kvm, &vm, id, config.cpus, &kernel, boot_info))
             .collect::<Result<Vec<_>, _>>()?;
 
+        log::info!(
+            "timing: KVM_SET_USER_MEMORY_REGION {:.2} ms",
+            slots_time.as_secs_f64() * 1e3
+        );
         Ok(Vm {
             vcpus,
             platform,
@@ -239,7 +245,7 @@ impl Vm {
     }
 
     /// Runs the VM until the guest or the user stops it; returns why it stopped.
-    pub fn run(mut self) -> Result<ExitReason, VmError> {
+    pub fn run(&mut self) -> Result<ExitReason, VmError> {
         use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
         vcpu::install_kick_handler().map_err(|e| VmError::EventLoop(e.to_string()))?;

@@ -1,0 +1,187 @@
+#!/bin/bash
+# Build (cached) and boot the rig's L1 VM under QEMU TCG, run the payload's /test/run, report its status.
+# Full description: docs/rig.md.
+#
+# Usage: run.sh [extra QEMU arguments...]
+# Env:   RIG_PAYLOAD       directory copied to /test (its executable "run" is the test)
+#        RIG_BIND          vendor:device list bound to vfio-pci (default 1234:11e8 = edu, plus 1b36:0010 with
+#                          RIG_NVME_IMG); set it empty to bind by id nothing
+#        RIG_BIND_BDF      BDF list bound to vfio-pci as well (e.g. 0000:00:1f.3)
+#        RIG_NVME_IMG      add QEMU's nvme (1b36:0010) backed by this raw file (created sparse, RIG_NVME_SIZE
+#                          default 64M, when missing)
+#        RIG_SHARED_GROUP  1: add a PCI bridge with a second edu and a virtio-rng behind it (one IOMMU group,
+#                          virtio-rng bound to virtio-pci, so the edu's group is not viable)
+#        RIG_SMP (1) RIG_MEM (MiB, 1024) RIG_TMO (s, 300; the L1 watchdog fires a little earlier)
+#        RIG_CPU (qemu64,+svm,+npt) RIG_ACCEL (tcg,thread=single) RIG_APPEND (more kernel arguments)
+#        RIG_QEMU_ARGS     more QEMU arguments (split on spaces), like the positional ones
+#        RIG_LOG           console log path (default $RIG_WORK/logs/run-<date>-<pid>.log)
+#        RIG_QUIET         1: do not copy the console to stdout (the log always has it)
+#        RIG_PARALLEL      1: do not serialize with other rig runs (default: a lock in $RIG_WORK)
+#        RIG_WORK, RIG_FLAVOUR, RIG_KPKG: see build.sh
+# Exit:  the exit status of /test/run (0 when there is no payload and every bind worked);
+#        124 when the run timed out (L1 watchdog or host timeout); 125 when the rig itself failed
+#        (build, QEMU, boot, modules, bind, no result line, interrupted). The "rig: " lines on stdout say
+#        which.
+# shellcheck disable=SC2054 # the commas in the arrays below are inside QEMU arguments
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+W=${RIG_WORK:-${TMPDIR:-/tmp}/vfiovm-rig}
+export RIG_WORK=$W
+SMP=${RIG_SMP:-1}
+MEM=${RIG_MEM:-1024}
+TMO=${RIG_TMO:-300}
+CPU=${RIG_CPU:-qemu64,+svm,+npt}
+ACCEL=${RIG_ACCEL:-tcg,thread=single}
+NVME=${RIG_NVME_IMG:-}
+if [ -n "$NVME" ]; then BIND=${RIG_BIND-1234:11e8,1b36:0010}; else BIND=${RIG_BIND-1234:11e8}; fi
+BIND_BDF=${RIG_BIND_BDF:-}
+mkdir -p "$W/logs"
+LOG=${RIG_LOG:-$W/logs/run-$(date +%Y%m%d-%H%M%S)-$$.log}
+mkdir -p "$(dirname "$LOG")"
+: >"$LOG"
+
+say() { echo "rig: $*"; }
+T0US=${EPOCHREALTIME/./}
+secs() { printf '%d.%03d' $(($1 / 1000000)) $(($1 % 1000000 / 1000)); }
+# finish <exit code> <result words...>: print the summary (and the log tail on failure), exit.
+finish() {
+	local code=$1
+	shift
+	say "$*"
+	if [ "$code" != 0 ]; then
+		say "---- last 40 lines of $LOG"
+		tail -n 40 "$LOG" | sed 's/^/rig|  /'
+		say "----"
+	fi
+	say "log $LOG"
+	echo "HOST result exit=$code $*" >>"$LOG"
+	# the per-run initramfs is kept next to a failed run's log, to boot it again by hand
+	[ "$code" != 0 ] || rm -f "${INITRD:-}"
+	exit "$code"
+}
+case "$SMP$MEM$TMO" in *[!0-9]*) finish 125 "FAIL step=usage RIG_SMP, RIG_MEM and RIG_TMO must be numbers" ;; esac
+[ "$TMO" -ge 10 ] || finish 125 "FAIL step=usage RIG_TMO must be at least 10 (seconds)"
+
+say "log $LOG"
+
+# ---- step: host tools
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+	say "installing qemu-system-x86"
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86; } \
+		>>"$LOG" 2>&1 || finish 125 "FAIL step=install apt-get install qemu-system-x86 failed"
+fi
+
+# ---- step: build (kernel and base archive cached; the payload archive is per run)
+INITRD=${LOG%.log}.initrd
+BUILD_OUT=$(RIG_INITRD=$INITRD "$HERE/build.sh" 2>"$INITRD.buildlog")
+brc=$?
+sed 's/^/HOST build: /' "$INITRD.buildlog" >>"$LOG"
+rm -f "$INITRD.buildlog"
+[ $brc = 0 ] || finish 125 "FAIL step=build (build.sh exit $brc)"
+KERNEL=$(sed -n 's/^kernel=//p' <<<"$BUILD_OUT")
+[ -s "$KERNEL" ] && [ -s "$INITRD" ] || finish 125 "FAIL step=build build.sh did not produce a kernel and initrd"
+
+# ---- step: wait for other rig runs (two TCG VMs on two cores would slow both into their timeouts)
+exec 9>"$W/run.lock"
+if [ "${RIG_PARALLEL:-0}" != 1 ] && ! flock -n 9; then
+	say "waiting for another rig run to finish ($W/run.lock)"
+	flock 9
+fi
+
+# ---- QEMU command line
+GTMO=$((TMO - (TMO / 10 > 5 ? TMO / 10 : 5)))
+[ $GTMO -ge 5 ] || GTMO=5
+APPEND="console=ttyS0 intel_iommu=on panic=-1 rdinit=/init rig.timeout=$GTMO"
+[ -z "$BIND" ] || APPEND+=" rig.bind=$BIND"
+[ -z "$BIND_BDF" ] || APPEND+=" rig.bind_bdf=$BIND_BDF"
+# tells init that a missing /test/run is an error (an archive the kernel failed to unpack, say)
+[ ! -e "${RIG_PAYLOAD:-/nonexistent}/run" ] || APPEND+=" rig.payload=1"
+DEVS=(-device intel-iommu,intremap=on,caching-mode=on -device edu -device pci-testdev)
+if [ -n "$NVME" ]; then
+	if [ ! -e "$NVME" ]; then
+		truncate -s "${RIG_NVME_SIZE:-64M}" "$NVME" || finish 125 "FAIL step=nvme cannot create $NVME"
+	fi
+	DEVS+=(-drive "file=$NVME,if=none,id=nvm,format=raw" -device nvme,serial=vfiovm,drive=nvm)
+fi
+if [ "${RIG_SHARED_GROUP:-0}" = 1 ]; then
+	DEVS+=(-device pci-bridge,id=rigbr,chassis_nr=1,addr=0x10
+		-device edu,bus=rigbr,addr=0x1 -device virtio-rng-pci,bus=rigbr,addr=0x2)
+	APPEND+=" rig.modules=virtio_pci"
+fi
+[ -z "${RIG_APPEND:-}" ] || APPEND+=" $RIG_APPEND"
+# shellcheck disable=SC2206 # RIG_QEMU_ARGS is split on spaces on purpose
+CMD=(qemu-system-x86_64 -accel "$ACCEL" -machine q35,kernel-irqchip=split -cpu "$CPU" -m "$MEM" -smp "$SMP"
+	-nodefaults -display none -monitor none -serial stdio -no-reboot
+	"${DEVS[@]}" -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND" ${RIG_QEMU_ARGS:-} "$@")
+echo "HOST qemu: timeout -k 5 $TMO ${CMD[*]}" >>"$LOG"
+
+# ---- step: boot and run; every console line is stamped with host seconds since this script started
+stamp() {
+	local l t d
+	while IFS= read -r l || [ -n "$l" ]; do
+		l=${l%$'\r'}
+		t=${EPOCHREALTIME/./}
+		d=$((t - T0US))
+		printf '[%4d.%06d] %s\n' $((d / 1000000)) $((d % 1000000)) "$l" >>"$LOG"
+		[ "${RIG_QUIET:-0}" = 1 ] || printf '[%4d.%06d] %s\n' $((d / 1000000)) $((d % 1000000)) "$l"
+	done
+}
+Q0=${EPOCHREALTIME/./}
+echo "HOST qemu-start t=$(secs $((Q0 - T0US)))" >>"$LOG"
+# `timeout` puts QEMU in a process group of its own, so a Ctrl-C or a SIGTERM to this script would not
+# reach it: forward them.
+FIFO=$INITRD.console
+rm -f "$FIFO"
+mkfifo "$FIFO" || finish 125 "FAIL step=qemu cannot create $FIFO"
+stamp <"$FIFO" &
+SPID=$!
+timeout -k 5 "$TMO" "${CMD[@]}" </dev/null >"$FIFO" 2>&1 &
+QPID=$!
+INTR=
+trap 'INTR=1; kill -TERM "$QPID" 2>/dev/null' INT TERM HUP
+while :; do
+	wait "$QPID"
+	qrc=$?
+	# a trapped signal interrupts `wait`: wait again until QEMU is really gone
+	if [ -z "$INTR" ] || ! kill -0 "$QPID" 2>/dev/null; then break; fi
+done
+wait "$SPID"
+rm -f "$FIFO"
+trap - INT TERM HUP
+Q1=${EPOCHREALTIME/./}
+echo "HOST qemu-end rc=$qrc t=$(secs $((Q1 - T0US)))" >>"$LOG"
+[ -z "$INTR" ] || finish 125 "FAIL step=interrupted run.sh got a signal; QEMU stopped"
+
+# ---- result
+ts_of() { # pattern -> host time (µs since T0) of its first console line, or empty
+	grep -m1 -E "^\[ *[0-9]+\.[0-9]+\] .*$1" "$LOG" | sed -E 's/^\[ *([0-9]+)\.([0-9]+)\].*/\1\2/;s/^0*//'
+}
+TI=$(ts_of 'RIG init ')
+TS=$(ts_of 'RIG test-start')
+TE=$(ts_of 'RIG test-end rc=')
+Q0R=$((Q0 - T0US))
+timing="qemu-to-init=$([ -n "$TI" ] && echo "$(secs $((TI - Q0R)))s" || echo none)"
+[ -z "$TS" ] || [ -z "$TE" ] || timing+=" test=$(secs $((TE - TS)))s"
+timing+=" qemu-total=$(secs $((Q1 - Q0)))s wall=$(secs $((Q1 - T0US)))s"
+say "timing $timing"
+echo "HOST timing $timing" >>"$LOG"
+
+END=$(grep -m1 -oE 'RIG test-end rc=[0-9]+' "$LOG")
+FAIL=$(grep -m1 -oE 'RIG fail step=.*' "$LOG")
+if [ -n "$END" ]; then
+	rc=${END##*=}
+	[ "$rc" = 0 ] && finish 0 "PASS rc=0"
+	finish "$rc" "FAIL test rc=$rc (/test/run failed)"
+elif [ -n "$FAIL" ]; then
+	step=${FAIL#RIG fail step=}
+	[ "${step%% *}" = timeout ] && finish 124 "FAIL step=$step"
+	finish 125 "FAIL step=$step"
+elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+	finish 124 "FAIL step=timeout host timeout after ${TMO}s (QEMU killed, no result line)"
+elif [ -z "$TI" ]; then
+	[ "$qrc" != 0 ] && finish 125 "FAIL step=qemu QEMU exited with $qrc before L1 reached init"
+	finish 125 "FAIL step=boot L1 never reached init (kernel panic?)"
+else
+	finish 125 "FAIL step=init L1 stopped without a result line (QEMU rc=$qrc)"
+fi
