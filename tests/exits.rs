@@ -66,7 +66,7 @@ fn triple_fault_is_a_crash_with_one_line() {
 #[test]
 fn sigterm_stops_a_hung_guest_cleanly() {
     for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
-        let mut child = Command::new(vfiovm_bin())
+        let child = Command::new(vfiovm_bin())
             .args([
                 "--kernel",
                 &guest("pvh_probe"),

@@ -39,16 +39,15 @@ pub struct SignalWatcher {
 }
 
 fn stop_sigset() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset only write the local set; a zeroed sigset_t is a valid
-    // starting value and the signal numbers are valid constants.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        set
+    // SAFETY: sigset_t is a plain bit array; all zeroes is a valid (empty) set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset only writes the set we own.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in STOP_SIGNALS {
+        // SAFETY: sigaddset only writes the set we own; `s` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, s) };
     }
+    set
 }
 
 impl SignalWatcher {

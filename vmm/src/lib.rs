@@ -8,6 +8,7 @@
 pub mod config;
 pub mod event_loop;
 pub mod exit;
+pub mod interrupts;
 pub mod logger;
 pub mod memory;
 pub mod platform;

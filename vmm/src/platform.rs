@@ -9,6 +9,7 @@ use devices::legacy::{
     AcpiPm, Cmos, DebugExit, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
     DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
+use devices::pci::{PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN};
 use devices::{Bus, BusDevice, BusError, ExitSink};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -16,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::VmConfig;
 use crate::event_loop::ConsoleSink;
 use crate::exit::ExitState;
+use crate::interrupts::KvmInterruptManager;
 use crate::memory::GuestMemory;
 use crate::vcpu::IoBuses;
 
@@ -46,6 +48,12 @@ pub enum PlatformError {
     /// A device refused its configuration.
     #[error("cannot create {0}: {1}")]
     Device(&'static str, String),
+    /// The interrupt routing table.
+    #[error("cannot set up interrupt routing: {0}")]
+    Interrupts(String),
+    /// The PCI platform.
+    #[error("PCI: {0}")]
+    Pci(String),
 }
 
 /// COM1 as the console: output to stdout, input from stdin.
@@ -76,6 +84,8 @@ pub struct Platform {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     console: Arc<Mutex<SerialConsole>>,
+    pci: PciPlatform,
+    irq: Arc<KvmInterruptManager>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -106,17 +116,23 @@ impl Platform {
     /// Creates the legacy devices, wires the serial interrupt and maps everything.
     pub fn new(
         vm: &Arc<VmFd>,
-        _mem: &GuestMemory,
+        mem: &GuestMemory,
         config: &VmConfig,
         exit: Arc<ExitState>,
-        _phys_bits: u8,
+        phys_bits: u8,
     ) -> Result<Self, PlatformError> {
         let pio = Arc::new(Bus::new("pio"));
         let mmio = Arc::new(Bus::new("mmio"));
         let sink: Arc<dyn ExitSink> = exit;
+        // The whole GSI routing table (legacy pins as on QEMU, then MSI routes) is ours from
+        // here on; it replaces KVM's default table.
+        let irq = Arc::new(
+            KvmInterruptManager::new(vm.clone())
+                .map_err(|e| PlatformError::Interrupts(e.to_string()))?,
+        );
 
-        let irq = eventfd("the serial interrupt")?;
-        vm.register_irqfd(&irq, irqs::COM1)
+        let serial_irq = eventfd("the serial interrupt")?;
+        vm.register_irqfd(&serial_irq, irqs::COM1)
             .map_err(|err| PlatformError::Irqfd {
                 what: "COM1",
                 gsi: irqs::COM1,
@@ -127,7 +143,7 @@ impl Platform {
             .try_clone()
             .map_err(|e| PlatformError::EventFd("the serial input", e))?;
         let serial = Arc::new(Mutex::new(Serial::new(
-            irq,
+            serial_irq,
             drained,
             StdoutWriter::stdout(),
         )));
@@ -169,7 +185,58 @@ impl Platform {
             ports::RTC,
             CMOS_PORT_LEN,
         )?;
-        Ok(Platform { pio, mmio, console })
+        let pci = PciPlatform::new(PciPlatformConfig {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            windows: PciWindows {
+                mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
+                mmio64: layout::mmio64_window(config.memory, phys_bits),
+                io: (
+                    u64::from(ports::PCI_IO_START),
+                    u64::from(ports::PCI_IO_SIZE),
+                ),
+            },
+            irq: irq.clone(),
+            intx_gsi: layout::pci_intx_gsi,
+            exit: sink,
+        })
+        .map_err(|e| PlatformError::Pci(e.to_string()))?;
+        pio.insert(
+            pci.config_io_device(),
+            u64::from(ports::PCI_CONFIG),
+            PCI_CONFIG_IO_LEN,
+        )
+        .map_err(|err| PlatformError::Bus {
+            what: "the PCI config ports",
+            err,
+        })?;
+        mmio.insert(
+            pci.ecam_device(),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+        )
+        .map_err(|err| PlatformError::Bus {
+            what: "the PCI ECAM window",
+            err,
+        })?;
+        if config.test_pci_device {
+            let dev = TestDevice::new(mem.clone(), &*irq)
+                .map_err(|e| PlatformError::Device("the PCI test device", e.to_string()))?;
+            let slot = pci
+                .free_slot()
+                .ok_or_else(|| PlatformError::Pci("no free slot for the test device".into()))?;
+            let addr = pci
+                .add_device(slot, Arc::new(Mutex::new(dev)))
+                .map_err(|e| PlatformError::Pci(e.to_string()))?;
+            log::info!("PCI test device at {addr}");
+        }
+        Ok(Platform {
+            pio,
+            mmio,
+            console,
+            pci,
+            irq,
+        })
     }
 
     /// The buses the vCPUs dispatch to.
@@ -178,6 +245,16 @@ impl Platform {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
         }
+    }
+
+    /// The PCI platform (to add devices).
+    pub fn pci(&self) -> &PciPlatform {
+        &self.pci
+    }
+
+    /// The interrupt manager devices allocate vectors from.
+    pub fn interrupts(&self) -> &Arc<KvmInterruptManager> {
+        &self.irq
     }
 
     /// The console's input side (COM1's receive FIFO).

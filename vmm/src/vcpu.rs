@@ -99,26 +99,35 @@ unsafe impl Send for RunPeek {}
 
 impl RunPeek {
     /// Access size of the current port I/O exit (1, 2 or 4), or 1 if it is not one.
-    fn io_size(&self) -> usize {
+    fn run(&self) -> &kvm_run {
         // SAFETY: `self.0` points at the kvm_run page mmapped by kvm-ioctls for this vCPU, which
-        // lives as long as the VcpuFd that the caller holds. The kernel wrote exit_reason and,
-        // for KVM_EXIT_IO, the `io` member of the union before KVM_RUN returned; nothing writes
-        // the page while the vCPU is not running. We only read plain integers.
-        let (reason, size) = unsafe {
-            let run = &*self.0;
-            (run.exit_reason, run.__bindgen_anon_1.io.size)
-        };
-        if reason == KVM_EXIT_IO && matches!(size, 1 | 2 | 4) {
+        // lives as long as the VcpuFd that the caller holds; nothing writes the page while the
+        // vCPU is not in KVM_RUN, and we only read plain integers from it.
+        unsafe { &*self.0 }
+    }
+
+    fn io_size(&self) -> usize {
+        let run = self.run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return 1;
+        }
+        // SAFETY: for KVM_EXIT_IO the kernel filled the `io` member of the union.
+        let size = unsafe { run.__bindgen_anon_1.io.size };
+        if matches!(size, 1 | 2 | 4) {
             usize::from(size)
         } else {
             1
         }
     }
 
-    /// KVM's internal-error suberror, if this is an internal-error exit.
+    /// KVM's internal-error suberror (only meaningful on an internal-error exit).
     fn internal_suberror(&self) -> u32 {
-        // SAFETY: as in `io_size`; `internal` is the union member for KVM_EXIT_INTERNAL_ERROR.
-        unsafe { (*self.0).__bindgen_anon_1.internal.suberror }
+        let run = self.run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+            return 0;
+        }
+        // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` union member.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
     }
 }
 

@@ -84,6 +84,9 @@ pub enum VmError {
     /// Devices.
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    /// `--device` was given but this build cannot pass devices through yet.
+    #[error("--device {0}: PCI passthrough is not available in this version of vfiovm yet")]
+    PassthroughUnavailable(String),
     /// The event loop.
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -147,6 +150,9 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Builds the VM `config` describes.
     pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
+        if let Some(d) = config.devices.first() {
+            return Err(VmError::PassthroughUnavailable(d.clone()));
+        }
         // Inputs first: a typo in a path should not cost a KVM VM.
         let mut kernel_file = open_input("kernel", &config.kernel)?;
         let mut initramfs_file = config

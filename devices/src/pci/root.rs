@@ -1,0 +1,141 @@
+//! Bus 0 of segment 0: the device table and config-access dispatch shared by the type-1 and
+//! ECAM mechanisms. Functions that do not exist read all ones and ignore writes. Every write is
+//! followed by a BAR reconcile (see [`super::platform`]).
+
+use std::sync::{Arc, Mutex};
+
+use super::aligned_pieces;
+use super::config::CONFIG_SPACE_SIZE;
+use super::platform::{lock, BarMapper, Resources, SlotBars};
+use super::{PciAddress, PciDevice, SLOTS_PER_BUS};
+
+/// One populated slot.
+pub(crate) struct Slot {
+    pub(crate) dev: Arc<Mutex<dyn PciDevice>>,
+    pub(crate) bars: SlotBars,
+}
+
+/// The device table of bus 0 and the BAR bookkeeping.
+pub(crate) struct PciRoot {
+    slots: Vec<Option<Slot>>,
+    pub(crate) mapper: BarMapper,
+    pub(crate) resources: Resources,
+}
+
+impl PciRoot {
+    /// Bus 0 with `host` at slot 0.
+    pub(crate) fn new(
+        mapper: BarMapper,
+        resources: Resources,
+        host: Arc<Mutex<dyn PciDevice>>,
+    ) -> Self {
+        let mut slots: Vec<Option<Slot>> = (0..SLOTS_PER_BUS).map(|_| None).collect();
+        slots[0] = Some(Slot {
+            dev: host,
+            bars: SlotBars::default(),
+        });
+        PciRoot {
+            slots,
+            mapper,
+            resources,
+        }
+    }
+
+    pub(crate) fn slot_used(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(Option::is_some)
+    }
+
+    pub(crate) fn free_slot(&self) -> Option<u8> {
+        (1..SLOTS_PER_BUS).find(|&s| !self.slot_used(s))
+    }
+
+    pub(crate) fn insert(&mut self, slot: u8, s: Slot) {
+        if let Some(entry) = self.slots.get_mut(usize::from(slot)) {
+            *entry = Some(s);
+        }
+    }
+
+    fn index(addr: PciAddress) -> Option<usize> {
+        (addr.bus == 0 && addr.function == 0 && addr.device < SLOTS_PER_BUS)
+            .then_some(usize::from(addr.device))
+    }
+
+    /// A config read of `data.len()` bytes at `offset` of function `addr`.
+    pub(crate) fn config_read(&mut self, addr: PciAddress, offset: u16, data: &mut [u8]) {
+        let Some(slot) = Self::index(addr).and_then(|i| self.slots[i].as_ref()) else {
+            data.fill(0xff);
+            return;
+        };
+        let mut d = lock(&slot.dev);
+        for (i, n) in aligned_pieces(offset.into(), data.len()) {
+            let piece = &mut data[i..i + n];
+            match in_config_space(offset, i, n) {
+                Some(off) => d.config_read(off, piece),
+                None => piece.fill(0xff),
+            }
+        }
+    }
+
+    /// A config write of `data` at `offset` of function `addr`, then a BAR reconcile.
+    pub(crate) fn config_write(&mut self, addr: PciAddress, offset: u16, data: &[u8]) {
+        let Some(i) = Self::index(addr) else {
+            return;
+        };
+        let PciRoot { slots, mapper, .. } = self;
+        let Some(slot) = slots[i].as_mut() else {
+            return;
+        };
+        let removed = {
+            let mut d = lock(&slot.dev);
+            for (i, n) in aligned_pieces(offset.into(), data.len()) {
+                if let Some(off) = in_config_space(offset, i, n) {
+                    d.config_write(off, &data[i..i + n]);
+                }
+            }
+            let want = d.decoded_bars();
+            mapper.reconcile(&mut slot.bars, &mut *d, &want)
+        };
+        if removed {
+            self.retry_unmapped();
+        }
+    }
+
+    /// Tries again to map BARs that were left unmapped (a range they wanted may be free now).
+    fn retry_unmapped(&mut self) {
+        let PciRoot { slots, mapper, .. } = self;
+        for slot in slots.iter_mut().flatten() {
+            if slot.bars.unmapped {
+                let mut d = lock(&slot.dev);
+                let want = d.decoded_bars();
+                mapper.reconcile(&mut slot.bars, &mut *d, &want);
+            }
+        }
+    }
+
+    /// The mapped BARs of every device: `(slot, bar)` (for tests).
+    #[cfg(test)]
+    pub(crate) fn mapped(&self) -> Vec<(u8, super::bar::DecodedBar)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(s, slot)| slot.as_ref().map(|slot| (s as u8, slot)))
+            .flat_map(|(s, slot)| slot.bars.mapped.iter().flatten().map(move |b| (s, *b)))
+            .collect()
+    }
+
+    /// The device in `slot` (for tests).
+    #[cfg(test)]
+    pub(crate) fn device(&self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
+        self.slots
+            .get(usize::from(slot))
+            .and_then(|s| s.as_ref().map(|s| s.dev.clone()))
+    }
+}
+
+/// The config offset of piece `(i, n)` of an access at `offset`, if it lies inside the 4 KiB.
+fn in_config_space(offset: u16, i: usize, n: usize) -> Option<u16> {
+    let off = usize::from(offset) + i;
+    (off + n <= CONFIG_SPACE_SIZE).then_some(off as u16)
+}
