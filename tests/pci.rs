@@ -1,0 +1,1 @@
+//! PCI platform tests with tiny guests (being written).
