@@ -28,12 +28,73 @@ pub struct VmConfig {
     pub memory: u64,
     /// Number of vCPUs.
     pub cpus: u32,
-    /// Devices to pass through (`--device`), as given.
-    pub devices: Vec<String>,
+    /// Devices to pass through (`--device`).
+    pub devices: Vec<DeviceConfig>,
     /// Attach the PCI test device (for the project's own guest tests).
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
+}
+
+/// One `--device`: a host PCI function to pass through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The host address as given: `0000:06:0d.0`, `06:0d.0` or a sysfs path.
+    pub addr: String,
+    /// A ROM image to show the guest instead of the device's own ROM.
+    pub rom: Option<PathBuf>,
+    /// The VF token (a UUID) for an SR-IOV VF whose PF is owned by a userspace driver.
+    pub vf_token: Option<String>,
+}
+
+impl DeviceConfig {
+    /// The syntax of a `--device` value; also the help text.
+    pub const SYNTAX: &'static str = "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID]";
+
+    /// Parses one `--device` value.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::BadDevice(s.to_string(), why.to_string());
+        let mut parts = s.split(',');
+        let addr = parts.next().unwrap_or_default().trim();
+        if addr.is_empty() {
+            return Err(bad("no device address"));
+        }
+        let mut dev = DeviceConfig {
+            addr: addr.to_string(),
+            rom: None,
+            vf_token: None,
+        };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("rom", f)) if !f.is_empty() => {
+                    if dev.rom.replace(PathBuf::from(f)).is_some() {
+                        return Err(bad("rom= given twice"));
+                    }
+                }
+                Some(("vf_token", t)) => {
+                    if !is_uuid(t) {
+                        return Err(bad(
+                            "vf_token must be a UUID like 2ab74924-c335-45f4-9b16-8569e5b08258",
+                        ));
+                    }
+                    if dev.vf_token.replace(t.to_ascii_lowercase()).is_some() {
+                        return Err(bad("vf_token= given twice"));
+                    }
+                }
+                _ => return Err(bad(&format!("unknown option '{part}'"))),
+            }
+        }
+        Ok(dev)
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// What the command line asks the program to do.
@@ -71,6 +132,9 @@ pub enum ConfigError {
     /// `--cpus` does not parse or is zero.
     #[error("invalid --cpus '{0}': give a number from 1 to {MAX_CPUS_XAPIC}")]
     BadCpus(String),
+    /// A `--device` value that does not parse.
+    #[error("invalid --device '{0}': {1} (syntax: {syntax})", syntax = DeviceConfig::SYNTAX)]
+    BadDevice(String, String),
     /// A positional argument where none is expected.
     #[error("unexpected argument '{0}' (options start with --; see vfiovm --help)")]
     Unexpected(String),
@@ -90,7 +154,8 @@ OPTIONS:
     --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0]
     --memory SIZE        Guest RAM: 512M, 4G, 1024 (MiB) (alias -m) [default: 512M]
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
-    --device BDF         PCI device to pass through (repeatable): 0000:06:0d.0 or a sysfs path
+    --device DEV         PCI device to pass through (repeatable):
+                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
     -v, --verbose        More logging on stderr (repeat for more); VFIOVM_LOG=debug also works
     -h, --help           Print this help
     -V, --version        Print the version
@@ -181,7 +246,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--cmdline" | "--append" => once(&mut cmdline, value(&mut it)?, &flag)?,
             "--memory" | "-m" => once(&mut memory, parse_memory(&value(&mut it)?)?, &flag)?,
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
-            "--device" => devices.push(value(&mut it)?),
+            "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
             "--test-pci-device" => test_pci_device = true,
             "-v" | "--verbose" => verbosity = verbosity.saturating_add(1),
             "-vv" => verbosity = verbosity.saturating_add(2),
@@ -273,6 +338,7 @@ mod tests {
             "0000:07:00.1",
         ]);
         assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[0].addr, "0000:06:0d.0");
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
         assert_eq!((c.memory, c.cpus), (DEFAULT_MEMORY, 1));
         // A value that itself contains '=' survives.
@@ -280,6 +346,34 @@ mod tests {
             run(&["--kernel", "k", "--cmdline=a=b c=d"]).cmdline,
             "a=b c=d"
         );
+    }
+
+    #[test]
+    fn device_syntax() {
+        let d = DeviceConfig::parse(
+            "0000:07:00.1,rom=/tmp/vbios.rom,vf_token=2AB74924-c335-45f4-9b16-8569e5b08258",
+        )
+        .unwrap();
+        assert_eq!(d.addr, "0000:07:00.1");
+        assert_eq!(d.rom, Some(PathBuf::from("/tmp/vbios.rom")));
+        assert_eq!(
+            d.vf_token.as_deref(),
+            Some("2ab74924-c335-45f4-9b16-8569e5b08258")
+        );
+        for bad in [
+            "",
+            ",rom=x",
+            "0000:06:0d.0,rom=",
+            "0000:06:0d.0,vf_token=nope",
+            "0000:06:0d.0,vf_token=2ab74924-c335-45f4-9b16-8569e5b0825",
+            "0000:06:0d.0,color=red",
+            "0000:06:0d.0,rom=a,rom=b",
+        ] {
+            assert!(
+                matches!(DeviceConfig::parse(bad), Err(ConfigError::BadDevice(..))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

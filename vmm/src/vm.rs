@@ -151,7 +151,7 @@ impl Vm {
     /// Builds the VM `config` describes.
     pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
         if let Some(d) = config.devices.first() {
-            return Err(VmError::PassthroughUnavailable(d.clone()));
+            return Err(VmError::PassthroughUnavailable(d.addr.clone()));
         }
         // Inputs first: a typo in a path should not cost a KVM VM.
         let mut kernel_file = open_input("kernel", &config.kernel)?;
