@@ -245,17 +245,14 @@ mod slot_tests {
         let b = unsafe { slots.map(0xc001_0000, 0x2000, host + 0x2000) }.unwrap();
         assert_eq!((a, b), (4, 5));
         // SAFETY: as above.
-        assert!(matches!(
-            unsafe { slots.map(0xc002_0000, 0x1000, host) },
-            Err(SlotError::NoFreeSlot(6))
-        ));
+        let full = unsafe { slots.map(0xc002_0000, 0x1000, host) };
+        assert!(matches!(full, Err(SlotError::NoFreeSlot(6))));
         slots.unmap(a).unwrap();
         // SAFETY: as above.
-        assert_eq!(unsafe { slots.map(0xc003_0000, 0x1000, host) }.unwrap(), 4);
+        let reused = unsafe { slots.map(0xc003_0000, 0x1000, host) }.unwrap();
+        assert_eq!(reused, 4);
         // SAFETY: as above.
-        assert!(matches!(
-            unsafe { slots.map(0xc004_0001, 0x1000, host) },
-            Err(SlotError::Unaligned { .. })
-        ));
+        let unaligned = unsafe { slots.map(0xc004_0001, 0x1000, host) };
+        assert!(matches!(unaligned, Err(SlotError::Unaligned { .. })));
     }
 }
