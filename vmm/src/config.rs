@@ -102,6 +102,13 @@ fn is_uuid(s: &str) -> bool {
 pub enum Command {
     /// Boot a VM.
     Run(VmConfig),
+    /// Check the host (and devices) for passthrough without starting a VM.
+    Doctor {
+        /// Devices to check, as `--device` values.
+        devices: Vec<String>,
+        /// Guest RAM to check RLIMIT_MEMLOCK against.
+        memory: Option<u64>,
+    },
     /// Print the help text.
     Help,
     /// Print the version.
@@ -146,6 +153,8 @@ vfiovm - a minimal KVM VMM for PCI passthrough through VFIO
 
 USAGE:
     vfiovm --kernel PATH [OPTIONS]
+    vfiovm doctor [--memory SIZE] [DEV...]   check the host for passthrough (IOMMU, vfio-pci
+                                             binding, group viability, /dev/vfio, memlock)
 
 OPTIONS:
     --kernel PATH        Kernel to boot: a bzImage, an ELF vmlinux (64-bit entry) or an ELF
@@ -205,8 +214,36 @@ fn parse_cpus(s: &str) -> Result<u32, ConfigError> {
     }
 }
 
+fn parse_doctor(args: &[String]) -> Result<Command, ConfigError> {
+    let mut devices = Vec::new();
+    let mut memory = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.split_once('=') {
+            Some(("--memory" | "-m", v)) => memory = Some(parse_memory(v)?),
+            _ if a == "--memory" || a == "-m" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| ConfigError::MissingValue(a.clone()))?;
+                memory = Some(parse_memory(v)?);
+            }
+            _ if a == "-h" || a == "--help" => return Ok(Command::Help),
+            _ if a.starts_with('-') => return Err(ConfigError::UnknownOption(a.clone())),
+            _ => {
+                DeviceConfig::parse(a)?;
+                devices.push(a.clone());
+            }
+        }
+    }
+    Ok(Command::Doctor { devices, memory })
+}
+
 /// Parses the arguments after the program name.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
+    let args: Vec<String> = args.into_iter().collect();
+    if args.first().map(String::as_str) == Some("doctor") {
+        return parse_doctor(&args[1..]);
+    }
     let mut kernel = None;
     let mut initramfs = None;
     let mut cmdline = None;
@@ -222,7 +259,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let value = |it: &mut I::IntoIter| -> Result<String, ConfigError> {
+        let value = |it: &mut std::vec::IntoIter<String>| -> Result<String, ConfigError> {
             match inline.clone() {
                 Some(v) => Ok(v),
                 None => it
@@ -406,6 +443,20 @@ mod tests {
             ConfigError::BadCpus("two".into())
         );
         assert_eq!(parse_args(args(&["--help"])).unwrap(), Command::Help);
+        assert_eq!(
+            parse_args(args(&[
+                "doctor",
+                "-m",
+                "2G",
+                "0000:00:01.0,vf_token=2ab74924-c335-45f4-9b16-8569e5b08258"
+            ]))
+            .unwrap(),
+            Command::Doctor {
+                devices: vec!["0000:00:01.0,vf_token=2ab74924-c335-45f4-9b16-8569e5b08258".into()],
+                memory: Some(2 << 30)
+            }
+        );
+        assert!(parse_args(args(&["doctor", "--bogus"])).is_err());
         assert_eq!(parse_args(args(&["-V"])).unwrap(), Command::Version);
     }
 }

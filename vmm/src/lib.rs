@@ -11,6 +11,7 @@ pub mod exit;
 pub mod interrupts;
 pub mod logger;
 pub mod memory;
+pub mod passthrough;
 pub mod platform;
 pub mod terminal;
 pub mod vcpu;
@@ -33,6 +34,11 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
         Command::Help => {
             print!("{}", config::HELP);
             return 0;
+        }
+        Command::Doctor { devices, memory } => {
+            let (report, ok) = devices::vfio::host::doctor(&Default::default(), &devices, memory);
+            print!("{report}");
+            return if ok { 0 } else { exit::STATUS_ERROR };
         }
         Command::Version => {
             println!("vfiovm {}", env!("CARGO_PKG_VERSION"));

@@ -84,9 +84,9 @@ pub enum VmError {
     /// Devices.
     #[error(transparent)]
     Platform(#[from] PlatformError),
-    /// `--device` was given but this build cannot pass devices through yet.
-    #[error("--device {0}: PCI passthrough is not available in this version of vfiovm yet")]
-    PassthroughUnavailable(String),
+    /// PCI passthrough.
+    #[error(transparent)]
+    Passthrough(#[from] crate::passthrough::PassthroughError),
     /// The event loop.
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -132,6 +132,8 @@ pub struct Vm {
     buses: IoBuses,
     exit: Arc<ExitState>,
     signals: Option<SignalWatcher>,
+    // After the devices (in `platform` and `buses`), before the VM fd and guest RAM.
+    passthrough: Option<crate::passthrough::Passthrough>,
     vm: Arc<VmFd>,
     _kvm: Kvm,
     mem: GuestMemory,
@@ -143,6 +145,7 @@ impl std::fmt::Debug for Vm {
         f.debug_struct("Vm")
             .field("vcpus", &self.vcpus.len())
             .field("buses", &self.buses)
+            .field("passthrough", &self.passthrough)
             .finish()
     }
 }
@@ -150,9 +153,6 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Builds the VM `config` describes.
     pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
-        if let Some(d) = config.devices.first() {
-            return Err(VmError::PassthroughUnavailable(d.addr.clone()));
-        }
         // Inputs first: a typo in a path should not cost a KVM VM.
         let mut kernel_file = open_input("kernel", &config.kernel)?;
         let mut initramfs_file = config
@@ -188,7 +188,7 @@ impl Vm {
         })
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
         let t = std::time::Instant::now();
-        memory::register_with_kvm(&vm, &mem)?;
+        let ram_slots = memory::register_with_kvm(&vm, &mem)?;
         let slots_time = t.elapsed();
         let vm = Arc::new(vm);
 
@@ -228,6 +228,19 @@ impl Vm {
 
         let platform = Platform::new(&vm, &mem, config, exit.clone(), phys_bits)?;
         let buses = platform.buses();
+        let device_slots = Arc::new(memory::DeviceSlots::new(
+            vm.clone(),
+            ram_slots,
+            kvm.get_nr_memslots() as u32,
+        ));
+        let passthrough = crate::passthrough::setup(
+            &vm,
+            &mem,
+            config.memory,
+            &platform,
+            device_slots,
+            &config.devices,
+        )?;
 
         let vcpus = (0..config.cpus)
             .map(|id| create_vcpu(&kvm, &vm, id, config.cpus, &kernel, boot_info))
@@ -243,6 +256,7 @@ impl Vm {
             buses,
             exit,
             signals: Some(signals),
+            passthrough,
             vm,
             _kvm: kvm,
             mem,

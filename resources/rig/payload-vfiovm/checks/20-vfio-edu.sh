@@ -1,0 +1,63 @@
+# Sourced by ../run. Passthrough of QEMU's edu (1234:11e8, bound to vfio-pci by the rig's init):
+# the container/group/DMA/device path for real, twice in a row (the device is released and can be
+# assigned again at once), then the host-check errors.
+edu=
+i=0
+while [ $i -lt "${RIG_NDEV:-0}" ]; do
+	eval "id=\${RIG_DEV${i}_ID-} b=\${RIG_DEV${i}_BDF-}"
+	[ "$id" = 1234:11e8 ] && edu=$b
+	i=$((i + 1))
+done
+if [ -z "$edu" ]; then
+	bad "vfio-edu: no edu device was bound to vfio-pci"
+else
+	./vfiovm doctor "$edu" >doctor.out 2>&1
+	rc=$?
+	sed "s/^/  [doctor] /" doctor.out
+	[ $rc = 0 ] && ok "doctor $edu" || bad "doctor $edu: status $rc"
+	for round in 1 2; do
+		expect "vfio-edu-boot-$round" 11 "acpi: summary tables=3 bad=0" -- --kernel guests/pvh_probe \
+			--memory 64M --device "$edu" -v --cmdline "action=exit:5"
+		grep -q "DMA-mapped 64 MiB of guest RAM" "err.vfio-edu-boot-$round" || bad "vfio-edu-boot-$round: no DMA-map log line"
+		grep -q "$edu (group .*) is the guest's 0000:00:" "err.vfio-edu-boot-$round" || bad "vfio-edu-boot-$round: device not on the guest bus"
+	done
+	if [ -x guests/pci_probe ]; then
+		expect vfio-edu-enumerate 1 "1234:11e8" -- --kernel guests/pci_probe --memory 64M --device "$edu" --cmdline "action=exit:0"
+	fi
+fi
+
+# Host-check errors, with the device in the wrong state: one clear line, status 2.
+expect_error() {
+	name=$1 needle=$2
+	shift 2
+	./vfiovm "$@" >"out.$name" 2>"err.$name" </dev/null
+	rc=$?
+	sed "s/^/  [$name] /" "err.$name"
+	if [ $rc != 2 ]; then
+		bad "$name: status $rc, want 2"
+	elif ! grep -q "$needle" "err.$name"; then
+		bad "$name: stderr lacks '$needle'"
+	elif [ "$(wc -l <"err.$name")" != 1 ]; then
+		bad "$name: more than one line on stderr"
+	else
+		ok "$name"
+	fi
+}
+# pci-testdev (1b36:0005) is left without a driver by the rig: not bound to vfio-pci.
+tdev=$(for d in /sys/bus/pci/devices/*; do [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1b36:0x0005 ] && basename "$d"; done | head -1)
+if [ -n "$tdev" ]; then
+	expect_error vfio-not-bound "not vfio-pci" --kernel guests/hello --memory 64M --device "$tdev"
+fi
+expect_error vfio-bad-bdf "0000:zz" --kernel guests/hello --memory 64M --device 0000:zz:00.0
+if [ -n "$edu" ]; then
+	# The group is busy while another VMM holds it.
+	./vfiovm --kernel guests/pvh_probe --memory 64M --device "$edu" --cmdline action=hang </dev/null >/dev/null 2>&1 &
+	holder=$!
+	sleep 1
+	expect_error vfio-busy "in use" --kernel guests/hello --memory 64M --device "$edu"
+	kill -TERM $holder
+	wait $holder
+	hs=$?
+	[ $hs = 143 ] && ok "vfio-sigterm-release (status $hs)" || bad "vfio-sigterm-release: status $hs, want 143"
+	expect vfio-edu-after-sigterm 11 "" -- --kernel guests/pvh_probe --memory 64M --device "$edu" --cmdline "action=exit:5"
+fi

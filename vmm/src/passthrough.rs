@@ -1,0 +1,254 @@
+//! PCI passthrough: from `--device` arguments to VFIO devices on the guest's PCI bus.
+//!
+//! Order (and the reverse on the way out, which is RAII's drop order):
+//! 1. host checks with the fix in the message (IOMMU on, device bound to vfio-pci, group viable,
+//!    `/dev/vfio/N` usable, VF token when needed, RLIMIT_MEMLOCK ≥ guest RAM);
+//! 2. one VFIO container (type-1 v2) for every device; each IOMMU group added once and told to
+//!    KVM's VFIO pseudo-device (`KVM_DEV_VFIO_GROUP_ADD`);
+//! 3. all guest RAM DMA-mapped with IOVA = guest physical address (timed, logged at info);
+//! 4. each device opened (with its VF token), reset, and put on the guest's PCI bus, where the
+//!    PCI platform places its BARs (KVM memory slots over the BAR mmaps) and its interrupts
+//!    (MSI/MSI-X eventfds = KVM irqfds; INTx with a resample eventfd).
+//!
+//! Teardown: the devices (owned by the PCI platform) disable their interrupts, remove their BAR
+//! slots and reset; then the container unmaps guest RAM and closes the groups.
+
+use std::collections::BTreeSet;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::vfio::host::{self, HostError, HostRoot};
+use devices::vfio::{
+    GuestMemoryMapper, LegacyContainer, MapperError, SlotHandle, VfioContainer, VfioDeviceAddress,
+    VfioPciDevice,
+};
+use kvm_bindings::{
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_GROUP,
+    KVM_DEV_VFIO_GROUP_ADD,
+};
+use kvm_ioctls::{DeviceFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::config::DeviceConfig;
+use crate::memory::{DeviceSlots, GuestMemory};
+use crate::platform::Platform;
+
+/// Errors from setting up passthrough. Each names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    /// A host check failed.
+    #[error("{0}")]
+    Host(#[from] HostError),
+    /// The VFIO container or a group.
+    #[error("{0}")]
+    Container(#[from] devices::vfio::ContainerError),
+    /// KVM's VFIO pseudo-device.
+    #[error("cannot tell KVM about VFIO group {group}: {err} (is the kvm module new enough and vfio loaded?)")]
+    KvmVfio {
+        /// The group (0 for creating the pseudo-device itself).
+        group: u32,
+        /// The error.
+        err: kvm_ioctls::Error,
+    },
+    /// The ROM file given with `rom=`.
+    #[error("cannot read the ROM file '{path}' for {bdf}: {err}")]
+    Rom {
+        /// The device.
+        bdf: String,
+        /// The path.
+        path: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The device model.
+    #[error("{bdf}: {err}")]
+    Device {
+        /// The device.
+        bdf: String,
+        /// The error.
+        err: devices::vfio::VfioPciError,
+    },
+    /// Adding the device to the guest's PCI bus.
+    #[error("{bdf}: cannot put it on the guest's PCI bus: {err}")]
+    Pci {
+        /// The device.
+        bdf: String,
+        /// The error.
+        err: String,
+    },
+    /// Something that cannot happen unless the VMM itself is wrong.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// The same device given twice.
+    #[error("--device {0} is given twice")]
+    Duplicate(String),
+}
+
+/// Maps BAR mmaps into the guest as KVM memory slots.
+struct KvmMapper(Arc<DeviceSlots>);
+
+impl GuestMemoryMapper for KvmMapper {
+    unsafe fn map(&self, gpa: u64, size: u64, host: *mut u8) -> Result<SlotHandle, MapperError> {
+        // SAFETY: the device promises `host..host + size` stays mapped until `unmap` succeeds,
+        // which is DeviceSlots::map's contract.
+        unsafe { self.0.map(gpa, size, host as u64) }
+            .map(SlotHandle)
+            .map_err(Into::into)
+    }
+
+    fn unmap(&self, handle: SlotHandle) -> Result<(), MapperError> {
+        self.0.unmap(handle.0).map_err(Into::into)
+    }
+}
+
+/// The VFIO state of a VM. Drop it after the devices (the PCI platform) and before guest RAM.
+pub struct Passthrough {
+    // Field order is drop order: KVM forgets the groups, then the container unmaps DMA and
+    // closes the groups.
+    _kvm_vfio: DeviceFd,
+    container: Arc<LegacyContainer>,
+    devices: Vec<String>,
+}
+
+impl std::fmt::Debug for Passthrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passthrough")
+            .field("devices", &self.devices)
+            .field("groups", &self.container.groups())
+            .finish()
+    }
+}
+
+fn kvm_vfio_device(vm: &VmFd) -> Result<DeviceFd, PassthroughError> {
+    let mut dev = kvm_create_device {
+        type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+        fd: 0,
+        flags: 0,
+    };
+    vm.create_device(&mut dev)
+        .map_err(|err| PassthroughError::KvmVfio { group: 0, err })
+}
+
+fn kvm_add_group(dev: &DeviceFd, group: u32, fd: RawFd) -> Result<(), PassthroughError> {
+    let fd: i32 = fd;
+    let attr = kvm_device_attr {
+        flags: 0,
+        group: KVM_DEV_VFIO_GROUP,
+        attr: u64::from(KVM_DEV_VFIO_GROUP_ADD),
+        addr: &fd as *const i32 as u64,
+    };
+    dev.set_device_attr(&attr)
+        .map_err(|err| PassthroughError::KvmVfio { group, err })
+}
+
+/// Checks the host, then opens and attaches every device in `configs`. Returns `None` when
+/// there are none.
+pub fn setup(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mem_size: u64,
+    platform: &Platform,
+    slots: Arc<DeviceSlots>,
+    configs: &[DeviceConfig],
+) -> Result<Option<Passthrough>, PassthroughError> {
+    if configs.is_empty() {
+        return Ok(None);
+    }
+    let root = HostRoot::default();
+    host::check_iommu(&root)?;
+    let mut reports = Vec::new();
+    let mut seen = BTreeSet::new();
+    for cfg in configs {
+        let bdf = host::parse_bdf(&cfg.addr)?;
+        if !seen.insert(bdf.to_string()) {
+            return Err(PassthroughError::Duplicate(bdf.to_string()));
+        }
+        let report = host::check_device(&root, &bdf)?;
+        report.check_vf_token(cfg.vf_token.is_some())?;
+        reports.push((cfg, report));
+    }
+    host::check_memlock(mem_size)?;
+
+    let container = Arc::new(LegacyContainer::new()?);
+    let kvm_vfio = kvm_vfio_device(vm)?;
+    let groups: BTreeSet<u32> = reports.iter().map(|(_, r)| r.group).collect();
+    for &g in &groups {
+        container.add_group(g)?;
+        let fd = container
+            .group_fd(g)
+            .ok_or(PassthroughError::Internal("a group just added has no fd"))?;
+        kvm_add_group(&kvm_vfio, g, fd)?;
+        log::info!("VFIO group {g} attached to the container and to KVM");
+    }
+
+    let t = Instant::now();
+    let mut mapped = 0u64;
+    for region in mem.iter() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| PassthroughError::Internal("guest RAM region without a host mapping"))?
+            as u64;
+        // SAFETY: guest RAM stays mapped for the VM's whole life, and the Vm drops the
+        // container (which unmaps every DMA mapping) before it unmaps guest RAM.
+        unsafe { container.map_dma(region.start_addr().0, region.len(), host) }?;
+        mapped += region.len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    log::info!(
+        "DMA-mapped {} MiB of guest RAM in {:.1} ms ({:.1} ms/GiB)",
+        mapped >> 20,
+        secs * 1e3,
+        secs * 1e3 / (mapped as f64 / f64::from(1u32 << 30))
+    );
+
+    let mapper: Arc<dyn GuestMemoryMapper> = Arc::new(KvmMapper(slots));
+    let mut names = Vec::new();
+    for (cfg, report) in &reports {
+        let bdf = report.bdf.to_string();
+        let addr = VfioDeviceAddress::new(&bdf, report.group, cfg.vf_token.as_deref())?;
+        let fd = container.open_device(&addr)?;
+        let rom = cfg
+            .rom
+            .as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|err| PassthroughError::Rom {
+                    bdf: bdf.clone(),
+                    path: p.display().to_string(),
+                    err,
+                })
+            })
+            .transpose()?;
+        let mut dev = VfioPciDevice::new(
+            &bdf,
+            Box::new(fd),
+            &**platform.interrupts(),
+            mapper.clone(),
+            rom,
+        )
+        .map_err(|err| PassthroughError::Device {
+            bdf: bdf.clone(),
+            err,
+        })?;
+        // A clean device before the guest sees it (logs when the device cannot reset).
+        dev.reset();
+        let pci = platform.pci();
+        let slot = pci.free_slot().ok_or_else(|| PassthroughError::Pci {
+            bdf: bdf.clone(),
+            err: "no free slot on bus 0".into(),
+        })?;
+        let at = pci
+            .add_device(slot, Arc::new(Mutex::new(dev)))
+            .map_err(|e| PassthroughError::Pci {
+                bdf: bdf.clone(),
+                err: e.to_string(),
+            })?;
+        log::info!("{bdf} (group {}) is the guest's {at}", report.group);
+        names.push(bdf);
+    }
+    Ok(Some(Passthrough {
+        _kvm_vfio: kvm_vfio,
+        container,
+        devices: names,
+    }))
+}
