@@ -55,7 +55,11 @@ const GUESTS: &[Guest] = &[
     Guest { name: "elf64_probe", boot: Boot::Linux64, sources: &["elf64_probe.c"], doc: "Linux 64-bit boot protocol guest that prints its zero page, e820 map, command line, initrd and ACPI tables, then runs `action=`." },
     Guest { name: "exit_now", boot: Boot::PvhBare, sources: &["exit_now.S"], doc: "Smallest PVH guest: writes 0 to the debug-exit port at its first instruction (exit status 1)." },
     Guest { name: "echo", boot: Boot::Pvh, sources: &["echo.c"], doc: "Console input test: echoes each line read from COM1 as `echo: <line>`; the line `quit` exits with status 85." },
+    Guest { name: "edu_probe", boot: Boot::Pvh, sources: &["edu_probe.c"], doc: "Rig L2 guest: drives QEMU's edu passed through by vfiovm (ident, factorial, DMA both ways, MSI); `msis=N` fires N more MSIs." },
     Guest { name: "hello", boot: Boot::Pvh, sources: &["hello.c"], doc: "README demo: greets, prints RAM size, CPU count and command line, then powers off through ACPI." },
+    Guest { name: "pci_probe", boot: Boot::Pvh, sources: &["pci_probe.c"], doc: "PCI platform checks from inside (`test=enum|bars|move|msix|msi|intx|dma|ext`): enumeration via 0xCF8 and ECAM, BAR sizing and moves, MSI-X/MSI/INTx delivery and masking, DMA and extended config space of the test device." },
+    Guest { name: "pci_bench", boot: Boot::Pvh, sources: &["pci_bench.c"], doc: "Benchmark: cycles and ns per PCI config read through 0xCF8/0xCFC and through ECAM (`n=` reads each); also boots under QEMU q35." },
+    Guest { name: "pci_hostile", boot: Boot::Pvh, sources: &["pci_hostile.c"], doc: "Hostile guest: pseudo-random writes of every size to every config offset (ECAM and 0xCF8) and every BAR of the test device, then prints `hostile: survived` (exit status 85)." },
 ];
 
 /// Runtime sources every C guest links, compiled once per CPU mode.
@@ -68,6 +72,7 @@ const RT_COMMON: &[&str] = &[
     "rt/lapic.c",
     "rt/cpu.c",
     "rt/action.c",
+    "rt/pci.c",
 ];
 /// Runtime sources of 32-bit PVH guests.
 const RT_PVH: &[&str] = &[
@@ -76,6 +81,8 @@ const RT_PVH: &[&str] = &[
     "rt/ap_trampoline.S",
     "rt/pvh.c",
     "rt/smp.c",
+    "rt/idt.c",
+    "rt/idt_stubs.S",
 ];
 /// Runtime of assembly-only PVH guests.
 const RT_PVH_BARE: &[&str] = &["rt/pvh_note.S"];

@@ -90,6 +90,35 @@ pub fn handle_exit(cpu: u32, exit: VcpuExit, io_size: usize, buses: &IoBuses) ->
     }
 }
 
+/// How many exits to userspace a vCPU took, by kind. Interrupts delivered through irqfds and
+/// memory-mapped BARs cause none; these count what did reach the VMM.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Port I/O exits.
+    pub pio: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// Every other exit (including signal interruptions).
+    pub other: u64,
+}
+
+impl ExitCounts {
+    fn count(&mut self, exit: &VcpuExit) {
+        match exit {
+            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => self.pio += 1,
+            VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => self.mmio += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    /// Adds another vCPU's counts.
+    pub fn add(&mut self, o: &ExitCounts) {
+        self.pio += o.pio;
+        self.mmio += o.mmio;
+        self.other += o.other;
+    }
+}
+
 /// Reads fields of the vCPU's shared `kvm_run` page that `VcpuExit` does not carry.
 struct RunPeek(*const kvm_run);
 
@@ -148,7 +177,7 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 pub struct VcpuThread {
     /// vCPU index.
     pub id: u32,
-    handle: JoinHandle<()>,
+    handle: JoinHandle<ExitCounts>,
     done: Arc<AtomicBool>,
 }
 
@@ -167,8 +196,9 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            run_loop(id, &mut fd, &peek, &buses, &exit, &stop, dump_on_crash);
+            let counts = run_loop(id, &mut fd, &peek, &buses, &exit, &stop, dump_on_crash);
             done_t.store(true, Ordering::Release);
+            counts
         })?;
     Ok(VcpuThread { id, handle, done })
 }
@@ -181,10 +211,20 @@ fn run_loop(
     exit: &ExitState,
     stop: &AtomicBool,
     dump_on_crash: bool,
-) {
-    while !stop.load(Ordering::Acquire) {
+) -> ExitCounts {
+    let mut counts = ExitCounts::default();
+    loop {
+        if stop.load(Ordering::Acquire) {
+            // Stopped from outside (a signal, another vCPU's fault): with -v, say where this
+            // vCPU was, which is what one wants to know about a hung guest.
+            if dump_on_crash {
+                dump_registers(id, fd);
+            }
+            return counts;
+        }
         let action = match fd.run() {
             Ok(e) => {
+                counts.count(&e);
                 let size = peek.io_size();
                 match handle_exit(id, e, size, buses) {
                     VcpuAction::Stop(ExitReason::InternalError { cpu, .. }) => {
@@ -196,7 +236,10 @@ fn run_loop(
                     a => a,
                 }
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                counts.other += 1;
+                continue;
+            }
             Err(e) => VcpuAction::Stop(ExitReason::VcpuError {
                 cpu: id,
                 error: format!("KVM_RUN failed: {e}"),
@@ -207,7 +250,7 @@ fn run_loop(
                 dump_registers(id, fd);
             }
             exit.request(reason);
-            return;
+            return counts;
         }
     }
 }
@@ -225,7 +268,8 @@ fn dump_registers(id: u32, fd: &VcpuFd) {
 
 /// Stops every vCPU thread: sets `stop`, kicks each thread until it has left `KVM_RUN`, then
 /// joins it. Gives up on a thread (and says so) after `timeout`.
-pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool, timeout: Duration) {
+pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool, timeout: Duration) -> ExitCounts {
+    let mut total = ExitCounts::default();
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + timeout;
     for t in threads {
@@ -239,10 +283,14 @@ pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool, timeout: Duration) 
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        if t.done.load(Ordering::Acquire) && t.handle.join().is_err() {
-            log::error!("vCPU {} thread panicked", t.id);
+        if t.done.load(Ordering::Acquire) {
+            match t.handle.join() {
+                Ok(c) => total.add(&c),
+                Err(_) => log::error!("vCPU {} thread panicked", t.id),
+            }
         }
     }
+    total
 }
 
 #[cfg(test)]

@@ -302,7 +302,7 @@ impl Vm {
             ) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    vcpu::stop_all(threads, &stop, Duration::from_secs(5));
+                    let _ = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
                     return Err(VmError::VcpuThread(id as u32, e));
                 }
             }
@@ -319,8 +319,13 @@ impl Vm {
                 }
             }
         };
-        vcpu::stop_all(threads, &stop, Duration::from_secs(5));
-        log::debug!("vCPUs stopped");
+        let exits = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
+        log::info!(
+            "exits to userspace: {} port I/O, {} MMIO, {} other",
+            exits.pio,
+            exits.mmio,
+            exits.other
+        );
         result
     }
 
