@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """vfiovm benchmarks: numbers, printed, side by side with QEMU on the same guest in one run.
 
-  python3 scripts/bench.py [--runs N] [--only boot]
+  python3 scripts/bench.py [--runs N] [--only boot|pci] [--pci-runs N] [--pci-reads N]
 
 boot: process start -> exit for the `exit_now` PVH guest (it writes the debug-exit port at once),
       vfiovm vs `qemu-system-x86_64 -enable-kvm -M microvm`, interleaved run by run so both see
       the same machine state; wall time (median, p90) and peak RSS (from wait4's ru_maxrss).
+pci:  cost of one PCI config-space read from inside a guest (`pci_bench`): through 0xCF8/0xCFC
+      (address + data, two port exits), the data port alone, and ECAM (one MMIO exit), timed
+      with rdtsc; vfiovm vs `qemu-system-x86_64 -enable-kvm -M q35` on the same guest image,
+      interleaved, --pci-runs runs of --pci-reads reads each; median ns per read and the ratio.
 """
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -26,7 +31,8 @@ def build():
     log("building vfiovm (release) and the test guests ...")
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "vfiovm", "-p", "vfiovm-guests"],
                    cwd=ROOT, check=True)
-    return os.path.join(ROOT, "target", "release", "vfiovm")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    return os.path.join(target, "release", "vfiovm")
 
 
 def guest_path(name):
@@ -114,17 +120,93 @@ def bench_boot(vfiovm, runs):
             print("vfiovm " + line.split("timing:", 1)[1].strip())
 
 
+PCI_MECHS = ["cf8", "cf8_data", "ecam"]
+BENCH_LINE = re.compile(r"^bench: mech=(\S+) reads=(\d+) cycles_per_read=([\d.]+) "
+                        r"ns_per_read=([\d.]+) value=(0x[0-9a-f]+)$")
+TSC_LINE = re.compile(r"^tsc: khz=(\d+) source=(\S+)$")
+
+
+def pci_run(cmd):
+    """Runs pci_bench once; returns ({mech: (cycles, ns)}, (tsc_khz, source))."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # pci_bench ends with exit:0 on the debug-exit port: status (0 << 1) | 1 = 1 on both VMMs.
+    if out.returncode != 1:
+        raise SystemExit(f"{cmd[0]} exited {out.returncode}, expected 1:\n{out.stdout}\n{out.stderr}")
+    mechs, tsc = {}, None
+    for line in out.stdout.splitlines():
+        m = BENCH_LINE.match(line.strip())
+        if m:
+            mechs[m.group(1)] = (float(m.group(3)), float(m.group(4)))
+        t = TSC_LINE.match(line.strip())
+        if t:
+            tsc = (int(t.group(1)), t.group(2))
+    if sorted(mechs) != sorted(PCI_MECHS) or tsc is None:
+        raise SystemExit(f"unexpected pci_bench output from {cmd[0]}:\n{out.stdout}")
+    return mechs, tsc
+
+
+def bench_pci(vfiovm, runs, reads):
+    guest = guest_path("pci_bench")
+    qemu = shutil.which("qemu-system-x86_64")
+    cmds = {
+        "vfiovm": [vfiovm, "--kernel", guest, "--memory", "256M", "--cmdline", f"n={reads}"],
+        "qemu-q35": [qemu, "-enable-kvm", "-M", "q35", "-m", "256", "-nodefaults",
+                     "-no-user-config", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                     "-display", "none", "-serial", "stdio", "-kernel", guest,
+                     "-append", f"n={reads}"] if qemu else None,
+    }
+    cmds = {k: v for k, v in cmds.items() if v}
+    samples = {k: {m: [] for m in PCI_MECHS} for k in cmds}
+    tsc = {}
+    for i in range(runs):
+        for name, cmd in cmds.items():
+            mechs, tsc[name] = pci_run(cmd)
+            for m, v in mechs.items():
+                samples[name][m].append(v)
+        log(f"  pci: {i + 1}/{runs} runs")
+    print(f"\npci: one config read of 00:00.0 from inside the pci_bench guest, {reads} reads per "
+          f"mechanism per run, {runs} runs each (median over runs; min in brackets)")
+    for name, (khz, source) in tsc.items():
+        print(f"  {name}: TSC {khz / 1000:.1f} MHz from {source}")
+    names = list(cmds)
+    header = f"{'mechanism':10}"
+    for name in names:
+        header += f" {name + ' ns [min]':>20} {name + ' cycles':>16}"
+    if len(names) == 2:
+        header += f" {'ratio ns':>9}"
+    print(header)
+    for m in PCI_MECHS:
+        row = f"{m:10}"
+        med = {}
+        for name in names:
+            ns = [s[1] for s in samples[name][m]]
+            cyc = [s[0] for s in samples[name][m]]
+            med[name] = statistics.median(ns)
+            row += f" {med[name]:10.1f} [{min(ns):7.1f}] {statistics.median(cyc):16.1f}"
+        if len(names) == 2:
+            row += f" {med[names[0]] / med[names[1]]:9.3f}"
+        print(row)
+    if len(names) == 2:
+        print(f"(ratio = {names[0]} / {names[1]}; below 1 means vfiovm is faster)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--only", choices=["boot"], default=None)
+    ap.add_argument("--only", choices=["boot", "pci"], default=None)
+    ap.add_argument("--pci-runs", type=int, default=5, help="runs of pci_bench per VMM")
+    ap.add_argument("--pci-reads", type=int, default=20000, help="reads per mechanism per run")
     a = ap.parse_args()
     if a.runs < 1:
         ap.error("--runs must be at least 1")
+    if a.pci_runs < 1 or not 1 <= a.pci_reads <= 10_000_000:
+        ap.error("--pci-runs must be at least 1 and --pci-reads 1..10000000")
     vfiovm = build()
     if a.only in (None, "boot"):
         bench_boot(vfiovm, a.runs)
+    if a.only in (None, "pci"):
+        bench_pci(vfiovm, a.pci_runs, a.pci_reads)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "echo", boot: Boot::Pvh, sources: &["echo.c"], doc: "Console input test: echoes each line read from COM1 as `echo: <line>`; the line `quit` exits with status 85." },
     Guest { name: "edu_probe", boot: Boot::Pvh, sources: &["edu_probe.c"], doc: "Rig L2 guest: drives QEMU's edu passed through by vfiovm (ident, factorial, DMA both ways, MSI); `msis=N` fires N more MSIs." },
     Guest { name: "hello", boot: Boot::Pvh, sources: &["hello.c"], doc: "README demo: greets, prints RAM size, CPU count and command line, then powers off through ACPI." },
-    Guest { name: "pci_probe", boot: Boot::Pvh, sources: &["pci_probe.c"], doc: "PCI platform checks from inside (`test=enum|bars|move|msix|msi|intx|dma|ext`): enumeration via 0xCF8 and ECAM, BAR sizing and moves, MSI-X/MSI/INTx delivery and masking, DMA and extended config space of the test device." },
+    Guest { name: "pci_probe", boot: Boot::Pvh, sources: &["pci_probe.c", "pci_probe_irq.c"], doc: "PCI platform checks from inside (`test=enum|bars|move|msix|msi|intx|dma|ext`): enumeration via 0xCF8 and ECAM, BAR sizing and moves, MSI-X/MSI/INTx delivery and masking, DMA and extended config space of the test device." },
     Guest { name: "pci_bench", boot: Boot::Pvh, sources: &["pci_bench.c"], doc: "Benchmark: cycles and ns per PCI config read through 0xCF8/0xCFC and through ECAM (`n=` reads each); also boots under QEMU q35." },
     Guest { name: "pci_hostile", boot: Boot::Pvh, sources: &["pci_hostile.c"], doc: "Hostile guest: pseudo-random writes of every size to every config offset (ECAM and 0xCF8) and every BAR of the test device, then prints `hostile: survived` (exit status 85)." },
 ];
@@ -94,6 +94,7 @@ const RT_OTHER: &[&str] = &[
     "rt/include/gdt.h",
     "rt/pvh.ld",
     "rt/linux64.ld",
+    "pci_probe.h",
 ];
 
 /// Page the PVH runtime copies its AP real-mode trampoline to (the SIPI vector is its page

@@ -327,4 +327,97 @@ NORETURN void rt_fail(const char *msg);
 /* Debug-exit value for a guest-detected failure: the VMM exits with status (0x7f << 1) | 1 = 255. */
 #define RT_EXIT_FAILURE 0x7f
 
+/* ---- PCI configuration space (pci.c) ----------------------------------------------------------- */
+
+/* A function's bus/device/function number as one 16-bit value. */
+#define PCI_BDF(bus, dev, fn) ((uint16_t)(((bus) << 8) | ((dev) << 3) | (fn)))
+#define PCI_BDF_BUS(bdf) ((bdf) >> 8)
+#define PCI_BDF_DEV(bdf) (((bdf) >> 3) & 0x1f)
+#define PCI_BDF_FN(bdf) ((bdf) & 7)
+
+#define PCI_CMD_IO 0x1
+#define PCI_CMD_MEMORY 0x2
+#define PCI_CMD_BUS_MASTER 0x4
+
+/* The two configuration mechanisms: type 1 (ports 0xCF8/0xCFC, offsets 0..0xFF) and ECAM. */
+enum pci_mech { PCI_CF8, PCI_ECAM };
+
+/* ECAM base (default: the layout's); pass acpi_info.ecam_base. 0 keeps the current one. */
+void pci_set_ecam_base(uint64_t base);
+uint64_t pci_ecam_address(uint16_t bdf, uint16_t offset);
+/* The CONFIG_ADDRESS value for a dword at `offset` (enable bit set, offset & 0xFC). */
+uint32_t pci_cf8_address(uint16_t bdf, uint16_t offset);
+
+/* `size` is 1, 2 or 4 (anything else: 4); reads zero-extend. Type-1 offsets above 0xFF read all
+ * ones / drop the write. */
+uint32_t pci_cf8_read(uint16_t bdf, uint16_t offset, unsigned size);
+void pci_cf8_write(uint16_t bdf, uint16_t offset, unsigned size, uint32_t v);
+uint32_t pci_ecam_read(uint16_t bdf, uint16_t offset, unsigned size);
+void pci_ecam_write(uint16_t bdf, uint16_t offset, unsigned size, uint32_t v);
+uint32_t pci_read(enum pci_mech mech, uint16_t bdf, uint16_t offset, unsigned size);
+void pci_write(enum pci_mech mech, uint16_t bdf, uint16_t offset, unsigned size, uint32_t v);
+
+/* Shorthands through ECAM. */
+uint32_t pci_read32(uint16_t bdf, uint16_t offset);
+uint16_t pci_read16(uint16_t bdf, uint16_t offset);
+uint8_t pci_read8(uint16_t bdf, uint16_t offset);
+void pci_write32(uint16_t bdf, uint16_t offset, uint32_t v);
+void pci_write16(uint16_t bdf, uint16_t offset, uint16_t v);
+void pci_write8(uint16_t bdf, uint16_t offset, uint8_t v);
+
+/* Scans all 256 functions of bus 0 for vendor:device (ECAM); the first match in *bdf. */
+bool pci_find_device(uint16_t vendor, uint16_t device, uint16_t *bdf);
+/* Config offset of capability `id` in the standard list, 0 if absent. */
+uint16_t pci_find_cap(enum pci_mech mech, uint16_t bdf, uint8_t id);
+/* Config offset of extended capability `id` (ECAM, list at 0x100), 0 if absent. */
+uint16_t pci_find_ext_cap(uint16_t bdf, uint16_t id);
+
+#define PCI_ROM_BAR 6 /* BAR index that names the expansion ROM */
+
+enum pci_bar_kind { PCI_BAR_NONE, PCI_BAR_IO, PCI_BAR_MEM32, PCI_BAR_MEM64, PCI_BAR_ROM };
+
+struct pci_bar {
+    uint8_t index;      /* 0..5, or PCI_ROM_BAR */
+    uint8_t kind;       /* enum pci_bar_kind */
+    bool prefetchable;
+    bool enabled;       /* ROM enable bit */
+    uint64_t addr;      /* address programmed before sizing */
+    uint64_t size;      /* 0 if not implemented */
+};
+
+/*
+ * Sizes BAR `index` (0..5 or PCI_ROM_BAR) the standard way: I/O and memory decoding off, write
+ * all ones (the address bits only, for the ROM), read the mask, write the original back, restore
+ * the command register. Returns the number of BAR registers it occupies (2 for a 64-bit BAR, so
+ * the caller skips the next index), 0 for an index out of range.
+ */
+unsigned pci_bar_size(uint16_t bdf, unsigned index, struct pci_bar *bar);
+const char *pci_bar_kind_name(enum pci_bar_kind kind);
+
+/* ---- Interrupts without iret (idt.c, idt_stubs.S; 32-bit runtime only) ------------------------- */
+
+/* idt_call's result when body returned before any interrupt arrived. */
+#define IDT_NO_INTERRUPT (-1)
+
+struct idt_event {
+    uint32_t vector;
+    uint32_t error_code; /* CPU error code of an exception, else 0 */
+    uint32_t eip;        /* where the CPU was when it arrived */
+};
+
+/* Loads a 256-gate IDT; handlers EOI LAPIC vectors (32..254) at lapic_base (0: the layout's). */
+void idt_init(uint64_t lapic_base);
+/*
+ * Calls body(arg) with interrupts enabled. Returns the vector of the first interrupt or exception
+ * that arrives meanwhile (body is abandoned at that point: handlers never iret), or
+ * IDT_NO_INTERRUPT if body returns first. Interrupts are disabled on return. Does not nest.
+ */
+int idt_call(void (*body)(void *), void *arg);
+/* idt_call with a body that waits `us` microseconds. */
+int idt_wait_us(uint64_t us);
+/* Interrupts/exceptions seen so far: for one vector, in total, and the last one. */
+uint32_t idt_count(uint8_t vector);
+uint32_t idt_total(void);
+void idt_last(struct idt_event *e);
+
 #endif /* RT_H */
