@@ -215,9 +215,9 @@ fn run_loop(
     let mut counts = ExitCounts::default();
     loop {
         if stop.load(Ordering::Acquire) {
-            // Stopped from outside (a signal, another vCPU's fault): with -v, say where this
-            // vCPU was, which is what one wants to know about a hung guest.
-            if dump_on_crash {
+            // Stopped by a signal (a hung guest killed by its harness) or by another vCPU's
+            // fault: with -v, say where this vCPU was. Not on the guest's own reset/power-off.
+            if dump_on_crash && !matches!(exit.reason(), Some(ExitReason::Guest(_))) {
                 dump_registers(id, fd);
             }
             return counts;

@@ -47,22 +47,6 @@ else
 fi
 
 # Host-check errors, with the device in the wrong state: one clear line, status 2.
-expect_error() {
-	name=$1 needle=$2
-	shift 2
-	./vfiovm "$@" >"out.$name" 2>"err.$name" </dev/null
-	rc=$?
-	sed "s/^/  [$name] /" "err.$name"
-	if [ $rc != 2 ]; then
-		bad "$name: status $rc, want 2"
-	elif ! grep -q "$needle" "err.$name"; then
-		bad "$name: stderr lacks '$needle'"
-	elif [ "$(wc -l <"err.$name")" != 1 ]; then
-		bad "$name: more than one line on stderr"
-	else
-		ok "$name"
-	fi
-}
 # pci-testdev (1b36:0005) is left without a driver by the rig: not bound to vfio-pci.
 tdev=$(for d in /sys/bus/pci/devices/*; do [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1b36:0x0005 ] && basename "$d"; done | head -1)
 if [ -n "$tdev" ]; then
