@@ -55,3 +55,23 @@ void boot_print_module(const struct rt_module *m)
     else
         rt_printf("unreachable");
 }
+
+/* Copies the NUL-terminated command line at guest-physical `addr` into boot->cmdline, bounded
+ * by RT_CMDLINE_MAX and by what this runtime can reach. Shared by both boot protocols. */
+void boot_copy_cmdline(struct rt_boot *boot, uint64_t addr)
+{
+    if (addr == 0)
+        return;
+    boot->has_cmdline = true;
+    if (!rt_reachable(addr, 1)) {
+        boot->cmdline_truncated = true;
+        return;
+    }
+    const char *s = rt_phys(addr);
+    uint64_t room = RT_ADDR_LIMIT - addr;
+    size_t max = room < RT_CMDLINE_MAX - 1 ? (size_t)room : RT_CMDLINE_MAX - 1;
+    size_t n = rt_strnlen(s, max);
+    memcpy(boot->cmdline, s, n);
+    boot->cmdline[n] = '\0';
+    boot->cmdline_truncated = n == max && (n == room || s[n] != '\0');
+}

@@ -23,23 +23,6 @@ static struct rt_boot boot;
 static uint32_t rd32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 
-static void copy_cmdline(uint64_t addr)
-{
-    if (addr == 0)
-        return;
-    boot.has_cmdline = true;
-    if (!rt_reachable(addr, 1)) {
-        boot.cmdline_truncated = true;
-        return;
-    }
-    const char *s = rt_phys(addr);
-    uint64_t room = RT_ADDR_LIMIT - addr;
-    size_t max = room < RT_CMDLINE_MAX - 1 ? (size_t)room : RT_CMDLINE_MAX - 1;
-    size_t n = rt_strnlen(s, max);
-    memcpy(boot.cmdline, s, n);
-    boot.cmdline[n] = '\0';
-    boot.cmdline_truncated = n == max && (n == room || s[n] != '\0');
-}
 
 /* Entered from linux64_entry.S with our own stack; `zero_page` is what the loader put in rsi. */
 NORETURN void rt_linux64_entry(uint64_t zero_page)
@@ -75,7 +58,7 @@ NORETURN void rt_linux64_entry(uint64_t zero_page)
         boot.nr_modules = boot.modules_total = 1;
     }
 
-    copy_cmdline(rd32(zp + ZP_CMD_LINE_PTR) | (uint64_t)rd32(zp + ZP_EXT_CMD_LINE_PTR) << 32);
+    boot_copy_cmdline(&boot, rd32(zp + ZP_CMD_LINE_PTR) | (uint64_t)rd32(zp + ZP_EXT_CMD_LINE_PTR) << 32);
     boot.rsdp = rd64(zp + ZP_ACPI_RSDP_ADDR);
     guest_main(&boot);
 }

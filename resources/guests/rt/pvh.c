@@ -37,24 +37,6 @@ _Static_assert(sizeof(struct hvm_memmap_table_entry) == 24, "hvm_memmap_table_en
 
 static struct rt_boot boot;
 
-/* Copies the NUL-terminated string at `addr` into boot.cmdline, bounded. */
-static void copy_cmdline(uint64_t addr)
-{
-    if (addr == 0)
-        return;
-    boot.has_cmdline = true;
-    if (!rt_reachable(addr, 1)) {
-        boot.cmdline_truncated = true;
-        return;
-    }
-    const char *s = rt_phys(addr);
-    uint64_t room = RT_ADDR_LIMIT - addr;
-    size_t max = room < RT_CMDLINE_MAX - 1 ? (size_t)room : RT_CMDLINE_MAX - 1;
-    size_t n = rt_strnlen(s, max);
-    memcpy(boot.cmdline, s, n);
-    boot.cmdline[n] = '\0';
-    boot.cmdline_truncated = n == max && (n == room || s[n] != '\0');
-}
 
 /* Entered from pvh_entry.S with a stack and flat segments. */
 NORETURN void rt_pvh_entry(uint32_t start_info)
@@ -100,7 +82,7 @@ NORETURN void rt_pvh_entry(uint32_t start_info)
         }
     }
 
-    copy_cmdline(si->cmdline_paddr);
+    boot_copy_cmdline(&boot, si->cmdline_paddr);
     boot.rsdp = si->rsdp_paddr;
     guest_main(&boot);
 }

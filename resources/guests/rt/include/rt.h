@@ -215,6 +215,8 @@ void boot_print_memmap(const struct rt_boot *boot, const char *label);
 
 /* Prints "cmdline: <text>" (non-printable bytes as '?', " [truncated]" if cut). */
 void boot_print_cmdline(const struct rt_boot *boot);
+/* Copies the command line at guest-physical `addr` into boot->cmdline (boot protocols use it). */
+void boot_copy_cmdline(struct rt_boot *boot, uint64_t addr);
 
 /* Prints "addr=0x.. size=0x.. head=<first 16 bytes>" for a module, without a newline. */
 void boot_print_module(const struct rt_module *m);
