@@ -252,12 +252,12 @@ impl InterruptManager for KvmInterruptManager {
     fn allocate_msi(&self) -> Result<Box<dyn MsiVector>, InterruptError> {
         let fd = new_eventfd()?;
         let gsi = self.shared.allocate()?;
-        Ok(Box::new(KvmMsiVector {
+        Ok(Box::new(KvmMsiVector(Irqfd {
             gsi,
             fd,
             shared: self.shared.clone(),
             live: false,
-        }))
+        })))
     }
 
     fn allocate_intx(&self, gsi: u32) -> Result<Box<dyn IntxLine>, InterruptError> {
@@ -265,11 +265,13 @@ impl InterruptManager for KvmInterruptManager {
             return Err(InterruptError::InvalidIntxGsi { gsi });
         }
         let mut line = KvmIntxLine {
-            gsi,
-            fd: new_eventfd()?,
+            irqfd: Irqfd {
+                gsi,
+                fd: new_eventfd()?,
+                shared: self.shared.clone(),
+                live: false,
+            },
             resample: new_eventfd()?,
-            shared: self.shared.clone(),
-            live: false,
         };
         line.enable()?;
         Ok(Box::new(line))
@@ -283,33 +285,25 @@ fn irqfd_error(gsi: u32, e: kvm_ioctls::Error) -> InterruptError {
     }
 }
 
-/// An MSI vector: a GSI with an irqfd.
-struct KvmMsiVector {
+/// An eventfd bound to a GSI as a KVM irqfd, assigned only while enabled: while it is not,
+/// events wait in the eventfd's counter.
+struct Irqfd {
     gsi: u32,
     fd: EventFd,
     shared: Arc<Shared>,
     live: bool,
 }
 
-impl MsiVector for KvmMsiVector {
-    fn gsi(&self) -> u32 {
-        self.gsi
-    }
-
-    fn eventfd(&self) -> &EventFd {
-        &self.fd
-    }
-
-    fn set_route(&mut self, msg: MsiMessage) -> Result<(), InterruptError> {
-        self.shared.set_route(self.gsi, msg)
-    }
-
-    fn enable(&mut self) -> Result<(), InterruptError> {
+impl Irqfd {
+    /// Assigns the irqfd; with `resample` (a level-triggered line) KVM signals it on EOI.
+    fn enable(&mut self, resample: Option<&EventFd>) -> Result<(), InterruptError> {
         if !self.live {
-            self.shared
-                .vm
-                .register_irqfd(&self.fd, self.gsi)
-                .map_err(|e| irqfd_error(self.gsi, e))?;
+            let vm = &self.shared.vm;
+            match resample {
+                Some(r) => vm.register_irqfd_with_resample(&self.fd, r, self.gsi),
+                None => vm.register_irqfd(&self.fd, self.gsi),
+            }
+            .map_err(|e| irqfd_error(self.gsi, e))?;
             self.live = true;
         }
         Ok(())
@@ -329,37 +323,63 @@ impl MsiVector for KvmMsiVector {
     fn trigger(&self) -> Result<(), InterruptError> {
         self.fd.write(1).map_err(InterruptError::EventFd)
     }
+}
+
+/// An MSI vector: a GSI with an irqfd.
+struct KvmMsiVector(Irqfd);
+
+impl MsiVector for KvmMsiVector {
+    fn gsi(&self) -> u32 {
+        self.0.gsi
+    }
+
+    fn eventfd(&self) -> &EventFd {
+        &self.0.fd
+    }
+
+    fn set_route(&mut self, msg: MsiMessage) -> Result<(), InterruptError> {
+        self.0.shared.set_route(self.0.gsi, msg)
+    }
+
+    fn enable(&mut self) -> Result<(), InterruptError> {
+        self.0.enable(None)
+    }
+
+    fn disable(&mut self) -> Result<(), InterruptError> {
+        self.0.disable()
+    }
+
+    fn trigger(&self) -> Result<(), InterruptError> {
+        self.0.trigger()
+    }
 
     fn take_pending(&self) -> bool {
-        !self.live && drain_eventfd(&self.fd)
+        !self.0.live && drain_eventfd(&self.0.fd)
     }
 }
 
 impl Drop for KvmMsiVector {
     fn drop(&mut self) {
-        if let Err(e) = self.disable() {
+        if let Err(e) = self.0.disable() {
             log::warn!("releasing MSI vector: {e}");
         }
-        self.shared.release(self.gsi);
+        self.0.shared.release(self.0.gsi);
     }
 }
 
 /// An INTx line: a resample irqfd on an IOAPIC pin.
 struct KvmIntxLine {
-    gsi: u32,
-    fd: EventFd,
+    irqfd: Irqfd,
     resample: EventFd,
-    shared: Arc<Shared>,
-    live: bool,
 }
 
 impl IntxLine for KvmIntxLine {
     fn gsi(&self) -> u32 {
-        self.gsi
+        self.irqfd.gsi
     }
 
     fn eventfd(&self) -> &EventFd {
-        &self.fd
+        &self.irqfd.fd
     }
 
     fn resample_eventfd(&self) -> &EventFd {
@@ -367,29 +387,15 @@ impl IntxLine for KvmIntxLine {
     }
 
     fn enable(&mut self) -> Result<(), InterruptError> {
-        if !self.live {
-            self.shared
-                .vm
-                .register_irqfd_with_resample(&self.fd, &self.resample, self.gsi)
-                .map_err(|e| irqfd_error(self.gsi, e))?;
-            self.live = true;
-        }
-        Ok(())
+        self.irqfd.enable(Some(&self.resample))
     }
 
     fn disable(&mut self) -> Result<(), InterruptError> {
-        if self.live {
-            self.shared
-                .vm
-                .unregister_irqfd(&self.fd, self.gsi)
-                .map_err(|e| irqfd_error(self.gsi, e))?;
-            self.live = false;
-        }
-        Ok(())
+        self.irqfd.disable()
     }
 
     fn trigger(&self) -> Result<(), InterruptError> {
-        self.fd.write(1).map_err(InterruptError::EventFd)
+        self.irqfd.trigger()
     }
 
     fn take_resample(&self) -> bool {
@@ -399,7 +405,7 @@ impl IntxLine for KvmIntxLine {
 
 impl Drop for KvmIntxLine {
     fn drop(&mut self) {
-        if let Err(e) = self.disable() {
+        if let Err(e) = self.irqfd.disable() {
             log::warn!("releasing INTx line: {e}");
         }
     }
