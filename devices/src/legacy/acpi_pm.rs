@@ -214,22 +214,13 @@ impl AcpiPm {
         self.update_tmr_sts(now);
         // One timer sample per access, so a 32-bit read is consistent.
         let timer = self.timer_value(now);
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match offset.checked_add(i as u64) {
-                Some(o) => self.read_byte(o, timer),
-                None => 0,
-            };
-        }
+        super::read_bytes(offset, data, 0, |o| self.read_byte(o, timer));
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8], now: Instant) {
         // Bring TMR_STS up to date first, so a guest's clearing write sees the current status.
         self.update_tmr_sts(now);
-        for (i, &v) in data.iter().enumerate() {
-            if let Some(o) = offset.checked_add(i as u64) {
-                self.write_byte(o, v);
-            }
-        }
+        super::write_bytes(offset, data, |o, v| self.write_byte(o, v));
     }
 }
 

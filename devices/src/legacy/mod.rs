@@ -32,6 +32,32 @@ pub use i8042::{I8042, I8042_PORT_LEN};
 pub use rtc::{Cmos, CMOS_PORT_LEN};
 pub use serial::{FdWriter, Serial, StdoutWriter, SERIAL_PORT_LEN};
 
+/// Reads `data.len()` consecutive byte registers starting at `offset`, one `read_byte` each, as
+/// an ISA bus splitting a wide cycle would. A byte whose offset overflows reads `missing`.
+pub(crate) fn read_bytes(
+    offset: u64,
+    data: &mut [u8],
+    missing: u8,
+    mut read_byte: impl FnMut(u64) -> u8,
+) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = match offset.checked_add(i as u64) {
+            Some(o) => read_byte(o),
+            None => missing,
+        };
+    }
+}
+
+/// Writes `data` to consecutive byte registers starting at `offset`, one `write_byte` each. A
+/// byte whose offset overflows is dropped.
+pub(crate) fn write_bytes(offset: u64, data: &[u8], mut write_byte: impl FnMut(u64, u8)) {
+    for (i, &v) in data.iter().enumerate() {
+        if let Some(o) = offset.checked_add(i as u64) {
+            write_byte(o, v);
+        }
+    }
+}
+
 /// A flag that is true the first time it is asked: for "logged once" messages about guest
 /// behaviour, so a guest cannot flood the log.
 #[derive(Debug, Default)]

@@ -310,20 +310,11 @@ impl Cmos {
 
 impl BusDevice for Cmos {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match offset.checked_add(i as u64) {
-                Some(o) => self.read_byte(o),
-                None => 0xff,
-            };
-        }
+        super::read_bytes(offset, data, 0xff, |o| self.read_byte(o));
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        for (i, &v) in data.iter().enumerate() {
-            if let Some(o) = offset.checked_add(i as u64) {
-                self.write_byte(o, v);
-            }
-        }
+        super::write_bytes(offset, data, |o, v| self.write_byte(o, v));
     }
 }
 

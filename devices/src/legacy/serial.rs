@@ -164,25 +164,23 @@ impl<W: Write + Send> Serial<W> {
 
 impl<W: Write + Send> BusDevice for Serial<W> {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match offset.checked_add(i as u64) {
-                Some(o) if o < UART_REGS => self.uart.read(o as u8),
-                _ => 0xff,
-            };
-        }
+        super::read_bytes(offset, data, 0xff, |o| {
+            if o < UART_REGS {
+                self.uart.read(o as u8)
+            } else {
+                0xff
+            }
+        });
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        for (i, &v) in data.iter().enumerate() {
-            match offset.checked_add(i as u64) {
-                Some(o) if o < UART_REGS => {
-                    if let Err(e) = self.uart.write(o as u8, v) {
-                        self.log_error(&e);
-                    }
+        super::write_bytes(offset, data, |o, v| {
+            if o < UART_REGS {
+                if let Err(e) = self.uart.write(o as u8, v) {
+                    self.log_error(&e);
                 }
-                _ => {}
             }
-        }
+        });
     }
 }
 
