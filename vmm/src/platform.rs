@@ -105,10 +105,10 @@ fn insert(
     bus: &Bus,
     what: &'static str,
     dev: Arc<Mutex<dyn BusDevice>>,
-    base: u16,
+    base: u64,
     len: u64,
 ) -> Result<(), PlatformError> {
-    bus.insert(dev, u64::from(base), len)
+    bus.insert(dev, base, len)
         .map_err(|err| PlatformError::Bus { what, err })
 }
 
@@ -151,19 +151,25 @@ impl Platform {
             serial: serial.clone(),
             drained: drained_clone,
         }));
-        insert(&pio, "COM1", serial.clone(), ports::COM1, SERIAL_PORT_LEN)?;
+        insert(
+            &pio,
+            "COM1",
+            serial.clone(),
+            u64::from(ports::COM1),
+            SERIAL_PORT_LEN,
+        )?;
         insert(
             &pio,
             "the i8042",
             Arc::new(Mutex::new(I8042::new(sink.clone()))),
-            ports::I8042_DATA,
+            u64::from(ports::I8042_DATA),
             I8042_PORT_LEN,
         )?;
         insert(
             &pio,
             "the debug-exit port",
             Arc::new(Mutex::new(DebugExit::new(sink.clone()))),
-            ports::DEBUG_EXIT,
+            u64::from(ports::DEBUG_EXIT),
             DEBUG_EXIT_PORT_LEN,
         )?;
         let pm = AcpiPm::new(sink.clone(), ports::SLP_TYP_S5)
@@ -172,7 +178,7 @@ impl Platform {
             &pio,
             "the ACPI PM block",
             Arc::new(Mutex::new(pm)),
-            ports::PM_BLOCK_START,
+            u64::from(ports::PM_BLOCK_START),
             ACPI_PM_BLOCK_LEN,
         )?;
         let ram = layout::ram_regions(config.memory);
@@ -182,7 +188,7 @@ impl Platform {
             &pio,
             "the RTC",
             Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
-            ports::RTC,
+            u64::from(ports::RTC),
             CMOS_PORT_LEN,
         )?;
         let pci = PciPlatform::new(PciPlatformConfig {
@@ -201,24 +207,20 @@ impl Platform {
             exit: sink,
         })
         .map_err(|e| PlatformError::Pci(e.to_string()))?;
-        pio.insert(
+        insert(
+            &pio,
+            "the PCI config ports",
             pci.config_io_device(),
             u64::from(ports::PCI_CONFIG),
             PCI_CONFIG_IO_LEN,
-        )
-        .map_err(|err| PlatformError::Bus {
-            what: "the PCI config ports",
-            err,
-        })?;
-        mmio.insert(
+        )?;
+        insert(
+            &mmio,
+            "the PCI ECAM window",
             pci.ecam_device(),
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
-        )
-        .map_err(|err| PlatformError::Bus {
-            what: "the PCI ECAM window",
-            err,
-        })?;
+        )?;
         if config.test_pci_device {
             let dev = TestDevice::new(mem.clone(), &*irq)
                 .map_err(|e| PlatformError::Device("the PCI test device", e.to_string()))?;

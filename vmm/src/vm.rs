@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arch::boot::{self, BootInfo, LoadedKernel};
 use arch::regs::{self, EntryMode};
-use kvm_bindings::{kvm_pit_config, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::config::VmConfig;
@@ -210,7 +210,11 @@ impl Vm {
             .filter(|&n| n > 0)
             .map(|n| n - 1);
         boot::write_cmdline(&mem, &config.cmdline, max_cmdline)?;
-        let phys_bits = guest_phys_bits(&kvm);
+        // One KVM_GET_SUPPORTED_CPUID serves the address width and every vCPU's table.
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let phys_bits = guest_phys_bits(&supported_cpuid);
         let rsdp =
             platform::write_firmware_tables(&mem, config, phys_bits).map_err(VmError::Firmware)?;
         let info = BootInfo {
@@ -243,7 +247,16 @@ impl Vm {
         )?;
 
         let vcpus = (0..config.cpus)
-            .map(|id| create_vcpu(&kvm, &vm, id, config.cpus, &kernel, boot_info))
+            .map(|id| {
+                create_vcpu(
+                    &vm,
+                    supported_cpuid.clone(),
+                    id,
+                    config.cpus,
+                    &kernel,
+                    boot_info,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         log::info!(
@@ -276,11 +289,11 @@ impl Vm {
             em.add_subscriber(Arc::new(Mutex::new(s)));
         }
         let console = self.platform.console_input();
-        let _raw_mode = console
+        let raw_mode = console
             .as_ref()
             .and_then(|_| crate::terminal::RawMode::enter());
         if let Some(sink) = console {
-            let tty = _raw_mode.is_some();
+            let tty = raw_mode.is_some();
             em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
                 libc::STDIN_FILENO,
                 tty,
@@ -341,22 +354,19 @@ impl Vm {
 }
 
 /// The guest's physical address width, from KVM's supported CPUID leaf 0x8000_0008.
-fn guest_phys_bits(kvm: &Kvm) -> u8 {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .ok()
-        .and_then(|c| {
-            c.as_slice()
-                .iter()
-                .find(|e| e.function == 0x8000_0008)
-                .map(|e| (e.eax & 0xff) as u8)
-        })
+fn guest_phys_bits(cpuid: &CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map(|e| (e.eax & 0xff) as u8)
         .filter(|&b| (32..=52).contains(&b))
         .unwrap_or(36)
 }
 
 fn create_vcpu(
-    kvm: &Kvm,
     vm: &VmFd,
+    mut cpuid: CpuId,
     id: u32,
     count: u32,
     kernel: &LoadedKernel,
@@ -365,9 +375,6 @@ fn create_vcpu(
     let fd = vm
         .create_vcpu(u64::from(id))
         .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let params = arch::cpuid::CpuidParams {
         cpu_id: id as u8,
         cpu_count: count as u8,
