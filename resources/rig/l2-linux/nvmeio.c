@@ -1,0 +1,185 @@
+// nvmeio: the block I/O tool of the rig's Linux tests (docs/testing.md, tier 3). Built static for
+// L1 and the L2 Linux guest, and natively for the host's final check of QEMU's backing file.
+//
+//   nvmeio write  DEV OFFSET BYTES SEED   write the pattern with O_DIRECT, read it back, compare
+//   nvmeio check  DEV OFFSET BYTES SEED   read with O_DIRECT (a regular file: plain reads), compare
+//   nvmeio bench  DEV OFFSET BYTES        sequential O_DIRECT write (+fsync) then read, 1 MiB
+//                                         requests, 3 passes; prints the median pass
+//   nvmeio reads  DEV OFFSET COUNT        COUNT 4 KiB O_DIRECT reads, one at a time
+//
+// The pattern is a function of the seed and of each 8-byte word's byte offset on the device, so
+// data that lands at the wrong offset is caught as surely as wrong data. Output lines start with
+// "NVMEIO"; numbers that differ between runs are printed in fixed-width fields so two runs that
+// do the same work print the same number of bytes. Exit status: 0 ok, 1 mismatch, 2 I/O error.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK (1u << 20) // bytes per request for write/check/bench
+#define SMALL 4096u      // bytes per request for reads
+
+static uint64_t word_at(uint64_t seed, uint64_t byte_offset) {
+    // splitmix64 of (seed, word index): cheap, and no two offsets share a value in practice
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + (byte_offset / 8) + 0x632be59bd9b4e019ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void fill(uint64_t *buf, size_t len, uint64_t seed, uint64_t off) {
+    for (size_t i = 0; i < len / 8; i++) buf[i] = word_at(seed, off + i * 8);
+}
+
+static uint64_t count_bad(const uint64_t *buf, size_t len, uint64_t seed, uint64_t off, uint64_t *first) {
+    uint64_t bad = 0;
+    for (size_t i = 0; i < len / 8; i++) {
+        if (buf[i] != word_at(seed, off + i * 8)) {
+            if (bad == 0) *first = off + i * 8;
+            bad++;
+        }
+    }
+    return bad;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int xfer(int fd, void *buf, size_t len, uint64_t off, int write_it) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write_it ? pwrite(fd, (char *)buf + done, len - done, (off_t)(off + done))
+                             : pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            fprintf(stderr, "NVMEIO error %s at %" PRIu64 ": %s\n", write_it ? "write" : "read", off + done,
+                    n < 0 ? strerror(errno) : "short transfer");
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static int open_dev(const char *path, int flags) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISBLK(st.st_mode)) flags |= O_DIRECT;
+    int fd = open(path, flags);
+    if (fd < 0) fprintf(stderr, "NVMEIO error open %s: %s\n", path, strerror(errno));
+    return fd;
+}
+
+static uint64_t num(const char *s) {
+    char *end;
+    uint64_t v = strtoull(s, &end, 0);
+    if (*end == 'M') v <<= 20, end++;
+    else if (*end == 'K') v <<= 10, end++;
+    if (*end) {
+        fprintf(stderr, "NVMEIO error bad number '%s'\n", s);
+        exit(2);
+    }
+    return v;
+}
+
+// write (then verify) or only check the pattern over [off, off+len)
+static int pattern(const char *dev, uint64_t off, uint64_t len, uint64_t seed, int write_it) {
+    void *mem;
+    if (posix_memalign(&mem, 4096, CHUNK)) return 2;
+    uint64_t *buf = mem;
+    int fd = open_dev(dev, write_it ? O_RDWR : O_RDONLY);
+    if (fd < 0) return 2;
+    if (write_it) {
+        for (uint64_t o = 0; o < len; o += CHUNK) {
+            size_t n = len - o < CHUNK ? (size_t)(len - o) : CHUNK;
+            fill(buf, n, seed, off + o);
+            if (xfer(fd, buf, n, off + o, 1)) return 2;
+        }
+        if (fsync(fd)) {
+            fprintf(stderr, "NVMEIO error fsync: %s\n", strerror(errno));
+            return 2;
+        }
+    }
+    uint64_t bad = 0, first = 0;
+    for (uint64_t o = 0; o < len; o += CHUNK) {
+        size_t n = len - o < CHUNK ? (size_t)(len - o) : CHUNK;
+        memset(buf, 0, n);
+        if (xfer(fd, buf, n, off + o, 0)) return 2;
+        uint64_t f = 0, b = count_bad(buf, n, seed, off + o, &f);
+        if (b && !bad) first = f;
+        bad += b;
+    }
+    close(fd);
+    printf("NVMEIO %s seed=%" PRIu64 " offset=%" PRIu64 " bytes=%" PRIu64 " mismatched_words=%" PRIu64, write_it ? "write" : "check",
+           seed, off, len, bad);
+    if (bad) printf(" first_bad_offset=%" PRIu64, first);
+    printf("\n");
+    return bad ? 1 : 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+// BENCH_PASSES passes of (write all, fsync, read all); the median pass of each direction counts
+#define BENCH_PASSES 3
+static int bench(const char *dev, uint64_t off, uint64_t len) {
+    void *mem;
+    if (posix_memalign(&mem, 4096, CHUNK)) return 2;
+    int fd = open_dev(dev, O_RDWR);
+    if (fd < 0) return 2;
+    fill(mem, CHUNK, 99, 0);
+    double w[BENCH_PASSES], r[BENCH_PASSES];
+    for (int p = 0; p < BENCH_PASSES; p++) {
+        double t0 = now();
+        for (uint64_t o = 0; o < len; o += CHUNK)
+            if (xfer(fd, mem, CHUNK, off + o, 1)) return 2;
+        if (fsync(fd)) return 2;
+        double t1 = now();
+        for (uint64_t o = 0; o < len; o += CHUNK)
+            if (xfer(fd, mem, CHUNK, off + o, 0)) return 2;
+        w[p] = t1 - t0;
+        r[p] = now() - t1;
+    }
+    close(fd);
+    qsort(w, BENCH_PASSES, sizeof w[0], cmp_double);
+    qsort(r, BENCH_PASSES, sizeof r[0], cmp_double);
+    double mib = (double)len / (1 << 20), wm = w[BENCH_PASSES / 2], rm = r[BENCH_PASSES / 2];
+    printf("NVMEIO bench bytes=%" PRIu64 " passes=%d write_s=%.3f read_s=%.3f write_MiBps=%.1f read_MiBps=%.1f\n", len,
+           BENCH_PASSES, wm, rm, mib / wm, mib / rm);
+    return 0;
+}
+
+static int reads(const char *dev, uint64_t off, uint64_t count) {
+    void *mem;
+    if (posix_memalign(&mem, 4096, SMALL)) return 2;
+    int fd = open_dev(dev, O_RDONLY);
+    if (fd < 0) return 2;
+    double t0 = now();
+    for (uint64_t i = 0; i < count; i++)
+        if (xfer(fd, mem, SMALL, off + (i % 256) * SMALL, 0)) return 2;
+    double t1 = now();
+    close(fd);
+    // fixed width: two runs with different counts print the same number of bytes
+    printf("NVMEIO reads count=%8" PRIu64 " us_per_read=%10.1f\n", count, count ? (t1 - t0) * 1e6 / (double)count : 0.0);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 6 && !strcmp(argv[1], "write")) return pattern(argv[2], num(argv[3]), num(argv[4]), num(argv[5]), 1);
+    if (argc == 6 && !strcmp(argv[1], "check")) return pattern(argv[2], num(argv[3]), num(argv[4]), num(argv[5]), 0);
+    if (argc == 5 && !strcmp(argv[1], "bench")) return bench(argv[2], num(argv[3]), num(argv[4]));
+    if (argc == 5 && !strcmp(argv[1], "reads")) return reads(argv[2], num(argv[3]), num(argv[4]));
+    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT\n");
+    return 2;
+}
