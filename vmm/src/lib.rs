@@ -75,7 +75,7 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             if let Some(line) = reason.complaint() {
                 eprintln!("vfiovm: {line}");
             }
-            log::info!("exit status {}", reason.status());
+            log::info!("stopped: {reason:?}; exit status {}", reason.status());
             reason.status()
         }
         Err(e) => {
