@@ -24,6 +24,9 @@ pub const RAM_START: u64 = 0;
 pub const LOW_RAM_MAX_END: u64 = 0xB000_0000;
 /// Start of RAM above 4 GiB.
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
+/// End (exclusive) of the guest physical address space: x86-64 addresses at most 52 bits. RAM
+/// never reaches past it.
+pub const MAX_PHYS_ADDR: u64 = 1 << 52;
 
 /// Global descriptor table used for the initial vCPU state.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -151,12 +154,14 @@ pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
 }
 
 /// The RAM regions of a guest with `mem_size` bytes of RAM: below the 32-bit hole, and the rest
-/// above 4 GiB.
+/// above 4 GiB, up to [`MAX_PHYS_ADDR`] (a larger `mem_size` cannot be addressed and is cut
+/// there; the VMM refuses more RAM than the host has long before).
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     let low = mem_size.min(LOW_RAM_MAX_END);
     let mut regions = vec![(RAM_START, low)];
     if mem_size > low {
-        regions.push((HIGH_RAM_START, mem_size - low));
+        let high = (mem_size - low).min(MAX_PHYS_ADDR - HIGH_RAM_START);
+        regions.push((HIGH_RAM_START, high));
     }
     regions
 }
@@ -204,6 +209,21 @@ mod tests {
             ram_end(4 << 30),
             HIGH_RAM_START + (4 << 30) - LOW_RAM_MAX_END
         );
+    }
+
+    /// Found by the `boot_builders` fuzz target: `memory_map(u64::MAX)` (and `ram_end`,
+    /// `mmio64_window`) overflowed computing the end of the RAM above 4 GiB.
+    #[test]
+    fn huge_sizes_stop_at_the_physical_address_limit() {
+        for size in [u64::MAX, u64::MAX - (1 << 30), MAX_PHYS_ADDR + 1] {
+            let r = ram_regions(size);
+            assert_eq!(r[1], (HIGH_RAM_START, MAX_PHYS_ADDR - HIGH_RAM_START));
+            assert_eq!(ram_end(size), MAX_PHYS_ADDR);
+            assert_eq!(mmio64_window(size, 52), None);
+        }
+        let just_fits = MAX_PHYS_ADDR - HIGH_RAM_START + LOW_RAM_MAX_END;
+        assert_eq!(ram_end(just_fits), MAX_PHYS_ADDR);
+        assert_eq!(ram_end(just_fits - 1), MAX_PHYS_ADDR - 1);
     }
 
     #[test]

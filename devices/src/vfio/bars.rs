@@ -117,8 +117,28 @@ fn align_up(v: u64) -> Option<u64> {
     v.checked_add(HOST_PAGE_SIZE - 1).map(align_down)
 }
 
+/// `areas` as `[start, end)` ranges, sorted, with overlapping ones merged. The kernel's list
+/// need not be sorted nor disjoint, and overlapping pieces would become overlapping guest
+/// mappings. Adjacent areas stay separate (each is one mmap the kernel allows).
+fn disjoint_areas(areas: &[SparseArea]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = areas
+        .iter()
+        .filter_map(|a| Some((a.offset, a.offset.checked_add(a.size)?)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s < last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 /// The page-aligned pieces of `areas` that avoid the host pages touched by `holes`
-/// (`(offset, len)` ranges of the region).
+/// (`(offset, len)` ranges of the region); sorted and disjoint.
 pub(crate) fn mappable_pieces(areas: &[SparseArea], holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let holes: Vec<(u64, u64)> = holes
         .iter()
@@ -129,11 +149,8 @@ pub(crate) fn mappable_pieces(areas: &[SparseArea], holes: &[(u64, u64)]) -> Vec
         })
         .collect();
     let mut out = Vec::new();
-    for a in areas {
-        let Some(end) = a.offset.checked_add(a.size) else {
-            continue;
-        };
-        let mut pieces = vec![(a.offset, end)];
+    for (start, end) in disjoint_areas(areas) {
+        let mut pieces = vec![(start, end)];
         for &(hs, he) in &holes {
             pieces = pieces
                 .into_iter()
@@ -328,5 +345,20 @@ mod tests {
         assert!(mappable_pieces(&[area(u64::MAX - 0xfff, 0x2000)], &[]).is_empty());
         let p = mappable_pieces(&[area(0, 0x2000)], &[(u64::MAX - 4, 0x10)]);
         assert_eq!(p, vec![(0, 0x2000)]);
+    }
+
+    /// Found by the `vfio_device` fuzz target: sparse areas (0x1e7000, 0x17000) and
+    /// (0x1e7000, 0x10000) of one region became two overlapping guest mappings at the same
+    /// address. Overlapping areas are merged; adjacent ones stay separate mmaps; order does not
+    /// matter.
+    #[test]
+    fn overlapping_sparse_areas_map_once() {
+        let p = mappable_pieces(&[area(0x1e7000, 0x17000), area(0x1e7000, 0x10000)], &[]);
+        assert_eq!(p, vec![(0x1e7000, 0x17000)]);
+        let p = mappable_pieces(
+            &[area(0x3000, 0x2000), area(0, 0x1000), area(0x1000, 0x3000)],
+            &[(0x2800, 8)],
+        );
+        assert_eq!(p, vec![(0, 0x1000), (0x1000, 0x1000), (0x3000, 0x2000)]);
     }
 }
