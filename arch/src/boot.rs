@@ -39,10 +39,10 @@ pub enum BootError {
     #[error("32-bit ELF kernels are not supported: link it as ELF64 (objcopy -O elf64-x86-64 IN OUT); the PVH entry may stay 32-bit code")]
     Elf32,
     /// The ELF has neither a PVH note nor a 64-bit entry we can use.
-    #[error("the ELF kernel could not be loaded: {0}")]
+    #[error("the ELF kernel could not be loaded: {0} (is the file complete? vfiovm boots an x86-64 vmlinux or an ELF with a PVH note)")]
     Elf(#[source] linux_loader::loader::Error),
     /// The bzImage could not be loaded.
-    #[error("the bzImage could not be loaded: {0}")]
+    #[error("the bzImage could not be loaded: {0} (is the file a complete x86 bzImage?)")]
     BzImage(#[source] linux_loader::loader::Error),
     /// The bzImage is too old or not a 64-bit kernel.
     #[error("the bzImage does not support the 64-bit boot protocol (needs boot protocol 2.12+ with XLF_KERNEL_64; this one has version {version:#x}, xloadflags {xloadflags:#x})")]
@@ -53,7 +53,7 @@ pub enum BootError {
         xloadflags: u16,
     },
     /// The kernel command line is too long.
-    #[error("the kernel command line is {len} bytes; at most {max} fit")]
+    #[error("the kernel command line is {len} bytes; at most {max} fit: shorten --cmdline")]
     CmdlineTooLong {
         /// Its length, without the NUL.
         len: usize,

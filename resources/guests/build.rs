@@ -60,6 +60,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "pci_probe", boot: Boot::Pvh, sources: &["pci_probe.c", "pci_probe_irq.c"], doc: "PCI platform checks from inside (`test=enum|bars|move|msix|msi|intx|dma|ext`): enumeration via 0xCF8 and ECAM, BAR sizing and moves, MSI-X/MSI/INTx delivery and masking, DMA and extended config space of the test device." },
     Guest { name: "pci_bench", boot: Boot::Pvh, sources: &["pci_bench.c"], doc: "Benchmark: cycles and ns per PCI config read through 0xCF8/0xCFC and through ECAM (`n=` reads each); also boots under QEMU q35." },
     Guest { name: "pci_hostile", boot: Boot::Pvh, sources: &["pci_hostile.c"], doc: "Hostile guest: pseudo-random writes of every size to every config offset (ECAM and 0xCF8) and every BAR of the test device, then prints `hostile: survived` (exit status 85)." },
+    Guest { name: "internal_error", boot: Boot::Pvh, sources: &["internal_error.c"], doc: "Teardown tests: the boot vCPU executes a protected-mode `iret` (KVM internal error, status 4, on a host whose KVM emulates every instruction); `aps=spin|halt` wakes the APs into a spin loop or halt first, `bsp=spin` spins instead of crashing." },
 ];
 
 /// Runtime sources every C guest links, compiled once per CPU mode.

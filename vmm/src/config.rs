@@ -125,7 +125,7 @@ pub enum ConfigError {
     #[error("option '{0}' needs a value (see vfiovm --help)")]
     MissingValue(String),
     /// A flag given twice that may only appear once.
-    #[error("option '{0}' given more than once")]
+    #[error("option '{0}' given more than once: give it once (only --device and -v repeat)")]
     Repeated(String),
     /// `--kernel` is required.
     #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF)")]

@@ -82,12 +82,14 @@ impl ExitReason {
                 if *suberror == 1 { " (instruction emulation failed)" } else { "" }
             )),
             ExitReason::FailEntry { cpu, reason } => Some(format!(
-                "guest crashed: VM entry failed on vCPU {cpu}, hardware reason {reason:#x}"
+                "guest crashed: VM entry failed on vCPU {cpu}, hardware reason {reason:#x} (-v dumps the registers)"
             )),
             ExitReason::GuestCrash { cpu, what } => {
                 Some(format!("guest crashed on vCPU {cpu}: {what}"))
             }
-            ExitReason::VcpuError { cpu, error } => Some(format!("vCPU {cpu} failed: {error}")),
+            ExitReason::VcpuError { cpu, error } => Some(format!(
+                "vCPU {cpu} failed: {error} (a VMM or KVM problem, not the guest's: run with -v and report the output)"
+            )),
             ExitReason::Signal(n) => Some(format!("stopped by signal {n}; the VM was shut down")),
         }
     }

@@ -21,10 +21,10 @@ pub enum MemoryError {
         host: u64,
     },
     /// The mmap failed.
-    #[error("cannot allocate {0} MiB of guest RAM: {1}")]
+    #[error("cannot allocate {0} MiB of guest RAM: {1} (ask for less --memory, or raise the address-space limit `ulimit -v`)")]
     Allocate(u64, String),
     /// KVM refused a memory slot.
-    #[error("KVM refused guest RAM slot {slot} at {addr:#x}: {err}")]
+    #[error("KVM refused guest RAM slot {slot} at {addr:#x}: {err} (try less --memory; otherwise run with -v and report the output)")]
     Slot {
         /// Slot number.
         slot: u32,

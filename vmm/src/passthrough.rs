@@ -1,8 +1,9 @@
 //! PCI passthrough: from `--device` arguments to VFIO devices on the guest's PCI bus.
 //!
 //! Order (and the reverse on the way out, which is RAII's drop order):
-//! 1. host checks with the fix in the message (IOMMU on, device bound to vfio-pci, group viable,
-//!    `/dev/vfio/N` usable, VF token when needed, RLIMIT_MEMLOCK ≥ guest RAM);
+//! 1. the `--device` addresses parsed (no repeats), then host checks with the fix in the message
+//!    (IOMMU on, device bound to vfio-pci, group viable, `/dev/vfio/N` usable, VF token when
+//!    needed, RLIMIT_MEMLOCK ≥ guest RAM);
 //! 2. one VFIO container (type-1 v2) for every device; each IOMMU group added once and told to
 //!    KVM's VFIO pseudo-device (`KVM_DEV_VFIO_GROUP_ADD`);
 //! 3. all guest RAM DMA-mapped with IOVA = guest physical address (timed, logged at info);
@@ -81,7 +82,7 @@ pub enum PassthroughError {
     #[error("internal error: {0}")]
     Internal(&'static str),
     /// The same device given twice.
-    #[error("--device {0} is given twice")]
+    #[error("--device {0} is given twice: give each device once")]
     Duplicate(String),
 }
 
@@ -155,15 +156,20 @@ pub fn setup(
     if configs.is_empty() {
         return Ok(None);
     }
-    let root = HostRoot::default();
-    host::check_iommu(&root)?;
-    let mut reports = Vec::new();
+    // The addresses first: a typo or a repeat is the user's to fix, whatever the host's state.
+    let mut addrs = Vec::new();
     let mut seen = BTreeSet::new();
     for cfg in configs {
         let bdf = host::parse_bdf(&cfg.addr)?;
-        if !seen.insert(bdf.to_string()) {
+        if !seen.insert(bdf) {
             return Err(PassthroughError::Duplicate(bdf.to_string()));
         }
+        addrs.push((cfg, bdf));
+    }
+    let root = HostRoot::default();
+    host::check_iommu(&root)?;
+    let mut reports = Vec::new();
+    for (cfg, bdf) in addrs {
         let report = host::check_device(&root, &bdf)?;
         report.check_vf_token(cfg.vf_token.is_some())?;
         reports.push((cfg, report));

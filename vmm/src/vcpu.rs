@@ -285,7 +285,10 @@ pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool, timeout: Duration) 
         }
         if t.done.load(Ordering::Acquire) {
             match t.handle.join() {
-                Ok(c) => total.add(&c),
+                Ok(c) => {
+                    log::debug!("vCPU {} thread joined", t.id);
+                    total.add(&c)
+                }
                 Err(_) => log::error!("vCPU {} thread panicked", t.id),
             }
         }

@@ -43,7 +43,7 @@ pub enum VmError {
         err: std::io::Error,
     },
     /// An input path is a directory or otherwise not a file.
-    #[error("{what} '{path}' is not a regular file")]
+    #[error("{what} '{path}' is not a regular file: give the path of the image file itself")]
     NotAFile {
         /// "kernel" or "initramfs".
         what: &'static str,
@@ -62,7 +62,7 @@ pub enum VmError {
         max: u32,
     },
     /// A KVM call failed while setting up the VM.
-    #[error("KVM setup failed ({what}): {err}")]
+    #[error("KVM setup failed ({what}): {err}{}", errno_hint(.err.errno()))]
     KvmSetup {
         /// The step.
         what: &'static str,
@@ -88,11 +88,22 @@ pub enum VmError {
     #[error(transparent)]
     Passthrough(#[from] crate::passthrough::PassthroughError),
     /// The event loop.
-    #[error("event loop: {0}")]
+    #[error("cannot set up the event loop (signals, epoll): {0}")]
     EventLoop(String),
     /// Starting a vCPU thread.
-    #[error("cannot start vCPU thread {0}: {1}")]
+    #[error("cannot start vCPU thread {0}: {1} (the limit on processes and threads, `ulimit -u`, or on memory may be reached: raise it or ask for fewer --cpus)")]
     VcpuThread(u32, std::io::Error),
+}
+
+/// What to do about a KVM call that failed with `errno`, for the message.
+fn errno_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EMFILE | libc::ENFILE => {
+            " (too many open files: raise the limit with `ulimit -n` or close some)"
+        }
+        libc::ENOMEM => " (the host is short of memory: ask for less --memory or fewer --cpus)",
+        _ => " (this host's KVM refused it: run with -v and report the output)",
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -119,7 +130,7 @@ fn open_kvm() -> Result<Kvm, VmError> {
         VmError::Kvm(match e.errno() {
             libc::ENOENT => "it does not exist: enable virtualization (VT-x/AMD-V) in the firmware and load the kvm_intel or kvm_amd module".into(),
             libc::EACCES | libc::EPERM => "permission denied: add your user to the 'kvm' group (then log in again) or run as root".into(),
-            _ => format!("{e}"),
+            errno => format!("{e}{}", errno_hint(errno)),
         })
     })
 }

@@ -68,7 +68,7 @@ pub enum ContainerError {
     #[error("/dev/vfio/{0} does not exist: the device is not bound to vfio-pci (echo vfio-pci > /sys/bus/pci/devices/BDF/driver_override; echo BDF > /sys/bus/pci/drivers_probe)")]
     NoGroup(u32),
     /// The group is open elsewhere.
-    #[error("IOMMU group {0} is in use by another process or VM (/dev/vfio/{0} is busy)")]
+    #[error("/dev/vfio/{0} is in use by another process or VM (a group opens once at a time): find it with `fuser -v /dev/vfio/{0}` / `lsof /dev/vfio/{0}` and stop it")]
     GroupBusy(u32),
     /// Opening the group failed otherwise.
     #[error("cannot open /dev/vfio/{group}: {source}")]
@@ -95,7 +95,9 @@ pub enum ContainerError {
     #[error("invalid device '{0}': expected a PCI address like 0000:06:0d.0 and a UUID VF token")]
     BadDeviceName(String),
     /// The device is open elsewhere.
-    #[error("device {0} is in use by another process or VM")]
+    #[error(
+        "device {0} is in use by another process or VM: stop it (`fuser -v /dev/vfio/*` names it)"
+    )]
     DeviceBusy(String),
     /// The kernel refused the VF token (missing, or not the one the PF's owner set).
     #[error("device {0} refused the VF token: it is a VF whose PF is owned by a userspace driver; give the PF owner's token with vf_token=UUID")]

@@ -15,6 +15,10 @@ struct FakeSys {
     group_flags: HashMap<String, u32>,
     device_errno: Option<i32>,
     map_errno: Option<i32>,
+    /// errno of VFIO_GROUP_GET_STATUS.
+    status_errno: Option<i32>,
+    /// VFIO_IOMMU_UNMAP_DMA unmaps nothing.
+    unmap_nothing: bool,
     api: i32,
     type1v2: bool,
 }
@@ -70,6 +74,9 @@ impl LegacySys for FakeSys {
         Ok(())
     }
     fn group_status(&self, g: &File) -> io::Result<u32> {
+        if let Some(e) = self.status_errno {
+            return Err(io::Error::from_raw_os_error(e));
+        }
         let n = self.name(g);
         Ok(*self.group_flags.get(&n).unwrap_or(&VFIO_GROUP_FLAGS_VIABLE))
     }
@@ -101,7 +108,7 @@ impl LegacySys for FakeSys {
     }
     fn unmap_dma(&self, _c: &File, iova: u64, size: u64) -> io::Result<u64> {
         self.record(format!("unmap {iova:#x} {size:#x}"));
-        Ok(size)
+        Ok(if self.unmap_nothing { 0 } else { size })
     }
 }
 
@@ -242,7 +249,7 @@ fn errors_name_cause_and_fix() {
     let e = c.open_device(&addr("0000:06:0d.0", 26)).unwrap_err();
     assert_eq!(
         msg(e),
-        "device 0000:06:0d.0 is in use by another process or VM"
+        "device 0000:06:0d.0 is in use by another process or VM: stop it (`fuser -v /dev/vfio/*` names it)"
     );
     // SAFETY: the fake kernel does not touch the address.
     let e = unsafe { c.map_dma(0, 0x1000, 0x1000) }.unwrap_err();
@@ -277,4 +284,54 @@ fn container_checks() {
         LegacyContainer::with_sys(Arc::new(s)),
         Err(ContainerError::NoType1v2)
     ));
+}
+
+/// The failures without a fix of their own still name the file or call and the kernel's error.
+#[test]
+fn other_failures_name_the_call_and_the_errno() {
+    let msg = |e: ContainerError| e.to_string();
+    let mut s = FakeSys::new();
+    s.open_errors
+        .insert(VFIO_CONTAINER_PATH.into(), libc::EMFILE);
+    let e = LegacyContainer::with_sys(Arc::new(s)).unwrap_err();
+    assert!(matches!(e, ContainerError::OpenContainer(_)));
+    assert!(msg(e).starts_with("cannot open /dev/vfio/vfio: Too many open files"));
+
+    let mut s = FakeSys::new();
+    s.open_errors.insert("/dev/vfio/9".into(), libc::EIO);
+    let (c, _) = container(s);
+    let e = c.add_group(9).unwrap_err();
+    assert!(matches!(e, ContainerError::OpenGroup { group: 9, .. }));
+    assert!(msg(e).starts_with("cannot open /dev/vfio/9: Input/output error"));
+
+    let mut s = FakeSys::new();
+    s.status_errno = Some(libc::EINVAL);
+    let (c, _) = container(s);
+    let e = c.add_group(9).unwrap_err();
+    assert!(matches!(e, ContainerError::Ioctl { .. }));
+    assert!(msg(e).starts_with("VFIO_GROUP_GET_STATUS on /dev/vfio/9 failed: Invalid argument"));
+
+    let token = "2ab74924-c335-45f4-9b16-8569e5b08258";
+    let with_token = VfioDeviceAddress::new("0000:06:0d.0", 26, Some(token)).unwrap();
+    for (errno, with, want) in [
+        (libc::EINVAL, &with_token, "device 0000:06:0d.0 is not an SR-IOV PF or VF owned through vfio-pci: remove vf_token="),
+        (libc::ENODEV, &addr("0000:06:0d.0", 26), "device 0000:06:0d.0 is not in IOMMU group 26 (or not bound to vfio-pci)"),
+        (libc::EIO, &addr("0000:06:0d.0", 26), "cannot open device 0000:06:0d.0: Input/output error"),
+    ] {
+        let mut s = FakeSys::new();
+        s.device_errno = Some(errno);
+        let (c, _) = container(s);
+        let e = msg(c.open_device(with).unwrap_err());
+        assert!(e.starts_with(want), "{e}");
+    }
+
+    let mut s = FakeSys::new();
+    s.unmap_nothing = true;
+    let (c, _) = container(s);
+    c.add_group(1).unwrap();
+    // SAFETY: the fake kernel does not touch the address.
+    unsafe { c.map_dma(0, 0x1000, 0x1000).unwrap() };
+    let e = c.unmap_dma(0, 0x1000).unwrap_err();
+    assert!(matches!(e, ContainerError::UnmapDma { .. }));
+    assert!(msg(e).starts_with("unmapping 0x1000 bytes at IOVA 0x0 failed"));
 }

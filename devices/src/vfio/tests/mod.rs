@@ -10,6 +10,7 @@ use crate::pci::{BarAccess, PciDevice};
 
 mod bars;
 mod caps;
+mod errors;
 mod garbage;
 mod irqs;
 mod platform;
