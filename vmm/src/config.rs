@@ -1,8 +1,8 @@
 //! What the user asked for, as typed structs, and the command-line parser that fills them.
 //!
 //! The flag names are a contract with users and scripts: `--kernel`, `--initramfs`,
-//! `--cmdline`, `--memory`, `--cpus`, `--device`. Aliases: `--initrd`, `--append`, `-m`,
-//! `--smp`. `--flag value` and `--flag=value` both work.
+//! `--cmdline`, `--memory`, `--cpus`, `--device`, `--no-seccomp`, `--user`. Aliases:
+//! `--initrd`, `--append`, `-m`, `--smp`. `--flag value` and `--flag=value` both work.
 
 use std::path::PathBuf;
 
@@ -34,6 +34,40 @@ pub struct VmConfig {
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
+}
+
+/// How the VMM process confines itself while a VM runs. A property of the process, not of the
+/// VM: embedders that run VMs in their own threads use [`crate::vm::Vm::run`], which installs
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Install the seccomp filters (the default; `--no-seccomp` turns them off for debugging).
+    pub seccomp: bool,
+    /// Hidden test hook (`--test-seccomp-violation=vmm|vcpu`): the named thread makes a syscall
+    /// outside its filter once the filters are in, so tests can check that it kills the process.
+    pub test_violation: Option<ViolationSite>,
+    /// `--user UID:GID`: the user and group to switch to once the VM is built (every file and
+    /// device open), before it runs.
+    pub user: Option<(u32, u32)>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            seccomp: true,
+            test_violation: None,
+            user: None,
+        }
+    }
+}
+
+/// Which thread makes the deliberate seccomp violation of `--test-seccomp-violation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationSite {
+    /// The VMM (event loop) thread, right after the filters are in.
+    Vmm,
+    /// vCPU 0's thread, after its filter is in and before its first `KVM_RUN`.
+    Vcpu,
 }
 
 /// One `--device`: a host PCI function to pass through.
@@ -101,7 +135,12 @@ fn is_uuid(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Boot a VM.
-    Run(VmConfig),
+    Run {
+        /// The VM.
+        vm: VmConfig,
+        /// How the process confines itself while the VM runs.
+        sandbox: SandboxConfig,
+    },
     /// Check the host (and devices) for passthrough without starting a VM.
     Doctor {
         /// Devices to check, as `--device` values.
@@ -142,6 +181,12 @@ pub enum ConfigError {
     /// A `--device` value that does not parse.
     #[error("invalid --device '{0}': {1} (syntax: {syntax})", syntax = DeviceConfig::SYNTAX)]
     BadDevice(String, String),
+    /// `--test-seccomp-violation` with a value other than `vmm` or `vcpu`.
+    #[error("invalid --test-seccomp-violation '{0}': use vmm or vcpu")]
+    BadViolationSite(String),
+    /// `--user` does not parse.
+    #[error("invalid --user '{0}': give a numeric UID:GID, e.g. 65534:65534")]
+    BadUser(String),
     /// A positional argument where none is expected.
     #[error("unexpected argument '{0}' (options start with --; see vfiovm --help)")]
     Unexpected(String),
@@ -165,6 +210,10 @@ OPTIONS:
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
+    --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
+                         default; turn them off only to debug a SIGSYS, see docs/security.md)
+    --user UID:GID       Once the VM is built, drop root and run as this numeric user and
+                         group (no supplementary groups)
     -v, --verbose        More logging on stderr (repeat for more); VFIOVM_LOG=debug also works
     -h, --help           Print this help
     -V, --version        Print the version
@@ -178,7 +227,9 @@ EXIT STATUS:
              isa-debug-exit (truncated to 8 bits)
     2        bad input or a host problem (one line on stderr names it and the fix)
     4        the guest crashed: triple fault, KVM internal/emulation error, failed VM entry
-    128+N    stopped by signal N (SIGINT 130, SIGTERM 143) or Ctrl-A x (130)
+    128+N    stopped by signal N (SIGINT 130, SIGTERM 143) or Ctrl-A x (130); 159 is
+             SIGSYS: a thread made a syscall its seccomp filter does not allow (a vfiovm
+             bug: rerun with --no-seccomp under `strace -f` and report it)
 ";
 
 /// Parses a memory size: a number with an optional K/M/G/T suffix (optionally followed by
@@ -212,6 +263,20 @@ fn parse_cpus(s: &str) -> Result<u32, ConfigError> {
         Ok(n) if (1..=MAX_CPUS_XAPIC).contains(&n) => Ok(n),
         _ => Err(ConfigError::BadCpus(s.to_string())),
     }
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), ConfigError> {
+    let bad = || ConfigError::BadUser(s.to_string());
+    let (uid, gid) = s.split_once(':').ok_or_else(bad)?;
+    let num = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| v.parse::<u32>().ok())
+            .flatten()
+            .filter(|&n| n != u32::MAX)
+            .ok_or_else(bad)
+    };
+    Ok((num(uid)?, num(gid)?))
 }
 
 fn parse_doctor(args: &[String]) -> Result<Command, ConfigError> {
@@ -252,6 +317,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut devices = Vec::new();
     let mut test_pci_device = false;
     let mut verbosity = 0u8;
+    let mut sandbox = SandboxConfig::default();
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -285,22 +351,35 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
             "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
             "--test-pci-device" => test_pci_device = true,
+            "--no-seccomp" => sandbox.seccomp = false,
+            "--user" => once(&mut sandbox.user, parse_user(&value(&mut it)?)?, &flag)?,
+            "--test-seccomp-violation" => {
+                let v = value(&mut it)?;
+                sandbox.test_violation = Some(match v.as_str() {
+                    "vmm" => ViolationSite::Vmm,
+                    "vcpu" => ViolationSite::Vcpu,
+                    _ => return Err(ConfigError::BadViolationSite(v)),
+                });
+            }
             "-v" | "--verbose" => verbosity = verbosity.saturating_add(1),
             "-vv" => verbosity = verbosity.saturating_add(2),
             f if f.starts_with('-') => return Err(ConfigError::UnknownOption(f.to_string())),
             _ => return Err(ConfigError::Unexpected(arg)),
         }
     }
-    Ok(Command::Run(VmConfig {
-        kernel: kernel.ok_or(ConfigError::NoKernel)?,
-        initramfs,
-        cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
-        memory: memory.unwrap_or(DEFAULT_MEMORY),
-        cpus: cpus.unwrap_or(1),
-        devices,
-        test_pci_device,
-        verbosity,
-    }))
+    Ok(Command::Run {
+        vm: VmConfig {
+            kernel: kernel.ok_or(ConfigError::NoKernel)?,
+            initramfs,
+            cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            memory: memory.unwrap_or(DEFAULT_MEMORY),
+            cpus: cpus.unwrap_or(1),
+            devices,
+            test_pci_device,
+            verbosity,
+        },
+        sandbox,
+    })
 }
 
 #[cfg(test)]
@@ -311,11 +390,15 @@ mod tests {
         s.iter().map(|a| a.to_string()).collect()
     }
 
-    fn run(s: &[&str]) -> VmConfig {
+    fn run_sandboxed(s: &[&str]) -> (VmConfig, SandboxConfig) {
         match parse_args(args(s)).unwrap() {
-            Command::Run(c) => c,
+            Command::Run { vm, sandbox } => (vm, sandbox),
             c => panic!("expected Run, got {c:?}"),
         }
+    }
+
+    fn run(s: &[&str]) -> VmConfig {
+        run_sandboxed(s).0
     }
 
     #[test]
@@ -383,6 +466,58 @@ mod tests {
             run(&["--kernel", "k", "--cmdline=a=b c=d"]).cmdline,
             "a=b c=d"
         );
+    }
+
+    #[test]
+    fn seccomp_flags() {
+        let (_, s) = run_sandboxed(&["--kernel", "k"]);
+        assert_eq!(
+            s,
+            SandboxConfig {
+                seccomp: true,
+                test_violation: None,
+                user: None,
+            }
+        );
+        let (_, s) = run_sandboxed(&["--kernel", "k", "--user", "65534:100"]);
+        assert_eq!(s.user, Some((65534, 100)));
+        for bad in [
+            "",
+            "1",
+            "1:",
+            ":1",
+            "a:b",
+            "-1:0",
+            "1:2:3",
+            "+1:2",
+            "4294967295:0",
+        ] {
+            assert_eq!(
+                parse_args(args(&["--kernel", "k", "--user", bad])),
+                Err(ConfigError::BadUser(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_args(args(&["--kernel", "k", "--user=1:1", "--user=2:2"])),
+            Err(ConfigError::Repeated("--user".into()))
+        );
+        let (_, s) = run_sandboxed(&["--no-seccomp", "--kernel", "k"]);
+        assert!(!s.seccomp);
+        let (_, s) = run_sandboxed(&["--kernel", "k", "--test-seccomp-violation=vcpu"]);
+        assert_eq!(
+            (s.seccomp, s.test_violation),
+            (true, Some(ViolationSite::Vcpu))
+        );
+        let (_, s) = run_sandboxed(&["--kernel", "k", "--test-seccomp-violation", "vmm"]);
+        assert_eq!(s.test_violation, Some(ViolationSite::Vmm));
+        assert_eq!(
+            parse_args(args(&["--kernel", "k", "--test-seccomp-violation=io"])),
+            Err(ConfigError::BadViolationSite("io".into()))
+        );
+        // The test hook is not advertised.
+        assert!(HELP.contains("--no-seccomp"));
+        assert!(!HELP.contains("--test-seccomp-violation"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod logger;
 pub mod memory;
 pub mod passthrough;
 pub mod platform;
+pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
@@ -30,7 +31,7 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             return exit::STATUS_ERROR;
         }
     };
-    let config = match command {
+    let (config, sandbox) = match command {
         Command::Help => {
             print!("{}", config::HELP);
             return 0;
@@ -44,12 +45,21 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             println!("vfiovm {}", env!("CARGO_PKG_VERSION"));
             return 0;
         }
-        Command::Run(c) => c,
+        Command::Run { vm, sandbox } => (vm, sandbox),
     };
     logger::init(logger::level_for(
         config.verbosity,
         std::env::var("VFIOVM_LOG").ok().as_deref(),
     ));
+    let sandbox_user = sandbox.user;
+    // Compiled before the VM is built, so a broken filter costs no KVM VM.
+    let sandbox = match seccomp::Sandbox::new(&sandbox) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("vfiovm: error: {e}");
+            return exit::STATUS_ERROR;
+        }
+    };
     let t0 = Instant::now();
     let mut vm = match vm::Vm::build(&config) {
         Ok(vm) => vm,
@@ -58,8 +68,15 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             return exit::STATUS_ERROR;
         }
     };
+    if let Some((uid, gid)) = sandbox_user {
+        if let Err(e) = seccomp::drop_privileges(uid, gid) {
+            eprintln!("vfiovm: error: {e}");
+            return exit::STATUS_ERROR;
+        }
+    }
     let t1 = Instant::now();
-    let result = vm.run();
+    // From here on this thread runs under the VMM filter (unless --no-seccomp).
+    let result = vm.run_sandboxed(Some(sandbox));
     let t2 = Instant::now();
     drop(vm);
     let t3 = Instant::now();

@@ -90,6 +90,9 @@ pub enum VmError {
     /// The event loop.
     #[error("cannot set up the event loop (signals, epoll): {0}")]
     EventLoop(String),
+    /// Installing the seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Starting a vCPU thread.
     #[error("cannot start vCPU thread {0}: {1} (the limit on processes and threads, `ulimit -u`, or on memory may be reached: raise it or ask for fewer --cpus)")]
     VcpuThread(u32, std::io::Error),
@@ -288,8 +291,21 @@ impl Vm {
         })
     }
 
-    /// Runs the VM until the guest or the user stops it; returns why it stopped.
+    /// Runs the VM until the guest or the user stops it; returns why it stopped. Installs no
+    /// seccomp filter (for embedders and in-process tests); the binary uses
+    /// [`Vm::run_sandboxed`].
     pub fn run(&mut self) -> Result<ExitReason, VmError> {
+        self.run_sandboxed(None)
+    }
+
+    /// Like [`Vm::run`]; with a `sandbox`, every vCPU thread and then this thread install their
+    /// seccomp filters before the guest runs (see [`crate::seccomp`]). The filter stays on this
+    /// thread for good, teardown included: call this last, from a thread that does nothing
+    /// else afterwards but drop the VM and exit.
+    pub fn run_sandboxed(
+        &mut self,
+        sandbox: Option<Arc<crate::seccomp::Sandbox>>,
+    ) -> Result<ExitReason, VmError> {
         use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
         vcpu::install_kick_handler().map_err(|e| VmError::EventLoop(e.to_string()))?;
@@ -316,19 +332,32 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<VcpuThread> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
-            match vcpu::spawn(
+            match vcpu::spawn_confined(
                 id as u32,
                 fd,
                 self.buses.clone(),
                 self.exit.clone(),
                 stop.clone(),
                 self.dump_on_crash,
+                sandbox.clone(),
             ) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
+                    stop.store(true, std::sync::atomic::Ordering::Release);
+                    if let Some(s) = &sandbox {
+                        s.release();
+                    }
                     let _ = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
                     return Err(VmError::VcpuThread(id as u32, e));
                 }
+            }
+        }
+        if let Some(s) = &sandbox {
+            if let Err(e) = s.enter_vmm() {
+                stop.store(true, std::sync::atomic::Ordering::Release);
+                s.release();
+                let _ = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
+                return Err(e.into());
             }
         }
         log::debug!("{} vCPU thread(s) running", threads.len());
@@ -345,10 +374,11 @@ impl Vm {
         };
         let exits = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
         log::info!(
-            "exits to userspace: {} port I/O, {} MMIO, {} other",
+            "exits to userspace: {} port I/O, {} MMIO, {} other; {} of the port I/O to the console",
             exits.pio,
             exits.mmio,
-            exits.other
+            exits.other,
+            exits.console
         );
         result
     }

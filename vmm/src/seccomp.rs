@@ -1,0 +1,752 @@
+//! Seccomp sandboxing: one BPF filter per kind of VMM thread, allowing only the syscalls (and,
+//! for `ioctl`, the request numbers) that thread makes once the VM is built.
+//!
+//! - vCPU threads (`vcpuN`), [`ThreadKind::Vcpu`]: `KVM_RUN` and exit handling; each thread
+//!   installs its filter itself, before its first `KVM_RUN`.
+//! - The VMM thread (main: event loop, stopping the vCPUs, teardown), [`ThreadKind::Vmm`]:
+//!   epoll, signalfd, stdin, kicks, teardown; installed once every vCPU thread is spawned.
+//!
+//! The VMM spawns no other threads. Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
+//! built (devices open, guest RAM and BARs mapped, DMA mapped, vCPUs created); each vCPU thread
+//! installs its filter and waits at a start gate; the VMM thread installs its own filter and
+//! opens the gate; only then does any vCPU enter the guest. Filters are per thread (no TSYNC)
+//! and a vCPU thread does not inherit the VMM filter, since that is installed after the spawn.
+//!
+//! A syscall outside the filter kills the whole process (`SECCOMP_RET_KILL_PROCESS`): it dies by
+//! SIGSYS, exit status 128 + 31 = 159 in a shell, and the kernel logs an audit line with the
+//! syscall number (`dmesg`). Nothing can be logged by vfiovm itself at that point. To find the
+//! missing syscall, run the same command with `--no-seccomp` under `strace -f` (see
+//! docs/security.md).
+//!
+//! Argument checks where they are cheap and meaningful: `ioctl` by request number, `mmap` and
+//! `mprotect` never with `PROT_EXEC`, `fcntl` only to read flags, `tgkill` only with the vCPU
+//! kick signal or SIGABRT (a panic's abort). File descriptors are not checked (their numbers
+//! are not known when the filters are compiled).
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+
+use seccompiler::{
+    apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use crate::config::{SandboxConfig, ViolationSite};
+
+/// The ioctl request numbers the filters allow, from the kernel's uapi (`_IO`/`_IOR`/`_IOW`).
+#[allow(missing_docs, non_snake_case)]
+mod nr {
+    use kvm_bindings::{
+        kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVMIO,
+    };
+    use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+    const VFIO: u32 = VFIO_TYPE as u32;
+
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+
+    ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
+    ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
+    ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+    ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
+
+    /// Terminal attributes (`tcgetattr`/`tcsetattr(TCSANOW)`), for restoring a raw-mode stdin.
+    pub fn TCGETS() -> u64 {
+        libc::TCGETS
+    }
+    pub fn TCSETS() -> u64 {
+        libc::TCSETS
+    }
+}
+
+/// The kinds of thread the VMM runs, each with its own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: event loop (stdin, signals, stop requests), stopping the vCPUs, and
+    /// tearing the VM down.
+    Vmm,
+    /// A vCPU thread: `KVM_RUN` and the exit handlers (port I/O and MMIO to devices, PCI config
+    /// space, BAR moves, MSI/MSI-X masking).
+    Vcpu,
+}
+
+impl ThreadKind {
+    fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "VMM thread",
+            ThreadKind::Vcpu => "vCPU thread",
+        }
+    }
+}
+
+/// Errors from building or installing the filters.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A filter does not compile (a bug in the rules below).
+    #[error("cannot build the seccomp filter for the {0}: {1} (a vfiovm bug; --no-seccomp runs without filters)")]
+    Compile(&'static str, String),
+    /// The kernel refused a filter.
+    #[error("cannot install the seccomp filter for the {0}: {1} (the kernel needs CONFIG_SECCOMP_FILTER; --no-seccomp runs without filters)")]
+    Install(String, #[source] seccompiler::Error),
+    /// `--user`: switching user or group failed.
+    #[error("cannot drop privileges to --user {uid}:{gid}: {step} failed: {err} (vfiovm must start as root to switch users; or leave out --user)")]
+    DropPrivileges {
+        /// The user asked for.
+        uid: u32,
+        /// The group asked for.
+        gid: u32,
+        /// `setgroups`, `setgid` or `setuid`, or the check after them.
+        step: &'static str,
+        /// Why.
+        #[source]
+        err: std::io::Error,
+    },
+}
+
+/// The real and effective user and group IDs: `(uid, euid, gid, egid)`.
+fn current_ids() -> (u32, u32, u32, u32) {
+    // SAFETY: getuid only returns the calling process's real user ID; it cannot fail.
+    let uid = unsafe { libc::getuid() };
+    // SAFETY: likewise for the effective user ID.
+    let euid = unsafe { libc::geteuid() };
+    // SAFETY: likewise for the real group ID.
+    let gid = unsafe { libc::getgid() };
+    // SAFETY: likewise for the effective group ID.
+    let egid = unsafe { libc::getegid() };
+    (uid, euid, gid, egid)
+}
+
+/// `--user UID:GID`: drops every supplementary group, then switches the real, effective and
+/// saved group and user IDs for good. Call while the process has one thread (glibc would
+/// otherwise have to signal every thread to follow) and after everything that needs root is
+/// open: /dev/kvm, /dev/vfio, guest RAM locked and DMA-mapped. Files and devices already open
+/// stay usable; nothing new can be opened as root.
+pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), SeccompError> {
+    let fail = |step: &'static str| SeccompError::DropPrivileges {
+        uid,
+        gid,
+        step,
+        err: std::io::Error::last_os_error(),
+    };
+    // SAFETY: an empty group list: the kernel reads no memory.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(fail("setgroups"));
+    }
+    // SAFETY: plain integer argument.
+    if unsafe { libc::setgid(gid) } != 0 {
+        return Err(fail("setgid"));
+    }
+    // SAFETY: plain integer argument.
+    if unsafe { libc::setuid(uid) } != 0 {
+        return Err(fail("setuid"));
+    }
+    let now = current_ids();
+    // Root could get root back only if a saved ID stayed 0: setuid() as root sets all three.
+    // SAFETY: setuid with a plain integer; it must fail now.
+    let regained = uid != 0 && unsafe { libc::setuid(0) } == 0;
+    if now != (uid, uid, gid, gid) || regained {
+        return Err(SeccompError::DropPrivileges {
+            uid,
+            gid,
+            step: "the check",
+            err: std::io::Error::other(format!(
+                "now uid {}/{} gid {}/{}{}",
+                now.0,
+                now.1,
+                now.2,
+                now.3,
+                if regained {
+                    ", and root can be regained"
+                } else {
+                    ""
+                }
+            )),
+        });
+    }
+    log::info!("running as uid {uid}, gid {gid}, no supplementary groups");
+    Ok(())
+}
+
+/// The syscalls of one filter: number → rules (`None`: any arguments; otherwise any rule).
+#[derive(Default)]
+struct Rules(BTreeMap<i64, Option<Vec<SeccompRule>>>);
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, seccompiler::Error> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(Into::into)
+}
+
+impl Rules {
+    /// Allows each syscall in `nrs` whatever its arguments.
+    fn any(&mut self, nrs: &[libc::c_long]) {
+        for &nr in nrs {
+            self.0.insert(nr, None);
+        }
+    }
+
+    /// Allows `nr` when argument `arg` (32 bits) equals one of `values`.
+    fn arg_in(
+        &mut self,
+        nr: libc::c_long,
+        arg: u8,
+        values: &[u64],
+    ) -> Result<(), seccompiler::Error> {
+        for &v in values {
+            let rule = SeccompRule::new(vec![cond(arg, SeccompCmpOp::Eq, v)?])?;
+            self.push(nr, rule);
+        }
+        Ok(())
+    }
+
+    /// Allows `nr` when none of the bits of `mask` are set in argument `arg`.
+    fn arg_without(
+        &mut self,
+        nr: libc::c_long,
+        arg: u8,
+        mask: u64,
+    ) -> Result<(), seccompiler::Error> {
+        let rule = SeccompRule::new(vec![cond(arg, SeccompCmpOp::MaskedEq(mask), 0)?])?;
+        self.push(nr, rule);
+        Ok(())
+    }
+
+    fn push(&mut self, nr: libc::c_long, rule: SeccompRule) {
+        // `None`: already allowed with any arguments, which a rule would only narrow.
+        if let Some(rules) = self.0.entry(nr).or_insert_with(|| Some(Vec::new())) {
+            rules.push(rule);
+        }
+    }
+
+    fn into_map(self) -> BTreeMap<i64, Vec<SeccompRule>> {
+        self.0
+            .into_iter()
+            .map(|(nr, r)| (nr, r.unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// What every thread needs: memory allocation (never executable), locks, reading and writing
+/// fds it already has (eventfds, stdout, stderr), closing them, signal delivery and masking,
+/// the time, a panic's abort, and leaving.
+fn common(r: &mut Rules) -> Result<(), seccompiler::Error> {
+    r.any(&[
+        libc::SYS_brk,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_futex,
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_close,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_restart_syscall,
+        libc::SYS_sigaltstack,
+        libc::SYS_clock_gettime,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_exit,
+    ]);
+    let exec = libc::PROT_EXEC as u64;
+    r.arg_without(libc::SYS_mmap, 2, exec)?;
+    r.arg_without(libc::SYS_mprotect, 2, exec)?;
+    // std checks an fd is open (F_GETFD) before closing it in debug builds.
+    r.arg_in(
+        libc::SYS_fcntl,
+        1,
+        &[libc::F_GETFD as u64, libc::F_GETFL as u64],
+    )?;
+    // A panic aborts (release builds): raise(SIGABRT) is a tgkill to the thread itself.
+    r.arg_in(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])?;
+    Ok(())
+}
+
+fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Error> {
+    let mut r = Rules::default();
+    common(&mut r)?;
+    match kind {
+        ThreadKind::Vcpu => {
+            r.arg_in(
+                libc::SYS_ioctl,
+                1,
+                &[
+                    nr::KVM_RUN(),
+                    // The register dump when a guest crashes (-v).
+                    nr::KVM_GET_REGS(),
+                    nr::KVM_GET_SREGS(),
+                    // MSI/MSI-X routes and masking, INTx (re)connection.
+                    nr::KVM_SET_GSI_ROUTING(),
+                    nr::KVM_IRQFD(),
+                    // A guest moving a passed-through BAR moves its memory slots.
+                    nr::KVM_SET_USER_MEMORY_REGION(),
+                    // A passed-through device's interrupt mode follows the guest's MSI/MSI-X
+                    // enable bits.
+                    nr::VFIO_DEVICE_SET_IRQS(),
+                ],
+            )?;
+            r.any(&[
+                // VFIO config space and trapped BAR accesses.
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                // The serial console waits for a non-blocking stdout to drain.
+                libc::SYS_poll,
+                libc::SYS_ppoll,
+            ]);
+        }
+        ThreadKind::Vmm => {
+            r.arg_in(
+                libc::SYS_ioctl,
+                1,
+                &[
+                    // Teardown: MSI vectors and INTx lines release their irqfds and routes,
+                    // passed-through BARs leave their memory slots, devices turn their
+                    // interrupts off and reset, the container unmaps DMA and lets its groups go.
+                    nr::KVM_IRQFD(),
+                    nr::KVM_SET_GSI_ROUTING(),
+                    nr::KVM_SET_USER_MEMORY_REGION(),
+                    nr::VFIO_DEVICE_SET_IRQS(),
+                    nr::VFIO_DEVICE_RESET(),
+                    nr::VFIO_IOMMU_UNMAP_DMA(),
+                    nr::VFIO_GROUP_UNSET_CONTAINER(),
+                    // Restoring a terminal stdin from raw mode.
+                    nr::TCGETS(),
+                    nr::TCSETS(),
+                ],
+            )?;
+            // Kicking a vCPU out of KVM_RUN (pthread_kill).
+            r.arg_in(libc::SYS_tgkill, 2, &[kick as u64])?;
+            r.any(&[
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                // The pause between two kicks of a vCPU that has not stopped yet.
+                libc::SYS_clock_nanosleep,
+                libc::SYS_exit_group,
+            ]);
+        }
+    }
+    Ok(r)
+}
+
+/// Compiles the filter for `kind`; syscalls outside it get `on_violation`.
+fn program(kind: ThreadKind, on_violation: SeccompAction) -> Result<BpfProgram, SeccompError> {
+    let err = |e: seccompiler::Error| SeccompError::Compile(kind.name(), e.to_string());
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| SeccompError::Compile(kind.name(), e.to_string()))?;
+    let rules = rules(kind, crate::vcpu::kick_signal()).map_err(err)?;
+    let filter = SeccompFilter::new(rules.into_map(), on_violation, SeccompAction::Allow, arch)
+        .map_err(|e| err(e.into()))?;
+    BpfProgram::try_from(filter).map_err(|e| err(e.into()))
+}
+
+/// Holds vCPU threads back until the VMM thread's filter is in.
+#[derive(Debug, Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.cond.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The process's sandbox for one VM run: the compiled filters (none with `--no-seccomp`), the
+/// start gate, and the test hook.
+pub struct Sandbox {
+    /// `(vmm, vcpu)` programs; `None` when seccomp is off.
+    filters: Option<(BpfProgram, BpfProgram)>,
+    test_violation: Option<ViolationSite>,
+    gate: Gate,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field(
+                "filter_lengths",
+                &self.filters.as_ref().map(|(a, b)| (a.len(), b.len())),
+            )
+            .field("test_violation", &self.test_violation)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Compiles the filters `config` asks for (none with `--no-seccomp`).
+    pub fn new(config: &SandboxConfig) -> Result<Sandbox, SeccompError> {
+        let filters = if config.seccomp {
+            Some((
+                program(ThreadKind::Vmm, SeccompAction::KillProcess)?,
+                program(ThreadKind::Vcpu, SeccompAction::KillProcess)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Sandbox {
+            filters,
+            test_violation: config.test_violation,
+            gate: Gate::default(),
+        })
+    }
+
+    /// Whether filters are installed at all.
+    pub fn enabled(&self) -> bool {
+        self.filters.is_some()
+    }
+
+    /// On vCPU `id`'s thread, before its first `KVM_RUN`: installs the vCPU filter, then waits
+    /// until the VMM thread has installed its own ([`Sandbox::enter_vmm`]) or given up
+    /// ([`Sandbox::release`]). On an error the thread must not run the guest.
+    pub fn enter_vcpu(&self, id: u32) -> Result<(), SeccompError> {
+        if let Some((_, vcpu)) = &self.filters {
+            apply_filter(vcpu).map_err(|e| SeccompError::Install(format!("vCPU {id}"), e))?;
+        }
+        self.gate.wait();
+        if id == 0 {
+            self.test_hook(ViolationSite::Vcpu, "vCPU 0");
+        }
+        Ok(())
+    }
+
+    /// On the VMM thread, after every vCPU thread is spawned: installs the VMM filter and lets
+    /// the vCPUs run. On an error the gate stays shut: stop the vCPUs (set their stop flag,
+    /// then [`Sandbox::release`]).
+    pub fn enter_vmm(&self) -> Result<(), SeccompError> {
+        match &self.filters {
+            Some((vmm, _)) => {
+                apply_filter(vmm).map_err(|e| SeccompError::Install("VMM".into(), e))?;
+                log::debug!(
+                    "seccomp filter installed on the VMM thread; each vCPU thread installs its own before its first KVM_RUN"
+                );
+            }
+            None => log::debug!("no seccomp filters (--no-seccomp): the guest starts now"),
+        }
+        self.gate.open();
+        self.test_hook(ViolationSite::Vmm, "VMM");
+        Ok(())
+    }
+
+    /// Opens the start gate without the VMM filter (on the way out after an error), so vCPU
+    /// threads waiting at it can see their stop flag and leave.
+    pub fn release(&self) {
+        self.gate.open();
+    }
+
+    /// `--test-seccomp-violation`: opens a file, which no filter allows.
+    fn test_hook(&self, site: ViolationSite, thread: &str) {
+        if self.test_violation != Some(site) {
+            return;
+        }
+        log::warn!(
+            "--test-seccomp-violation: the {thread} thread opens /dev/null, which its seccomp filter does not allow"
+        );
+        match std::fs::File::open("/dev/null") {
+            Ok(_) => log::warn!(
+                "--test-seccomp-violation: the {thread} thread survived (seccomp is off)"
+            ),
+            Err(e) => log::warn!("--test-seccomp-violation: opening /dev/null failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    use kvm_bindings::{kvm_userspace_memory_region, KvmIrqRouting};
+    use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+    use vm_memory::MmapRegion;
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    /// The errno the test filters return instead of killing the process: none of the calls
+    /// below fails with it for another reason.
+    const REFUSED: i32 = libc::ENOTRECOVERABLE;
+
+    #[test]
+    fn ioctl_numbers_match_the_uapi() {
+        // From linux/kvm.h, linux/vfio.h and asm-generic/ioctls.h on x86_64.
+        assert_eq!(nr::KVM_RUN(), 0xae80);
+        assert_eq!(nr::KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(nr::KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(nr::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
+        assert_eq!(nr::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
+        assert_eq!(nr::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(nr::VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);
+        assert_eq!(nr::VFIO_DEVICE_SET_IRQS(), 0x3b6e);
+        assert_eq!(nr::VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(nr::VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
+        assert_eq!((nr::TCGETS(), nr::TCSETS()), (0x5401, 0x5402));
+    }
+
+    #[test]
+    fn filters_compile_within_the_bpf_limit() {
+        let s = Sandbox::new(&SandboxConfig::default()).unwrap();
+        assert!(s.enabled());
+        let (vmm, vcpu) = s.filters.as_ref().unwrap();
+        for p in [vmm, vcpu] {
+            assert!(!p.is_empty() && p.len() < 4096, "{} instructions", p.len());
+        }
+        let off = Sandbox::new(&SandboxConfig {
+            seccomp: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!off.enabled());
+    }
+
+    /// What a confined thread needs, made before its filter is in.
+    struct Kit {
+        vm: Arc<VmFd>,
+        vcpu: VcpuFd,
+        /// A page to map as a memory slot.
+        page: MmapRegion,
+        /// An eventfd (for irqfds, reads and writes, poll and epoll).
+        evt: EventFd,
+        /// A regular file (for pread/pwrite).
+        file: std::fs::File,
+        epoll: Epoll,
+    }
+
+    fn kit(tmp: &TempFile) -> Kit {
+        let kvm = Kvm::new().expect("/dev/kvm");
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        Kit {
+            vm: Arc::new(vm),
+            vcpu,
+            page: MmapRegion::new(4096).unwrap(),
+            evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+            file: tmp.as_file().try_clone().unwrap(),
+            epoll: Epoll::new().unwrap(),
+        }
+    }
+
+    /// Runs `f` on a new thread under `kind`'s filter, with refused syscalls failing with
+    /// [`REFUSED`] instead of killing the test process.
+    fn confined<T: Send + 'static>(kind: ThreadKind, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let prog = program(kind, SeccompAction::Errno(REFUSED as u32)).unwrap();
+        std::thread::spawn(move || {
+            apply_filter(&prog).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn refused_kvm<T>(r: Result<T, kvm_ioctls::Error>) -> bool {
+        matches!(r, Err(e) if e.errno() == REFUSED)
+    }
+
+    fn refused_io<T>(r: std::io::Result<T>) -> bool {
+        matches!(r, Err(e) if e.raw_os_error() == Some(REFUSED))
+    }
+
+    /// An ioctl with request `nr` and a null argument on an eventfd, which implements no ioctl:
+    /// ENOTTY if the filter lets it through.
+    fn refused_ioctl(evt: &EventFd, nr: u64) -> bool {
+        // SAFETY: an eventfd has no ioctls; the kernel refuses any request before it could look
+        // at the (null) argument, and the fd is ours.
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_val(evt, nr, 0) };
+        r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED)
+    }
+
+    fn slot(page: &MmapRegion, size: u64) -> kvm_userspace_memory_region {
+        kvm_userspace_memory_region {
+            slot: 5,
+            flags: 0,
+            guest_phys_addr: 0x1_0000_0000,
+            memory_size: size,
+            userspace_addr: page.as_ptr() as u64,
+        }
+    }
+
+    fn routing() -> KvmIrqRouting {
+        KvmIrqRouting::from_entries(&crate::interrupts::irqchip_routes()).unwrap()
+    }
+
+    /// Maps `k.page` as a memory slot and removes it again.
+    fn slot_round_trip(k: &Kit) -> bool {
+        // SAFETY: `k.page` outlives the slot, which is removed right after.
+        let add = unsafe { k.vm.set_user_memory_region(slot(&k.page, 4096)) };
+        // SAFETY: removes the slot just added (size 0).
+        let remove = unsafe { k.vm.set_user_memory_region(slot(&k.page, 0)) };
+        refused_kvm(add) || refused_kvm(remove)
+    }
+
+    fn irqfd_round_trip(k: &Kit) -> bool {
+        refused_kvm(k.vm.register_irqfd(&k.evt, 5)) || refused_kvm(k.vm.unregister_irqfd(&k.evt, 5))
+    }
+
+    fn eventfd_round_trip(k: &Kit) -> bool {
+        refused_io(k.evt.write(1)) || refused_io(k.evt.read())
+    }
+
+    fn exec_mapping() -> bool {
+        matches!(
+            MmapRegion::<()>::build(
+                None,
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            ),
+            Err(vm_memory::mmap::MmapRegionError::Mmap(e)) if e.raw_os_error() == Some(REFUSED)
+        )
+    }
+
+    type Checks = Vec<(&'static str, bool)>;
+
+    fn check(kind: ThreadKind, allowed: Checks, refused: Checks) {
+        for (what, was_refused) in allowed {
+            assert!(!was_refused, "the {} filter refuses {what}", kind.name());
+        }
+        for (what, was_refused) in refused {
+            assert!(was_refused, "the {} filter allows {what}", kind.name());
+        }
+    }
+
+    #[test]
+    fn vcpu_filter_allows_what_a_vcpu_thread_does_and_nothing_else() {
+        let tmp = TempFile::new().unwrap();
+        let mut k = kit(&tmp);
+        let (allowed, refused) = confined(ThreadKind::Vcpu, move || {
+            let mut buf = [0u8; 8];
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&k.evt),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+            let polled = unsafe { libc::poll(&mut pfd, 1, 0) };
+            let allowed: Checks = vec![
+                // With no guest state KVM_RUN ends in some exit or some error, not in REFUSED.
+                ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
+                ("KVM_GET_REGS", refused_kvm(k.vcpu.get_regs())),
+                ("KVM_GET_SREGS", refused_kvm(k.vcpu.get_sregs())),
+                (
+                    "KVM_SET_GSI_ROUTING",
+                    refused_kvm(k.vm.set_gsi_routing(&routing())),
+                ),
+                ("KVM_IRQFD", irqfd_round_trip(&k)),
+                ("KVM_SET_USER_MEMORY_REGION", slot_round_trip(&k)),
+                (
+                    "VFIO_DEVICE_SET_IRQS",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
+                ),
+                ("eventfd read/write", eventfd_round_trip(&k)),
+                ("pwrite64", refused_io(k.file.write_at(b"12345678", 0))),
+                ("pread64", refused_io(k.file.read_at(&mut buf, 0))),
+                (
+                    "poll",
+                    polled < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
+                ),
+            ];
+            let refused: Checks = vec![
+                ("openat", refused_io(std::fs::File::open("/dev/null"))),
+                ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
+                ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
+                (
+                    "VFIO_DEVICE_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                ),
+                ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
+                (
+                    "epoll_wait",
+                    refused_io(k.epoll.wait(0, &mut [EpollEvent::default()])),
+                ),
+                ("mmap with PROT_EXEC", exec_mapping()),
+            ];
+            (allowed, refused)
+        });
+        check(ThreadKind::Vcpu, allowed, refused);
+    }
+
+    #[test]
+    fn vmm_filter_allows_the_event_loop_and_teardown_and_nothing_else() {
+        let tmp = TempFile::new().unwrap();
+        let mut k = kit(&tmp);
+        let (allowed, refused) = confined(ThreadKind::Vmm, move || {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&k.evt);
+            let ev = EpollEvent::new(EventSet::IN, fd as u64);
+            let add = k.epoll.ctl(ControlOperation::Add, fd, ev);
+            let wait = k.epoll.wait(0, &mut [EpollEvent::default()]);
+            let del = k.epoll.ctl(ControlOperation::Delete, fd, ev);
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1000,
+            };
+            // SAFETY: `ts` is a valid timespec; no remainder is asked for.
+            let slept = unsafe {
+                libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut())
+            };
+            let mut buf = [0u8; 8];
+            let allowed: Checks = vec![
+                (
+                    "epoll_ctl/epoll_wait",
+                    refused_io(add) || refused_io(wait) || refused_io(del),
+                ),
+                ("clock_nanosleep", slept == REFUSED),
+                ("eventfd read/write", eventfd_round_trip(&k)),
+                ("KVM_IRQFD", irqfd_round_trip(&k)),
+                (
+                    "KVM_SET_GSI_ROUTING",
+                    refused_kvm(k.vm.set_gsi_routing(&routing())),
+                ),
+                ("KVM_SET_USER_MEMORY_REGION", slot_round_trip(&k)),
+                (
+                    "VFIO_DEVICE_SET_IRQS",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
+                ),
+                (
+                    "VFIO_DEVICE_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                ),
+                (
+                    "VFIO_IOMMU_UNMAP_DMA",
+                    refused_ioctl(&k.evt, nr::VFIO_IOMMU_UNMAP_DMA()),
+                ),
+                (
+                    "VFIO_GROUP_UNSET_CONTAINER",
+                    refused_ioctl(&k.evt, nr::VFIO_GROUP_UNSET_CONTAINER()),
+                ),
+                ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
+                ("TCSETS", refused_ioctl(&k.evt, nr::TCSETS())),
+            ];
+            let refused: Checks = vec![
+                ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
+                ("openat", refused_io(std::fs::File::open("/dev/null"))),
+                ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
+                ("pread64", refused_io(k.file.read_at(&mut buf, 0))),
+                ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
+                ("mmap with PROT_EXEC", exec_mapping()),
+            ];
+            (allowed, refused)
+        });
+        check(ThreadKind::Vmm, allowed, refused);
+    }
+}
