@@ -28,6 +28,11 @@ if [ -n "$edu" ]; then
 	# a guest crash (triple fault) with the device assigned: status 4, device released
 	expect vfio-guest-crash 4 "" -- --kernel guests/pvh_probe --memory 64M --device "$edu" --cmdline "action=fault"
 	works vfio-edu-after-crash
+	# --user: privileges dropped after the devices are open; MSI, DMA, BAR access and teardown
+	# (reset, DMA unmap, release) on the already-open fds still work
+	expect vfio-edu-user 1 "edu_probe: failures=0" -- --kernel guests/edu_probe --memory 64M --device "$edu" \
+		--user 65534:65534 --cmdline "action=exit:0"
+	works vfio-edu-after-user
 	# setup failing halfway: the first device (nvme, when bound) and edu are attached, the group added
 	# to KVM and all guest RAM DMA-mapped, then edu's ROM file is missing
 	set -- --device "$edu,rom=/nonexistent.rom"

@@ -27,8 +27,8 @@ nvme_run() { # <check-name> <want-status> <needle> <l2 arguments...>
 	grep -q "L2-LINUX: irq .*nvme0q1 " "out.$n" || bad "$n: no MSI-X vector for the first I/O queue in /proc/interrupts"
 	sed -n "s/^L2-LINUX: irq /VFIOVM measure $n irq /p" "out.$n"
 }
-exits_of() { # <check-name> -> "pio mmio" exits to userspace from vfiovm's -v summary
-	sed -n 's/.*exits to userspace: \([0-9]*\) port I\/O, \([0-9]*\) MMIO.*/\1 \2/p' "err.$1"
+exits_of() { # <check-name> -> "pio mmio console" exits to userspace from vfiovm's -v summary
+	sed -n 's/.*exits to userspace: \([0-9]*\) port I\/O, \([0-9]*\) MMIO, [0-9]* other; \([0-9]*\) of the port I\/O to the console.*/\1 \2 \3/p' "err.$1"
 }
 if [ -z "$nvme" ]; then
 	bad "vfio-nvme: no NVMe controller was bound to vfio-pci (rig-test sets RIG_NVME_IMG)"
@@ -42,10 +42,13 @@ else
 	nvme_run nvme-3 0 "L2-LINUX: done fails=0" l2.check=1@1M l2.write=2@2M l2.reads=20000
 	x2=$(exits_of nvme-2)
 	x3=$(exits_of nvme-3)
-	d=$(echo "$x2 $x3" | awk 'NF == 4 { print ($3 + $4) - ($1 + $2) }')
-	echo "VFIOVM measure nvme exits to userspace (pio mmio): 0 reads: $x2; 20000 reads: $x3; difference: ${d:-?}"
+	# the console's exits follow what the guest prints, which varies from boot to boot (a line
+	# about APIC calibration, say): they are left out
+	d=$(echo "$x2 $x3" | awk 'NF == 6 { print ($4 - $6 + $5) - ($1 - $3 + $2) }')
+	echo "VFIOVM measure nvme exits to userspace (pio mmio console): 0 reads: $x2; 20000 reads: $x3; difference without the console: ${d:-?}"
 	# Target: none on the I/O path (doorbells are mmapped, completions are irqfd MSI-X). A Linux boot
-	# is not exactly repeatable, so a few exits of noise are allowed; 1 per 200 I/Os is a failure.
+	# is not exactly repeatable (its PM-timer reads during calibration, say), so a few exits of
+	# noise are allowed; 1 per 200 I/Os is a failure.
 	if [ -n "$d" ] && [ "$d" -lt 100 ]; then
 		ok "nvme-exits: $d exits to userspace for 20000 I/Os"
 	else
