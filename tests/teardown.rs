@@ -243,25 +243,19 @@ fn sighup_stops_busy_vcpus_and_joins_them() {
     spinning_vm_stopped_by(libc::SIGHUP);
 }
 
-/// A KVM internal error on vCPU 0 while vCPU 1 spins: vCPU 1 is kicked out and joined, the
-/// process exits 4 with one line.
-#[test]
-fn kvm_internal_error_stops_the_spinning_ap() {
+/// A KVM internal error on vCPU 0 while vCPU 1 waits as `aps` says (`spin`: running guest code;
+/// `halt`: blocked in the kernel): vCPU 1 is kicked out and joined, the process exits 4 with one
+/// line, and -v dumps both vCPUs' registers (the crashed one and the one stopped because of it).
+fn internal_error_with_the_ap(aps: &str) {
     let _s = serial();
     let g = guest("internal_error");
-    let mut r = Running::start(&[
-        "-vv",
-        "--kernel",
-        &g,
-        "--cpus",
-        "2",
-        "--cmdline",
-        "aps=spin",
-    ]);
+    let cmdline = format!("aps={aps}");
+    let mut r = Running::start(&["-vv", "--kernel", &g, "--cpus", "2", "--cmdline", &cmdline]);
     let e = r.finish(None);
     e.expect(STATUS_GUEST_CRASH).expect_joined(2);
     assert!(
-        e.stdout.contains("internal_error: aps=spin online=1"),
+        e.stdout
+            .contains(&format!("internal_error: aps={aps} online=1")),
         "{e:#?}"
     );
     assert!(e.stdout.contains("internal_error: iret"), "{e:#?}");
@@ -270,36 +264,18 @@ fn kvm_internal_error_stops_the_spinning_ap() {
         ["vfiovm: guest crashed: KVM internal error on vCPU 0, suberror 1 (instruction emulation failed) (-v dumps the registers)"],
         "{e:#?}"
     );
-    // -v dumps both vCPUs' registers: the crashed one and the one stopped because of it.
     assert!(e.stderr.contains("vCPU 0 registers: rip="), "{e:#?}");
     assert!(e.stderr.contains("vCPU 1 registers: rip="), "{e:#?}");
 }
 
-/// The same with the AP halted in the guest (blocked in the kernel, not spinning).
+#[test]
+fn kvm_internal_error_stops_the_spinning_ap() {
+    internal_error_with_the_ap("spin");
+}
+
 #[test]
 fn kvm_internal_error_stops_the_halted_ap() {
-    let _s = serial();
-    let g = guest("internal_error");
-    let mut r = Running::start(&[
-        "-vv",
-        "--kernel",
-        &g,
-        "--cpus",
-        "2",
-        "--cmdline",
-        "aps=halt",
-    ]);
-    let e = r.finish(None);
-    e.expect(STATUS_GUEST_CRASH).expect_joined(2);
-    assert!(
-        e.stdout.contains("internal_error: aps=halt online=1"),
-        "{e:#?}"
-    );
-    assert!(
-        e.stderr
-            .contains("KVM internal error on vCPU 0, suberror 1"),
-        "{e:#?}"
-    );
+    internal_error_with_the_ap("halt");
 }
 
 /// A KVM internal error with one vCPU and no -v: status 4 and exactly one line.

@@ -1,13 +1,7 @@
 # Sourced by ../run. Passthrough of QEMU's edu (1234:11e8, bound to vfio-pci by the rig's init):
 # the container/group/DMA/device path for real, twice in a row (the device is released and can be
 # assigned again at once), then the host-check errors.
-edu=
-i=0
-while [ $i -lt "${RIG_NDEV:-0}" ]; do
-	eval "id=\${RIG_DEV${i}_ID-} b=\${RIG_DEV${i}_BDF-}"
-	[ "$id" = 1234:11e8 ] && edu=$b
-	i=$((i + 1))
-done
+edu=$(dev_of 1234:11e8)
 if [ -z "$edu" ]; then
 	bad "vfio-edu: no edu device was bound to vfio-pci"
 else

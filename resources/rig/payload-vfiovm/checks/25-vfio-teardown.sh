@@ -1,14 +1,6 @@
 # Sourced by ../run. Teardown under faults with real devices: whatever ends a VM holding passed-
 # through devices, the process is gone at once and every device works in the next VM (its group
 # and container were released, its DMA mappings unpinned, and it was reset where it can be).
-dev_of() { # <vendor:device> -> the BDF the rig bound to vfio-pci, or empty
-	j=0
-	while [ $j -lt "${RIG_NDEV:-0}" ]; do
-		eval "_id=\${RIG_DEV${j}_ID-} _b=\${RIG_DEV${j}_BDF-}"
-		[ "$_id" = "$1" ] && echo "$_b" && return 0
-		j=$((j + 1))
-	done
-}
 edu=$(dev_of 1234:11e8)
 nv=$(dev_of 1b36:0010)
 works() { # <check-name>: edu still works in a fresh VM

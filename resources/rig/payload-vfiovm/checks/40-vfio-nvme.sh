@@ -9,13 +9,7 @@
 #   nvme-after-panic  the controller, assigned again, reads pattern 3 back
 # The host checks patterns 1-3 in QEMU's backing file after the rig (scripts/rig-test). Last, L1's
 # own nvme driver takes the controller back for the same 64 MiB throughput run, for the ratio.
-nvme=
-i=0
-while [ $i -lt "${RIG_NDEV:-0}" ]; do
-	eval "id=\${RIG_DEV${i}_ID-} b=\${RIG_DEV${i}_BDF-}"
-	[ "$id" = 1b36:0010 ] && nvme=$b
-	i=$((i + 1))
-done
+nvme=$(dev_of 1b36:0010)
 nvme_run() { # <check-name> <want-status> <needle> <l2 arguments...>
 	n=$1 w=$2 nd=$3
 	shift 3
