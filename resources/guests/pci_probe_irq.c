@@ -37,8 +37,11 @@
 #define IOAPIC_MASKED (1u << 16)
 #define IOAPIC_DEST_SHIFT 24
 
-/* How long we wait for an interrupt that should come, and watch for one that must not. */
-#define IRQ_WAIT_US 200000
+/* How long we wait for an interrupt that should come (the wait ends when it does, so this is
+ * generous: a loaded host may deschedule the vCPU or KVM's injection worker for a while), and
+ * how long we watch for one that must not come. */
+#define IRQ_WAIT_US 2000000
+#define IRQ_QUIET_US 200000
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -60,20 +63,25 @@ static void interrupts_setup(void)
 
 struct fire_arg {
     uint32_t vector;
+    uint64_t us;
 };
 
 static void fire_body(void *arg)
 {
     probe_reg_write(REG_FIRE, ((struct fire_arg *)arg)->vector);
-    rt_delay_us(IRQ_WAIT_US);
+    rt_delay_us(((struct fire_arg *)arg)->us);
 }
 
-/* Writes FIRE and waits; returns the vector that arrived or IDT_NO_INTERRUPT. */
-static int fire(uint32_t n)
+/* Writes FIRE and waits up to `us`; returns the vector that arrived or IDT_NO_INTERRUPT. */
+static int fire_wait(uint32_t n, uint64_t us)
 {
-    struct fire_arg a = { n };
+    struct fire_arg a = { n, us };
     return idt_call(fire_body, &a);
 }
+
+/* FIRE where an interrupt must come, and where none may. */
+static int fire(uint32_t n) { return fire_wait(n, IRQ_WAIT_US); }
+static int fire_quiet(uint32_t n) { return fire_wait(n, IRQ_QUIET_US); }
 
 static void print_got(const char *prefix, int got)
 {
@@ -155,7 +163,7 @@ void test_msix(void)
     /* Masked entry: no interrupt, the pending bit instead; unmasking delivers it. */
     uint64_t ctrl1 = table_addr + MSIX_ENTRY_SIZE + MSIX_ENTRY_CTRL;
     mmio_write32(ctrl1, MSIX_ENTRY_MASKED);
-    got = fire(1);
+    got = fire_quiet(1);
     uint32_t pending = mmio_read32(pba_addr);
     print_got("msix: masked fire=1 ", got);
     rt_printf(" fire_status=%u pba=0x%x\n", probe_reg_read(REG_FIRE_STATUS), pending);
@@ -171,7 +179,7 @@ void test_msix(void)
     /* The function mask holds back every vector the same way. */
     ctrl = pci_read16(probe_dev, cap + 2);
     pci_write16(probe_dev, cap + 2, ctrl | MSIX_CTRL_FMASK);
-    got = fire(0);
+    got = fire_quiet(0);
     pending = mmio_read32(pba_addr);
     print_got("msix: function_masked fire=0 ", got);
     rt_printf(" fire_status=%u pba=0x%x\n", probe_reg_read(REG_FIRE_STATUS), pending);
@@ -232,7 +240,7 @@ void test_msi(void)
 
     if (pvm) {
         pci_write32(probe_dev, mask_off, 0x2);
-        got = fire(1);
+        got = fire_quiet(1);
         uint32_t pending = pci_read32(probe_dev, pending_off);
         print_got("msi: masked fire=1 ", got);
         rt_printf(" fire_status=%u pending=0x%x\n", probe_reg_read(REG_FIRE_STATUS), pending);
@@ -308,7 +316,7 @@ void test_intx(void)
     int fired = fire(0);
     uint32_t fire_status = mmio_read32(regs + REG_FIRE_STATUS); /* re-asserts: status is set */
     int reasserted = idt_wait_us(IRQ_WAIT_US);
-    int quiet = idt_wait_us(IRQ_WAIT_US); /* EOI'd, no register access since */
+    int quiet = idt_wait_us(IRQ_QUIET_US); /* EOI'd, no register access since */
     int on_access = idt_call(intx_read_body, NULL);
     uint32_t status_bit_set = pci_read16(probe_dev, PCI_STATUS) & PCI_STATUS_INTERRUPT;
     mmio_write32(regs + REG_INTX_STATUS, 1); /* the EOI above is noticed first: one more */
@@ -319,14 +327,14 @@ void test_intx(void)
 
     /* INTx disabled in the command register: FIRE only records the status ... */
     probe_set_command(PCI_CMD_INTX_DISABLE, 0);
-    int disabled = fire(0);
+    int disabled = fire_quiet(0);
     uint32_t disabled_status = mmio_read32(regs + REG_FIRE_STATUS);
     /* ... and enabling it with INTX_STATUS set asserts the line. */
     int enabled = write_and_wait(WRITE_CONFIG16, PCI_COMMAND,
                                  (uint16_t)(pci_read16(probe_dev, PCI_COMMAND) & ~PCI_CMD_INTX_DISABLE));
     mmio_write32(regs + REG_INTX_STATUS, 1);
     ioapic_write(IOAPIC_REDTBL + 2 * line, INTX_VECTOR | IOAPIC_LEVEL | IOAPIC_MASKED);
-    (void)idt_wait_us(IRQ_WAIT_US); /* drains what the clear re-asserted */
+    (void)idt_wait_us(IRQ_QUIET_US); /* drains what the clear re-asserted */
 
     intx_step("fire", fired);
     intx_step("fire_status_read", reasserted);
