@@ -566,9 +566,15 @@ impl BarMapper {
                 }
             }
         }
-        for (i, (old, new)) in before.iter().zip(bars.mapped).enumerate() {
-            if *old != new {
-                dev.bar_moved(i, old.map(|b| b.addr), new.map(|b| b.addr));
+        // BARs that left an address first, then BARs that only gained one: a BAR can be
+        // mapped where another BAR of the same device was until now (it waited for that range),
+        // and the device must release the range (a passthrough BAR's memory slot) before it
+        // maps the other BAR there. One config write moves at most one BAR.
+        for left in [true, false] {
+            for (i, (old, new)) in before.iter().zip(bars.mapped).enumerate() {
+                if *old != new && old.is_some() == left {
+                    dev.bar_moved(i, old.map(|b| b.addr), new.map(|b| b.addr));
+                }
             }
         }
         removed
@@ -631,6 +637,96 @@ mod tests {
         let io: Vec<_> = (0..4).map(|_| r.allocate(&BarSpec::io(0x40))).collect();
         assert!(io.iter().all(Option::is_some));
         assert!(r.allocate(&BarSpec::io(4)).is_none());
+    }
+
+    /// `bar_moved` calls: (BAR, old, new).
+    type Moves = Arc<Mutex<Vec<(usize, Option<u64>, Option<u64>)>>>;
+
+    /// Two 16 KiB memory BARs; records the `bar_moved` calls in order.
+    struct Recorder {
+        config: crate::pci::config::ConfigSpace,
+        moves: Moves,
+    }
+
+    impl PciDevice for Recorder {
+        fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+            self.config.read(offset, data);
+        }
+        fn config_write(&mut self, offset: u16, data: &[u8]) {
+            self.config.write(offset, data);
+        }
+        fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
+            self.config.bar_specs()
+        }
+        fn decoded_bars(&self) -> Vec<DecodedBar> {
+            self.config.decoded_bars()
+        }
+        fn bar_moved(&mut self, bar: usize, old: Option<u64>, new: Option<u64>) {
+            lock(&self.moves).push((bar, old, new));
+        }
+    }
+
+    impl BarAccess for Recorder {
+        fn bar_read(&mut self, _: usize, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
+    }
+
+    /// Found by the `pci_config` fuzz target: BAR 0 waited for a range BAR 2 held; when BAR 2
+    /// moved away, BAR 0 was reported mapped there before BAR 2 was reported gone, so a
+    /// passthrough device put BAR 0's memory slot over BAR 2's, which was still live.
+    #[test]
+    fn a_bar_that_leaves_is_reported_before_one_that_takes_its_place() {
+        struct NoExit;
+        impl ExitSink for NoExit {
+            fn request_exit(&self, _: crate::exit::GuestExit) {}
+        }
+        let irq = crate::interrupt::fake::FakeInterrupts::new();
+        let platform = PciPlatform::new(PciPlatformConfig {
+            pio: Arc::new(Bus::new("pio")),
+            mmio: Arc::new(Bus::new("mmio")),
+            windows: PciWindows {
+                mmio32: (0xc000_0000, 0x1000_0000),
+                mmio64: None,
+                io: (0x6000, 0xa000),
+            },
+            irq: Arc::new(irq),
+            intx_gsi: |_, _| 16,
+            exit: Arc::new(NoExit),
+        })
+        .unwrap();
+        let mut config = crate::pci::config::ConfigSpace::new(&crate::pci::config::ConfigHeader {
+            vendor_id: 0x1234,
+            device_id: 1,
+            revision_id: 0,
+            class_code: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+            interrupt_pin: 0,
+        });
+        config.set_bar(0, BarSpec::mem32(0x4000)).unwrap();
+        config.set_bar(2, BarSpec::mem32(0x4000)).unwrap();
+        let moves = Arc::new(Mutex::new(Vec::new()));
+        let dev = Arc::new(Mutex::new(Recorder {
+            config,
+            moves: moves.clone(),
+        }));
+        let addr = platform.add_device(1, dev).unwrap();
+        let write = |off: u16, v: u32| platform.config_write(addr, off, &v.to_le_bytes());
+        write(bar_offset(2), 0xc010_0000);
+        // BAR 0 onto BAR 2: refused by the bus, BAR 0 waits.
+        write(bar_offset(0), 0xc010_0000);
+        lock(&moves).clear();
+        // BAR 2 leaves; BAR 0 takes the range in the same reconcile.
+        write(bar_offset(2), 0xc020_0000);
+        assert_eq!(
+            *lock(&moves),
+            vec![
+                (2, Some(0xc010_0000), Some(0xc020_0000)),
+                (0, None, Some(0xc010_0000))
+            ]
+        );
     }
 
     #[test]
