@@ -1,0 +1,233 @@
+//! The legacy port devices on a port bus at the layout's addresses: COM1 (the vm-superio
+//! 16550A wrapper, with host input offered to its FIFO and a writer that may fail), the i8042
+//! controller, the RTC/CMOS, the ACPI PM block and the debug-exit port. Guest port reads and
+//! writes of any size at any offset in and around each device, host input, draining the
+//! RX-drained event.
+//!
+//! Invariants (besides no panic, no leak): only a 1, 2 or 4-byte write to the debug-exit port
+//! ends the VM with that value (and it always does); only a write to the i8042 may request a
+//! reset; only a write to PM1_CNT's high byte may request a power-off, at most once; the serial
+//! port outputs at most one byte per byte written to its data register and nothing otherwise;
+//! its receive FIFO never takes more than offered nor holds more than 64 bytes; the i8042
+//! never shows its input buffer full; PM1_CNT reads SCI_EN set and SLP_EN clear; the PM timer's
+//! top byte reads zero; the debug-exit port reads all ones.
+#![no_main]
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use arbitrary::{Result, Unstructured};
+use arch::layout::ports;
+use devices::exit::GuestExit;
+use devices::legacy::{
+    AcpiPm, Cmos, DebugExit, Serial, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042,
+    I8042_PORT_LEN, SERIAL_PORT_LEN,
+};
+use devices::Bus;
+use libfuzzer_sys::fuzz_target;
+use vfiovm_fuzz::input::{access_len, data, one_in, value, MAX_OPS};
+use vfiovm_fuzz::rig::{lock, RecordingExit};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// A console writer that records what it got and can be made to fail.
+#[derive(Clone, Default)]
+struct Console {
+    out: Arc<Mutex<Vec<u8>>>,
+    broken: bool,
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.broken {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        lock(&self.out).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const COM1: u64 = ports::COM1 as u64;
+const I8042_BASE: u64 = ports::I8042_DATA as u64;
+const RTC: u64 = ports::RTC as u64;
+const DEBUG_EXIT: u64 = ports::DEBUG_EXIT as u64;
+const PM: u64 = ports::PM_BLOCK_START as u64;
+
+/// The devices' ranges: (base, len).
+const RANGES: [(u64, u64); 5] = [
+    (COM1, SERIAL_PORT_LEN),
+    (I8042_BASE, I8042_PORT_LEN),
+    (RTC, CMOS_PORT_LEN),
+    (DEBUG_EXIT, DEBUG_EXIT_PORT_LEN),
+    (PM, ACPI_PM_BLOCK_LEN),
+];
+
+/// Whether `[addr, addr + len)` lies inside `(base, size)` and covers offset `off` of it.
+fn covers(addr: u64, len: usize, (base, size): (u64, u64), off: u64) -> bool {
+    let Some(end) = addr.checked_add(len as u64) else {
+        return false;
+    };
+    addr >= base && end <= base + size && addr <= base + off && base + off < end
+}
+
+fn inside(addr: u64, len: usize, (base, size): (u64, u64)) -> bool {
+    addr >= base
+        && addr
+            .checked_add(len as u64)
+            .is_some_and(|e| e <= base + size)
+}
+
+fn run(u: &mut Unstructured) -> Result<()> {
+    let exits = Arc::new(RecordingExit::default());
+    let console = Console {
+        out: Arc::default(),
+        broken: one_in(u, 8)?,
+    };
+    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let rx_drained = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let rx_probe = rx_drained.try_clone().expect("eventfd");
+    let serial = Arc::new(Mutex::new(Serial::new(irq, rx_drained, console.clone())));
+    let bus = Bus::new("pio");
+    bus.insert(serial.clone(), COM1, SERIAL_PORT_LEN)
+        .expect("free");
+    bus.insert(
+        Arc::new(Mutex::new(I8042::new(exits.clone()))),
+        I8042_BASE,
+        I8042_PORT_LEN,
+    )
+    .expect("free");
+    let mem: u64 = u.arbitrary()?;
+    let high: u64 = if one_in(u, 2)? { u.arbitrary()? } else { 0 };
+    bus.insert(
+        Arc::new(Mutex::new(Cmos::new(mem, high))),
+        RTC,
+        CMOS_PORT_LEN,
+    )
+    .expect("free");
+    bus.insert(
+        Arc::new(Mutex::new(DebugExit::new(exits.clone()))),
+        DEBUG_EXIT,
+        DEBUG_EXIT_PORT_LEN,
+    )
+    .expect("free");
+    let pm = AcpiPm::new(exits.clone(), ports::SLP_TYP_S5).expect("the layout's S5 type");
+    bus.insert(Arc::new(Mutex::new(pm)), PM, ACPI_PM_BLOCK_LEN)
+        .expect("free");
+    assert!(AcpiPm::new(exits.clone(), 8).is_err(), "SLP_TYP is 3 bits");
+
+    let mut powered_off = false;
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let out_before = lock(&console.out).len();
+        match u.int_in_range(0u8..=9)? {
+            // Host input for the guest.
+            0 => {
+                let len = u.int_in_range(0..=80)?;
+                let bytes = data(u, len)?;
+                let mut s = lock(&serial);
+                let before = s.fifo_capacity();
+                let taken = s.enqueue_input(&bytes);
+                assert!(taken <= bytes.len(), "took more input than offered");
+                assert!(s.fifo_capacity() <= before, "input freed FIFO space");
+                assert!(s.fifo_capacity() <= 64, "FIFO larger than 64 bytes");
+            }
+            // The VMM resets the RX-drained event after seeing it.
+            1 => {
+                let _ = rx_probe.read();
+            }
+            // A guest port access.
+            _ => {
+                let dev = RANGES[u.int_in_range(0..=RANGES.len() - 1)?];
+                let addr = if one_in(u, 8)? {
+                    u64::from(u.arbitrary::<u16>()?)
+                } else {
+                    let off: i64 = u.int_in_range(-2..=dev.1 as i64 + 1)?;
+                    dev.0.wrapping_add_signed(off)
+                };
+                let len = access_len(u)?;
+                if one_in(u, 2)? {
+                    let mut d = vec![0u8; len];
+                    bus.read(addr, &mut d);
+                    if covers(addr, len, (I8042_BASE, I8042_PORT_LEN), 4) {
+                        let status = d[(I8042_BASE + 4 - addr) as usize];
+                        assert_eq!(status & 2, 0, "i8042 input buffer shows full");
+                    }
+                    if covers(addr, len, (PM, ACPI_PM_BLOCK_LEN), 4) {
+                        assert_eq!(d[(PM + 4 - addr) as usize] & 1, 1, "SCI_EN reads 0");
+                    }
+                    if covers(addr, len, (PM, ACPI_PM_BLOCK_LEN), 5) {
+                        assert_eq!(d[(PM + 5 - addr) as usize] & 0x20, 0, "SLP_EN reads 1");
+                    }
+                    if covers(addr, len, (PM, ACPI_PM_BLOCK_LEN), 0xb) {
+                        assert_eq!(d[(PM + 0xb - addr) as usize], 0, "PM timer above 24 bits");
+                    }
+                    if inside(addr, len, (DEBUG_EXIT, DEBUG_EXIT_PORT_LEN)) {
+                        assert!(d.iter().all(|&b| b == 0xff), "debug-exit read");
+                    }
+                    assert_eq!(
+                        lock(&console.out).len(),
+                        out_before,
+                        "a read produced output"
+                    );
+                    assert!(exits.take().is_empty(), "a read requested an exit");
+                    continue;
+                }
+                let d = value(u, len)?;
+                bus.write(addr, &d);
+                let requests = exits.take();
+                let mut want = Vec::new();
+                if inside(addr, len, (DEBUG_EXIT, DEBUG_EXIT_PORT_LEN)) && matches!(len, 1 | 2 | 4)
+                {
+                    let mut v = [0u8; 4];
+                    v[..len].copy_from_slice(&d);
+                    want.push(GuestExit::DebugExit(u32::from_le_bytes(v)));
+                }
+                let i8042 = inside(addr, len, (I8042_BASE, I8042_PORT_LEN));
+                let slp = covers(addr, len, (PM, ACPI_PM_BLOCK_LEN), 5);
+                for r in &requests {
+                    match r {
+                        GuestExit::DebugExit(_) => {}
+                        GuestExit::Reset => {
+                            assert!(i8042, "reset requested by a write at {addr:#x}")
+                        }
+                        GuestExit::PowerOff => {
+                            assert!(slp, "power-off requested by a write at {addr:#x}");
+                            assert!(!powered_off, "power-off requested twice");
+                            powered_off = true;
+                        }
+                    }
+                }
+                let debug: Vec<GuestExit> = requests
+                    .iter()
+                    .copied()
+                    .filter(|r| matches!(r, GuestExit::DebugExit(_)))
+                    .collect();
+                assert_eq!(debug, want, "debug-exit write of {len} bytes at {addr:#x}");
+                let thr_writes = usize::from(covers(addr, len, (COM1, SERIAL_PORT_LEN), 0));
+                let out = lock(&console.out).len() - out_before;
+                assert!(
+                    out <= thr_writes,
+                    "{out} bytes of output from a write at {addr:#x}"
+                );
+            }
+        }
+        assert!(
+            lock(&serial).fifo_capacity() <= 64,
+            "FIFO larger than 64 bytes"
+        );
+        assert!(
+            exits.take().is_empty(),
+            "an exit was requested outside a guest write"
+        );
+    }
+    Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = run(&mut Unstructured::new(data));
+});
