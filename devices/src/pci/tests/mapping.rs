@@ -270,6 +270,27 @@ fn bar_moved_hook_sees_every_mapping_change() {
     assert_eq!(b[0], 3);
 }
 
+/// Found by the `pci_config` fuzz target: BAR 0 waited for a range BAR 2 held; when BAR 2
+/// moved away, BAR 0 was reported mapped there before BAR 2 was reported gone, so a
+/// passthrough device put BAR 0's memory slot over BAR 2's, which was still live.
+#[test]
+fn a_bar_that_leaves_is_reported_before_one_that_takes_its_place() {
+    let r = Rig::new();
+    let (dev, moves) = recorder(&[(0, BarSpec::mem32(0x4000)), (2, BarSpec::mem32(0x4000))]);
+    r.platform.add_device(1, dev).unwrap();
+    let (held, away) = (MMIO32.0 + 0x10_0000, MMIO32.0 + 0x20_0000);
+    r.ecam_write32(1, 0x18, held as u32);
+    // BAR 0 onto BAR 2: refused by the bus, BAR 0 waits.
+    r.ecam_write32(1, 0x10, held as u32);
+    moves.lock().unwrap().clear();
+    // BAR 2 leaves; BAR 0 takes the range in the same reconcile.
+    r.ecam_write32(1, 0x18, away as u32);
+    assert_eq!(
+        *moves.lock().unwrap(),
+        vec![(2, Some(held), Some(away)), (0, None, Some(held))]
+    );
+}
+
 #[test]
 fn add_device_errors_leave_nothing_behind() {
     let r = Rig::new();
