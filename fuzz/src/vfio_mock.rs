@@ -72,6 +72,8 @@ struct Builder {
     next_cap: usize,
     last_ext: Option<usize>,
     next_ext: usize,
+    /// The extended capabilities built so far are not reachable from 0x100.
+    ext_unlinked: bool,
     seen_msi: bool,
     seen_msix: bool,
 }
@@ -104,6 +106,7 @@ impl Builder {
             next_cap: 0x40,
             last_ext: None,
             next_ext: 0x100,
+            ext_unlinked: false,
             seen_msi: false,
             seen_msix: false,
         }
@@ -176,10 +179,24 @@ impl Builder {
     }
 
     /// An extended capability (`body` follows the 4-byte header); `None` if it does not fit.
-    fn ext_cap(&mut self, id: u16, body: &[u8], gap: usize) -> Option<u16> {
+    ///
+    /// The list starts at 0x100 whatever happens. If the first capability lands past 0x100
+    /// (a gap), `link_head` puts a null capability (ID 0) at 0x100 that points at it, as some
+    /// devices have; without it 0x100 reads zero, so the device has no extended capabilities
+    /// and the capabilities built here are bytes nothing links to, which the model passes
+    /// through like any device-specific register.
+    fn ext_cap(&mut self, id: u16, body: &[u8], gap: usize, link_head: bool) -> Option<u16> {
         let off = (self.next_ext + gap + 3) & !3;
         if self.s.config.len() <= 0x100 || off + 4 + body.len() > self.s.config.len() {
             return None;
+        }
+        if self.last_ext.is_none() && off != 0x100 {
+            if link_head {
+                self.put(0x100, &((off as u32) << 20).to_le_bytes());
+                self.s.owned.push((0x100, 0x104));
+            } else {
+                self.ext_unlinked = true;
+            }
         }
         // Version 1, so no header reads zero (which would end the list).
         let h = u32::from(id) | (1 << 16);
@@ -192,7 +209,9 @@ impl Builder {
         }
         self.last_ext = Some(off);
         self.next_ext = off + 4 + body.len();
-        self.s.owned.push((off as u16, off as u16 + 4));
+        if !self.ext_unlinked {
+            self.s.owned.push((off as u16, off as u16 + 4));
+        }
         Some(off as u16)
     }
 }
@@ -271,9 +290,9 @@ impl Shape {
         b.cap(MSI_ID, &msi_body((3 << 1) | (1 << 7) | (1 << 8)), 0);
         b.cap(MSIX_ID, &msix_body(4, 0x800, 0x1_f000 | 2), 0);
         b.cap(0x10, &[0; 0x3a], 0);
-        b.ext_cap(0x01, &[0; 0x44], 0);
-        b.ext_cap(0x10, &[0x22; 0x3c], 0);
-        b.ext_cap(0x0e, &[0; 4], 0);
+        b.ext_cap(0x01, &[0; 0x44], 0, true);
+        b.ext_cap(0x10, &[0x22; 0x3c], 0, true);
+        b.ext_cap(0x0e, &[0; 4], 0, true);
         b.irq(INTX_IRQ, 1, VFIO_IRQ_INFO_EVENTFD);
         b.irq(MSI_IRQ, 8, VFIO_IRQ_INFO_EVENTFD);
         b.irq(MSIX_IRQ, 5, VFIO_IRQ_INFO_EVENTFD);
@@ -401,7 +420,9 @@ impl Shape {
             } else {
                 0
             };
-            if b.ext_cap(id, &body, gap).is_none() {
+            // Mostly a null capability at 0x100 in front of a first capability past it.
+            let link_head = !(gap > 0 && b.last_ext.is_none() && one_in(u, 4)?);
+            if b.ext_cap(id, &body, gap, link_head).is_none() {
                 break;
             }
         }

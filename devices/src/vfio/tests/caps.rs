@@ -110,6 +110,55 @@ fn first_ext_cap_hidden_becomes_a_null_capability() {
 }
 
 #[test]
+fn null_ext_cap_at_0x100_leads_to_the_list() {
+    // A null capability (ID 0) at 0x100 in front of the real ones: the list goes on past it,
+    // so the hidden capability behind it is hidden and every header stays the model's.
+    let mut b = MockBuilder::new(0x8086, 0x1521);
+    b.ext_cap(0, &[0x66; 0x3c]);
+    let sriov = b.ext_cap(EXT_CAP_SRIOV, &[0x22; 0x3c]);
+    let ari = b.ext_cap(EXT_CAP_ARI, &[0x33; 4]);
+    let aer = b.ext_cap(AER, &[0x11; 0x10]);
+    let mut r = Rig::new(&mut b);
+    assert_eq!(r.dev.config_model().ext_caps().len(), 4);
+    assert_eq!(r.r32(0x100) >> 20, u32::from(aer));
+    assert_eq!(guest_ext_caps(&mut r), vec![(aer, AER)]);
+    for off in [0x100, sriov, ari, aer] {
+        for at in off..off + 4 {
+            r.dev.config_write(at, &[0x55]);
+        }
+    }
+    r.w16(sriov + 8, 0x1);
+    assert!(r.mock.config_writes_in(0x100..0x104).is_empty());
+    assert!(r
+        .mock
+        .config_writes_in(u64::from(sriov)..u64::from(aer) + 4)
+        .is_empty());
+    // The null capability's body is device-specific and passes through.
+    r.w32(0x104, 0x1234_5678);
+    assert_eq!(r.mock.config_u32(0x104), 0x1234_5678);
+    assert!(r.violations().is_empty(), "{:?}", r.violations());
+}
+
+#[test]
+fn ext_caps_not_reached_from_0x100_are_device_bytes() {
+    // 0x100 reads zero, so the function has no extended capabilities, whatever lies past it
+    // (the fuzzer's fake once claimed such a chain). Those bytes are device-specific registers
+    // and pass through, as vfio-pci itself passes unassigned config bytes through.
+    let mut b = MockBuilder::new(0x8086, 0x1521);
+    b.ext_cap(VSEC, &[0x66; 0x3c]);
+    let ltr = b.ext_cap(LTR, &[0x44; 4]);
+    b.config(0x100, &[0; 4]);
+    let mut r = Rig::new(&mut b);
+    assert!(r.dev.config_model().ext_caps().is_empty());
+    assert!(guest_ext_caps(&mut r).is_empty());
+    let h = u32::from(LTR) | 1 << 16;
+    assert_eq!(r.r32(ltr), h, "read from the device");
+    r.dev.config_write(ltr + 1, &[0x55]);
+    assert_eq!(r.mock.config_u32(usize::from(ltr)), h | 0x55 << 8);
+    assert!(r.violations().is_empty(), "{:?}", r.violations());
+}
+
+#[test]
 fn looped_ext_list_terminates() {
     let mut b = MockBuilder::new(0x8086, 0x1521);
     b.ext_cap(AER, &[0; 8]);
