@@ -5,7 +5,7 @@
 # and to vfiovm's exit.
 lcpus=${LINUX_CPUS:-2}
 linux_boot() { # <check-name> <kernel file> <expected entry mode in vfiovm's log>
-	RETRY_HANG=1 VFIOVM_TMO=${VFIOVM_TMO:-60} MARK="L2-LINUX: init reached" expect "$1" 0 "L2-LINUX: done fails=0" -- --kernel "$2" \
+	RETRY_RIG=1 VFIOVM_TMO=${VFIOVM_TMO:-60} MARK="L2-LINUX: init reached" expect "$1" 0 "L2-LINUX: done fails=0" -- --kernel "$2" \
 		--initramfs linux/initrd.gz --memory 256M --cpus "$lcpus" -v --cmdline "console=ttyS0 panic=-1"
 	grep -q "cpus=$lcpus" "out.$1" || bad "$1: the guest did not see $lcpus CPU(s)"
 	grep -q "clocksource=kvm-clock" "out.$1" || bad "$1: clocksource is not kvm-clock"
