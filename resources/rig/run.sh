@@ -14,6 +14,8 @@
 #        RIG_SMP (1) RIG_MEM (MiB, 1024) RIG_TMO (s, 300; the L1 watchdog fires a little earlier)
 #        RIG_CPU (qemu64,+svm,+npt) RIG_ACCEL (tcg,thread=single) RIG_APPEND (more kernel arguments)
 #        RIG_QEMU_ARGS     more QEMU arguments (split on spaces), like the positional ones
+#        RIG_STALL         seconds without a console line after which L1 counts as frozen (90; 0: off):
+#                          every vCPU's registers and code go into the log, QEMU is stopped, exit 124
 #        RIG_LOG           console log path (default $RIG_WORK/logs/run-<date>-<pid>.log)
 #        RIG_QUIET         1: do not copy the console to stdout (the log always has it)
 #        RIG_PARALLEL      1: do not serialize with other rig runs (default: a lock in $RIG_WORK)
@@ -113,9 +115,13 @@ if [ "${RIG_SHARED_GROUP:-0}" = 1 ]; then
 	APPEND+=" rig.modules=virtio_pci"
 fi
 [ -z "${RIG_APPEND:-}" ] || APPEND+=" $RIG_APPEND"
+# the human monitor, for the stall dump below
+MON=${INITRD%.initrd}.mon
+STALL=${RIG_STALL:-90}
+case "$STALL" in *[!0-9]*) finish 125 "FAIL step=usage RIG_STALL must be a number" ;; esac
 # shellcheck disable=SC2206 # RIG_QEMU_ARGS is split on spaces on purpose
 CMD=(qemu-system-x86_64 -accel "$ACCEL" -machine q35,kernel-irqchip=split -cpu "$CPU" -m "$MEM" -smp "$SMP"
-	-nodefaults -display none -monitor none -serial stdio -no-reboot
+	-nodefaults -display none -monitor "unix:$MON,server=on,wait=off" -serial stdio -no-reboot
 	"${DEVS[@]}" -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND" ${RIG_QEMU_ARGS:-} "$@")
 echo "HOST qemu: timeout -k 5 $TMO ${CMD[*]}" >>"$LOG"
 
@@ -141,6 +147,29 @@ stamp <"$FIFO" &
 SPID=$!
 timeout -k 5 "$TMO" "${CMD[@]}" </dev/null >"$FIFO" 2>&1 &
 QPID=$!
+# Stall watch: L1 prints all the time (every check streams its guest's console); a console quiet for
+# STALL seconds is a frozen L1 (seen under multi-threaded TCG: both QEMU vCPU threads busy, nothing
+# printed, docs/rig.md). Dump what each vCPU is doing into the log, then stop QEMU.
+STALLED=${INITRD%.initrd}.stalled
+rm -f "$STALLED"
+if [ "$STALL" -gt 0 ]; then
+	(
+		last=-1 quiet=0
+		while kill -0 "$QPID" 2>/dev/null; do
+			sleep 5
+			size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+			if [ "$size" = "$last" ]; then quiet=$((quiet + 5)); else quiet=0 last=$size; fi
+			[ "$quiet" -ge "$STALL" ] || continue
+			echo "HOST stall: no console output for ${quiet}s; L1's vCPUs:" >>"$LOG"
+			cmds=("info cpus" "info registers -a")
+			for c in $(seq 0 $((SMP - 1))); do cmds+=("cpu $c" "x/12i \$pc" "x/16gx \$sp"); done
+			python3 "$HERE/hmp.py" "$MON" "${cmds[@]}" 2>&1 | sed 's/^/HOST stall: /' >>"$LOG"
+			: >"$STALLED"
+			kill -TERM "$QPID" 2>/dev/null
+			break
+		done
+	) &
+fi
 INTR=
 trap 'INTR=1; kill -TERM "$QPID" 2>/dev/null' INT TERM HUP
 while :; do
@@ -150,7 +179,7 @@ while :; do
 	if [ -z "$INTR" ] || ! kill -0 "$QPID" 2>/dev/null; then break; fi
 done
 wait "$SPID"
-rm -f "$FIFO"
+rm -f "$FIFO" "$MON"
 trap - INT TERM HUP
 Q1=${EPOCHREALTIME/./}
 echo "HOST qemu-end rc=$qrc t=$(secs $((Q1 - T0US)))" >>"$LOG"
@@ -172,7 +201,10 @@ echo "HOST timing $timing" >>"$LOG"
 
 END=$(grep -m1 -oE 'RIG test-end rc=[0-9]+' "$LOG")
 FAIL=$(grep -m1 -oE 'RIG fail step=.*' "$LOG")
-if [ -n "$END" ]; then
+if [ -e "$STALLED" ]; then
+	rm -f "$STALLED"
+	finish 124 "FAIL step=stall no console output for ${STALL}s (L1 frozen; its vCPUs' state is in the log)"
+elif [ -n "$END" ]; then
 	rc=${END##*=}
 	[ "$rc" = 0 ] && finish 0 "PASS rc=0"
 	finish "$rc" "FAIL test rc=$rc (/test/run failed)"
