@@ -14,8 +14,9 @@
 #        RIG_SMP (1) RIG_MEM (MiB, 1024) RIG_TMO (s, 300; the L1 watchdog fires a little earlier)
 #        RIG_CPU (qemu64,+svm,+npt) RIG_ACCEL (tcg,thread=single) RIG_APPEND (more kernel arguments)
 #        RIG_QEMU_ARGS     more QEMU arguments (split on spaces), like the positional ones
-#        RIG_STALL         seconds without a console line after which L1 counts as frozen (90; 0: off):
-#                          every vCPU's registers and code go into the log, QEMU is stopped, exit 124
+#        RIG_STALL         seconds without a console line after which L1 counts as frozen (90; 0: off), as
+#                          it does at once when L1 reports a soft lockup: every vCPU's registers and code
+#                          go into the log, QEMU is stopped, exit 124
 #        RIG_LOG           console log path (default $RIG_WORK/logs/run-<date>-<pid>.log)
 #        RIG_QUIET         1: do not copy the console to stdout (the log always has it)
 #        RIG_PARALLEL      1: do not serialize with other rig runs (default: a lock in $RIG_WORK)
@@ -159,8 +160,15 @@ if [ "$STALL" -gt 0 ]; then
 			sleep 5
 			size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
 			if [ "$size" = "$last" ]; then quiet=$((quiet + 5)); else quiet=0 last=$size; fi
-			[ "$quiet" -ge "$STALL" ] || continue
-			echo "HOST stall: no console output for ${quiet}s; L1's vCPUs:" >>"$LOG"
+			# L1's own soft-lockup report (not an L2 guest's, whose lines carry "[check] "): its
+			# CPUs stopped scheduling, so the payload's per-run timeouts cannot fire either.
+			if grep -qE '^\[ *[0-9.]+\] \[ *[0-9.]+\] watchdog: BUG: soft lockup' "$LOG"; then
+				echo "HOST stall: L1 reported a soft lockup (above); L1's vCPUs:" >>"$LOG"
+			elif [ "$quiet" -ge "$STALL" ]; then
+				echo "HOST stall: no console output for ${quiet}s; L1's vCPUs:" >>"$LOG"
+			else
+				continue
+			fi
 			cmds=("info cpus" "info registers -a")
 			for c in $(seq 0 $((SMP - 1))); do cmds+=("cpu $c" "x/12i \$pc" "x/16gx \$sp"); done
 			python3 "$HERE/hmp.py" "$MON" "${cmds[@]}" 2>&1 | sed 's/^/HOST stall: /' >>"$LOG"
@@ -203,7 +211,7 @@ END=$(grep -m1 -oE 'RIG test-end rc=[0-9]+' "$LOG")
 FAIL=$(grep -m1 -oE 'RIG fail step=.*' "$LOG")
 if [ -e "$STALLED" ]; then
 	rm -f "$STALLED"
-	finish 124 "FAIL step=stall no console output for ${STALL}s (L1 frozen; its vCPUs' state is in the log)"
+	finish 124 "FAIL step=stall L1 stopped making progress (no console output for ${STALL}s, or a soft lockup; its vCPUs' state is in the log)"
 elif [ -n "$END" ]; then
 	rc=${END##*=}
 	[ "$rc" = 0 ] && finish 0 "PASS rc=0"
