@@ -4,6 +4,7 @@
 #   DIR/linux/vmlinux    the same kernel as an ELF (PVH note), extracted from the bzImage
 #   DIR/linux/initrd.gz  busybox + resources/rig/l2-linux/init + nvmeio
 #   DIR/nvmeio           nvmeio for L1 (static)
+#   DIR/kvmhold          keeps an idle VM open in L1 during the payload (static; kvmhold.c)
 # Usage: linux-payload.sh DIR
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +17,7 @@ dpkg-deb -x "$(ls "$work"/debs/busybox-static_*.deb | head -1)" "$dir/linux/bb"
 cp "$dir/linux/bb/bin/busybox" "$ir/bin/busybox"
 cp "$here/l2-linux/init" "$ir/init"
 gcc -O2 -Wall -Werror -static -o "$dir/nvmeio" "$here/l2-linux/nvmeio.c"
+gcc -O2 -Wall -Werror -static -o "$dir/kvmhold" "$here/kvmhold.c"
 cp "$dir/nvmeio" "$ir/bin/nvmeio"
 (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir/linux/initrd.gz"
 rm -rf "$ir" "$dir/linux/bb"
