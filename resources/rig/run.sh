@@ -155,18 +155,21 @@ STALLED=${INITRD%.initrd}.stalled
 rm -f "$STALLED"
 if [ "$STALL" -gt 0 ]; then
 	(
-		last=-1 quiet=0
+		last=0 quiet=0
 		while kill -0 "$QPID" 2>/dev/null; do
 			sleep 5
 			size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
-			if [ "$size" = "$last" ]; then quiet=$((quiet + 5)); else quiet=0 last=$size; fi
+			if [ "$size" = "$last" ]; then quiet=$((quiet + 5)); else quiet=0; fi
 			# L1's own soft-lockup report (not an L2 guest's, whose lines carry "[check] "): its
-			# CPUs stopped scheduling, so the payload's per-run timeouts cannot fire either.
-			if grep -qE '^\[ *[0-9.]+\] \[ *[0-9.]+\] watchdog: BUG: soft lockup' "$LOG"; then
+			# CPUs stopped scheduling, so the payload's per-run timeouts cannot fire either. Only
+			# what was written since the last look is searched.
+			if [ "$quiet" = 0 ] && tail -c +$((last + 1)) "$LOG" |
+				grep -qE '^\[ *[0-9.]+\] \[ *[0-9.]+\] watchdog: BUG: soft lockup'; then
 				echo "HOST stall: L1 reported a soft lockup (above); L1's vCPUs:" >>"$LOG"
 			elif [ "$quiet" -ge "$STALL" ]; then
 				echo "HOST stall: no console output for ${quiet}s; L1's vCPUs:" >>"$LOG"
 			else
+				last=$size
 				continue
 			fi
 			cmds=("info cpus" "info registers -a")
