@@ -216,6 +216,7 @@ fn config() -> VmConfig {
         initramfs: None,
         cmdline: DEFAULT_CMDLINE.to_string(),
         memory: 64 << 20,
+        ram: Default::default(),
         cpus: 1,
         devices: Vec::new(),
         test_pci_device: false,
@@ -271,9 +272,9 @@ fn kvm_refuses_a_ram_slot() {
     use vfiovm::memory::{create_guest_memory, register_with_kvm};
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let vm = kvm.create_vm().unwrap();
-    let first = create_guest_memory(64 << 20).unwrap();
+    let first = create_guest_memory(64 << 20, &Default::default()).unwrap();
     register_with_kvm(&vm, &first).unwrap();
-    let second = create_guest_memory(32 << 20).unwrap();
+    let second = create_guest_memory(32 << 20, &Default::default()).unwrap();
     let e = register_with_kvm(&vm, &second).unwrap_err();
     assert!(
         e.to_string()
@@ -288,7 +289,7 @@ fn kvm_refuses_a_ram_slot() {
 fn interrupt_routing_without_an_irqchip() {
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let vm = Arc::new(kvm.create_vm().unwrap());
-    let mem = vfiovm::memory::create_guest_memory(64 << 20).unwrap();
+    let mem = vfiovm::memory::create_guest_memory(64 << 20, &Default::default()).unwrap();
     let exit = Arc::new(ExitState::new().unwrap());
     let e = vfiovm::platform::Platform::new(&vm, &mem, &config(), exit, 36).unwrap_err();
     assert!(

@@ -286,6 +286,7 @@ fn config() -> VmConfig {
         initramfs: None,
         cmdline: DEFAULT_CMDLINE.to_string(),
         memory: vfiovm::config::DEFAULT_MEMORY,
+        ram: Default::default(),
         cpus: 1,
         devices: Vec::new(),
         test_pci_device: true,

@@ -366,6 +366,7 @@ fn config(kernel: &str) -> VmConfig {
         initramfs: None,
         cmdline: DEFAULT_CMDLINE.to_string(),
         memory: 64 << 20,
+        ram: Default::default(),
         cpus: 1,
         devices: Vec::new(),
         test_pci_device: true,

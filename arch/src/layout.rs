@@ -9,12 +9,13 @@
 //!                              page tables, command line)
 //! 0x0009_FC00 ─ 0x0009_FFFF   RAM, reserved in the memory map: MP table (EBDA)
 //! 0x000A_0000 ─ 0x000F_FFFF   RAM, reserved in the memory map: ACPI tables, RSDP at 0xE_0000
-//! 0x0010_0000 ─ low_ram_end   RAM: kernel (1 MiB), initramfs at the top
+//! 0x0010_0000 ─ low_ram_end   RAM: kernel (1 MiB), initramfs at the top; low_ram_end is the RAM
+//!                              size when it is below 0xB000_0000, else 0x8000_0000 (Q35's split)
 //! 0xB000_0000 ─ 0xBFFF_FFFF   PCI ECAM (MMCONFIG), 256 buses
 //! 0xC000_0000 ─ 0xFBFF_FFFF   32-bit PCI MMIO window
 //! 0xFEC0_0000                 IOAPIC
 //! 0xFEE0_0000                 LAPIC
-//! 0x1_0000_0000 ─ …           RAM above 4 GiB (what did not fit below 0xB000_0000)
+//! 0x1_0000_0000 ─ …           RAM above 4 GiB (the rest)
 //! 1 GiB-aligned after RAM ─ (1 << phys_bits)   64-bit PCI MMIO window
 //! ```
 
@@ -22,6 +23,10 @@
 pub const RAM_START: u64 = 0;
 /// RAM below 4 GiB ends here at the latest; the 32-bit MMIO hole follows.
 pub const LOW_RAM_MAX_END: u64 = 0xB000_0000;
+/// Where RAM below 4 GiB ends when the guest has at least [`LOW_RAM_MAX_END`] of RAM: the 2 GiB
+/// boundary, as QEMU's Q35 splits it, so that both RAM regions start and end on 1 GiB
+/// boundaries (1 GiB huge pages back them without waste, and KVM can map them with 1 GiB pages).
+pub const LOW_RAM_SPLIT: u64 = 0x8000_0000;
 /// Start of RAM above 4 GiB.
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// End (exclusive) of the guest physical address space: x86-64 addresses at most 52 bits. RAM
@@ -153,11 +158,17 @@ pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
     irqs::PCI_INTX_BASE + (u32::from(slot) + u32::from(pin)) % 8
 }
 
-/// The RAM regions of a guest with `mem_size` bytes of RAM: below the 32-bit hole, and the rest
-/// above 4 GiB, up to [`MAX_PHYS_ADDR`] (a larger `mem_size` cannot be addressed and is cut
-/// there; the VMM refuses more RAM than the host has long before).
+/// The RAM regions of a guest with `mem_size` bytes of RAM: all of it below the 32-bit hole when
+/// it fits there (below [`LOW_RAM_MAX_END`]), otherwise 2 GiB below ([`LOW_RAM_SPLIT`]) and the
+/// rest above 4 GiB, up to [`MAX_PHYS_ADDR`] (a larger `mem_size` cannot be addressed and is cut
+/// there; the VMM refuses more RAM than the host has long before). Region boundaries are as
+/// aligned as `mem_size` is, up to 1 GiB.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
-    let low = mem_size.min(LOW_RAM_MAX_END);
+    let low = if mem_size < LOW_RAM_MAX_END {
+        mem_size
+    } else {
+        LOW_RAM_SPLIT
+    };
     let mut regions = vec![(RAM_START, low)];
     if mem_size > low {
         let high = (mem_size - low).min(MAX_PHYS_ADDR - HIGH_RAM_START);
@@ -201,14 +212,33 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                (0, LOW_RAM_MAX_END),
-                (HIGH_RAM_START, (4 << 30) - LOW_RAM_MAX_END)
+                (0, LOW_RAM_SPLIT),
+                (HIGH_RAM_START, (4 << 30) - LOW_RAM_SPLIT)
             ]
         );
+        assert_eq!(ram_end(4 << 30), HIGH_RAM_START + (4 << 30) - LOW_RAM_SPLIT);
+    }
+
+    /// Q35's split: just below 0xB000_0000 all RAM stays low; from there on 2 GiB stay low and
+    /// every boundary is 1 GiB aligned when the size is.
+    #[test]
+    fn split_is_gigabyte_aligned() {
         assert_eq!(
-            ram_end(4 << 30),
-            HIGH_RAM_START + (4 << 30) - LOW_RAM_MAX_END
+            ram_regions(LOW_RAM_MAX_END - (2 << 20)),
+            vec![(0, LOW_RAM_MAX_END - (2 << 20))]
         );
+        assert_eq!(
+            ram_regions(LOW_RAM_MAX_END),
+            vec![
+                (0, LOW_RAM_SPLIT),
+                (HIGH_RAM_START, LOW_RAM_MAX_END - LOW_RAM_SPLIT)
+            ]
+        );
+        for gib in [3u64, 4, 16, 512] {
+            for (start, len) in ram_regions(gib << 30) {
+                assert_eq!((start % (1 << 30), len % (1 << 30)), (0, 0), "{gib} GiB");
+            }
+        }
     }
 
     /// Found by the `boot_builders` fuzz target: `memory_map(u64::MAX)` (and `ram_end`,
@@ -221,7 +251,7 @@ mod tests {
             assert_eq!(ram_end(size), MAX_PHYS_ADDR);
             assert_eq!(mmio64_window(size, 52), None);
         }
-        let just_fits = MAX_PHYS_ADDR - HIGH_RAM_START + LOW_RAM_MAX_END;
+        let just_fits = MAX_PHYS_ADDR - HIGH_RAM_START + LOW_RAM_SPLIT;
         assert_eq!(ram_end(just_fits), MAX_PHYS_ADDR);
         assert_eq!(ram_end(just_fits - 1), MAX_PHYS_ADDR - 1);
     }

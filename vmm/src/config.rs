@@ -26,6 +26,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Guest RAM in bytes.
     pub memory: u64,
+    /// How guest RAM is backed and brought in (the options after the size in `--memory`).
+    pub ram: RamConfig,
     /// Number of vCPUs.
     pub cpus: u32,
     /// Devices to pass through (`--device`).
@@ -34,6 +36,41 @@ pub struct VmConfig {
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
+}
+
+/// The pages behind guest RAM (`hugepages=` in `--memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RamPages {
+    /// `hugepages=off`: 4 KiB pages only (`MADV_NOHUGEPAGE`).
+    Small,
+    /// `hugepages=thp` (the default): 4 KiB pages the kernel may fold into transparent huge
+    /// pages (`MADV_HUGEPAGE`); needs THP `enabled` at `madvise` or `always`.
+    #[default]
+    Transparent,
+    /// `hugepages=on|2M|1G`: hugetlbfs pages from the host's reserved pool, through a
+    /// `MFD_HUGETLB` memfd; `None` is the host's default huge page size.
+    Huge(Option<u64>),
+}
+
+/// How guest RAM is backed and brought in: the options of `--memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RamConfig {
+    /// Which pages back it.
+    pub pages: RamPages,
+    /// `shared=on`: a memfd mapped shared (another process, e.g. a vhost-user backend, can map
+    /// the same RAM). Huge pages are always a shared memfd.
+    pub shared: bool,
+    /// `prefault=on`: populate all of guest RAM before the guest runs. Passthrough always does
+    /// (VFIO pins every page), whatever this says.
+    pub prefault: bool,
+    /// `threads=N`: threads populating guest RAM; `None` is one per host CPU.
+    pub threads: Option<u32>,
+}
+
+impl RamConfig {
+    /// The syntax of `--memory`, for help and error messages.
+    pub const SYNTAX: &'static str =
+        "SIZE[,hugepages=off|thp|on|2M|1G][,shared=on|off][,prefault=on|off][,threads=N]";
 }
 
 /// How the VMM process confines itself while a VM runs. A property of the process, not of the
@@ -172,6 +209,9 @@ pub enum ConfigError {
     /// `--memory` does not parse.
     #[error("invalid --memory '{0}': use a size like 512M, 4G or 1024 (MiB)")]
     BadMemory(String),
+    /// An option after the size in `--memory` that does not parse.
+    #[error("invalid --memory '{0}': {1} (syntax: {syntax})", syntax = RamConfig::SYNTAX)]
+    BadMemoryOption(String, String),
     /// `--memory` is below the minimum.
     #[error("--memory {0} is too small: the minimum is {min} MiB", min = MIN_MEMORY >> 20)]
     MemoryTooSmall(String),
@@ -206,7 +246,11 @@ OPTIONS:
                          with a PVH note (32-bit PVH entry; preferred when present)
     --initramfs PATH     Initramfs (alias --initrd)
     --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0]
-    --memory SIZE        Guest RAM: 512M, 4G, 1024 (MiB) (alias -m) [default: 512M]
+    --memory SIZE[,OPT]  Guest RAM: 512M, 4G, 1024 (MiB) (alias -m) [default: 512M], with
+                         options: hugepages=off|thp|on|2M|1G (4 KiB pages, transparent huge
+                         pages [default], or the host's reserved huge pages), shared=on (a
+                         shared memfd), prefault=on (populate before boot; passthrough always
+                         does), threads=N (populating threads) [default: host CPUs]
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
@@ -231,6 +275,69 @@ EXIT STATUS:
              SIGSYS: a thread made a syscall its seccomp filter does not allow (a vfiovm
              bug: rerun with --no-seccomp under `strace -f` and report it)
 ";
+
+/// Parses a `--memory` value: a size (see [`parse_memory`]), then comma-separated options
+/// ([`RamConfig::SYNTAX`]).
+pub fn parse_memory_arg(s: &str) -> Result<(u64, RamConfig), ConfigError> {
+    let mut parts = s.split(',');
+    let size = parse_memory(parts.next().unwrap_or(""))?;
+    let bad = |why: String| ConfigError::BadMemoryOption(s.to_string(), why);
+    let on_off = |k: &str, v: &str| match v {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(bad(format!("{k}= takes on or off, not '{v}'"))),
+    };
+    let mut ram = RamConfig::default();
+    let mut seen = Vec::new();
+    for opt in parts {
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| bad(format!("'{opt}' is not KEY=VALUE")))?;
+        if seen.contains(&k) {
+            return Err(bad(format!("{k}= is given twice")));
+        }
+        seen.push(k);
+        match k {
+            "hugepages" => {
+                ram.pages = match v.to_ascii_lowercase().as_str() {
+                    "off" | "none" | "4k" => RamPages::Small,
+                    "thp" => RamPages::Transparent,
+                    "on" => RamPages::Huge(None),
+                    "2m" | "2mb" | "2mib" => RamPages::Huge(Some(2 << 20)),
+                    "1g" | "1gb" | "1gib" => RamPages::Huge(Some(1 << 30)),
+                    _ => {
+                        return Err(bad(format!(
+                            "hugepages= takes off, thp, on, 2M or 1G, not '{v}'"
+                        )))
+                    }
+                }
+            }
+            "shared" => ram.shared = on_off(k, v)?,
+            "prefault" => ram.prefault = on_off(k, v)?,
+            "threads" => {
+                let n: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!("threads= takes a number from 1 to 1024, not '{v}'"))
+                    })?;
+                ram.threads = Some(n);
+            }
+            _ => return Err(bad(format!("unknown option '{k}'"))),
+        }
+    }
+    if let RamPages::Huge(Some(page)) = ram.pages {
+        if size % page != 0 {
+            return Err(bad(format!(
+                "the size is not a multiple of the {} MiB huge page: round it to {} MiB",
+                page >> 20,
+                (size.div_ceil(page) * page) >> 20
+            )));
+        }
+    }
+    Ok((size, ram))
+}
 
 /// Parses a memory size: a number with an optional K/M/G/T suffix (optionally followed by
 /// `iB` or `B`); a bare number is MiB, as in QEMU.
@@ -285,12 +392,12 @@ fn parse_doctor(args: &[String]) -> Result<Command, ConfigError> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.split_once('=') {
-            Some(("--memory" | "-m", v)) => memory = Some(parse_memory(v)?),
+            Some(("--memory" | "-m", v)) => memory = Some(parse_memory_arg(v)?.0),
             _ if a == "--memory" || a == "-m" => {
                 let v = it
                     .next()
                     .ok_or_else(|| ConfigError::MissingValue(a.clone()))?;
-                memory = Some(parse_memory(v)?);
+                memory = Some(parse_memory_arg(v)?.0);
             }
             _ if a == "-h" || a == "--help" => return Ok(Command::Help),
             _ if a.starts_with('-') => return Err(ConfigError::UnknownOption(a.clone())),
@@ -347,7 +454,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                 once(&mut initramfs, PathBuf::from(value(&mut it)?), &flag)?
             }
             "--cmdline" | "--append" => once(&mut cmdline, value(&mut it)?, &flag)?,
-            "--memory" | "-m" => once(&mut memory, parse_memory(&value(&mut it)?)?, &flag)?,
+            "--memory" | "-m" => once(&mut memory, parse_memory_arg(&value(&mut it)?)?, &flag)?,
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
             "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
             "--test-pci-device" => test_pci_device = true,
@@ -372,7 +479,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             kernel: kernel.ok_or(ConfigError::NoKernel)?,
             initramfs,
             cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
-            memory: memory.unwrap_or(DEFAULT_MEMORY),
+            memory: memory.map_or(DEFAULT_MEMORY, |m| m.0),
+            ram: memory.map(|m| m.1).unwrap_or_default(),
             cpus: cpus.unwrap_or(1),
             devices,
             test_pci_device,
@@ -428,6 +536,59 @@ mod tests {
             Err(ConfigError::MemoryTooSmall("1M".into()))
         );
         assert!(parse_memory("18446744073709551615T").is_err());
+    }
+
+    #[test]
+    fn memory_options() {
+        let (size, ram) = parse_memory_arg("4G").unwrap();
+        assert_eq!((size, ram), (4 << 30, RamConfig::default()));
+        assert_eq!(ram.pages, RamPages::Transparent);
+        let (_, ram) = parse_memory_arg("4G,hugepages=2M,shared=on,prefault=on,threads=3").unwrap();
+        assert_eq!(
+            ram,
+            RamConfig {
+                pages: RamPages::Huge(Some(2 << 20)),
+                shared: true,
+                prefault: true,
+                threads: Some(3)
+            }
+        );
+        assert_eq!(
+            parse_memory_arg("2G,hugepages=1G").unwrap().1.pages,
+            RamPages::Huge(Some(1 << 30))
+        );
+        assert_eq!(
+            parse_memory_arg("2G,hugepages=on").unwrap().1.pages,
+            RamPages::Huge(None)
+        );
+        assert_eq!(
+            parse_memory_arg("2G,hugepages=off").unwrap().1.pages,
+            RamPages::Small
+        );
+        for bad in [
+            "4G,hugepages=3M",
+            "4G,shared=maybe",
+            "4G,threads=0",
+            "4G,threads=x",
+            "4G,color=red",
+            "4G,prefault",
+            "4G,threads=1,threads=2",
+            "1500M,hugepages=1G",
+            "4G,",
+        ] {
+            let e = parse_memory_arg(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::BadMemoryOption(..)), "{bad}: {e}");
+            assert!(e.to_string().contains("syntax: SIZE[,hugepages="), "{e}");
+        }
+        assert!(parse_memory_arg("1500M,hugepages=1G")
+            .unwrap_err()
+            .to_string()
+            .contains("round it to 2048 MiB"));
+        let c = run(&["--kernel", "k", "--memory=1G,hugepages=2M"]);
+        assert_eq!(
+            (c.memory, c.ram.pages),
+            (1 << 30, RamPages::Huge(Some(2 << 20)))
+        );
     }
 
     #[test]

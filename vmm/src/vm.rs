@@ -23,6 +23,7 @@ use crate::exit::{ExitReason, ExitState};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::platform::{self, Platform, PlatformError};
 use crate::vcpu::{self, IoBuses, VcpuThread};
+use vm_memory::GuestMemoryBackend;
 
 /// TSS and identity-map pages KVM needs below 4 GiB on Intel hosts, out of the way of the MMIO
 /// hole's devices (just below the BIOS ROM area's top).
@@ -188,7 +189,19 @@ impl Vm {
                 max,
             });
         }
-        let mem = memory::create_guest_memory(config.memory)?;
+        let mem = memory::create_guest_memory(config.memory, &config.ram)?;
+        log::info!(
+            "guest RAM: {} MiB ({})",
+            config.memory >> 20,
+            mem.iter()
+                .next()
+                .map(|r| r.backing().to_string())
+                .unwrap_or_default()
+        );
+        // Passthrough populates (in parallel) as part of its DMA setup, timed there.
+        if config.ram.prefault && config.devices.is_empty() {
+            memory::populate(&mem, config.ram.threads)?;
+        }
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -255,6 +268,7 @@ impl Vm {
             &vm,
             &mem,
             config.memory,
+            &config.ram,
             &platform,
             device_slots,
             &config.devices,
