@@ -54,6 +54,8 @@ const GUESTS: &[Guest] = &[
     Guest { name: "pvh_probe", boot: Boot::Pvh, sources: &["pvh_probe.c"], doc: "PVH guest that prints its start info, memory map, command line, modules, ACPI tables and CPUs, starts the APs, then runs `action=`." },
     Guest { name: "elf64_probe", boot: Boot::Linux64, sources: &["elf64_probe.c"], doc: "Linux 64-bit boot protocol guest that prints its zero page, e820 map, command line, initrd and ACPI tables, then runs `action=`." },
     Guest { name: "exit_now", boot: Boot::PvhBare, sources: &["exit_now.S"], doc: "Smallest PVH guest: writes 0 to the debug-exit port at its first instruction (exit status 1)." },
+    Guest { name: "first_byte", boot: Boot::PvhBare, sources: &["first_byte.S"], doc: "Start-up benchmark target: writes `F` to COM1 at its first instruction, then exits through the debug-exit port (status 1)." },
+    Guest { name: "mem_probe", boot: Boot::Pvh, sources: &["mem_probe.c"], doc: "Guest RAM from inside: memory map, RAM total, region alignment (`align=`), a word written and read back every 2 MiB below 4 GiB; prints `mem_probe: ready`, waits for a COM1 byte, powers off." },
     Guest { name: "echo", boot: Boot::Pvh, sources: &["echo.c"], doc: "Console input test: echoes each line read from COM1 as `echo: <line>`; the line `quit` exits with status 85." },
     Guest { name: "edu_probe", boot: Boot::Pvh, sources: &["edu_probe.c"], doc: "Rig L2 guest: drives QEMU's edu passed through by vfiovm (ident, factorial, DMA both ways, MSI); `msis=N` fires N more MSIs." },
     Guest { name: "hello", boot: Boot::Pvh, sources: &["hello.c"], doc: "README demo: greets, prints RAM size, CPU count and command line, then powers off through ACPI." },
