@@ -2,7 +2,8 @@
 # to a stock Linux L2 guest, whose own nvme driver binds it (MSI-X, admin and I/O queues in guest RAM
 # through the IOMMU) and moves data with O_DIRECT (resources/rig/l2-linux/init, nvmeio.c):
 #   nvme-1      writes pattern 1 at 1 MiB, reads it back; 64 MiB sequential throughput
-#   nvme-2      second vfiovm on the same controller: pattern 1 is still there; writes pattern 2
+#   nvme-2      second vfiovm on the same controller, guest RAM on hugetlbfs 2 MiB pages reserved in
+#               L1: pattern 1 is still there; writes pattern 2
 #   nvme-3      as nvme-2 plus 20000 4 KiB reads: its exits minus nvme-2's are the I/Os' exits
 #   nvme-panic  writes pattern 3, then the kernel panics (sysrq c, panic=-1): the guest's reset
 #               ends vfiovm with status 0 and the device is released
@@ -14,7 +15,7 @@ nvme_run() { # <check-name> <want-status> <needle> <l2 arguments...>
 	n=$1 w=$2 nd=$3
 	shift 3
 	RETRY_RIG=1 VFIOVM_TMO=${VFIOVM_TMO:-60} MARK="L2-LINUX: init reached" expect "$n" "$w" "$nd" -- --kernel linux/vmlinuz --initramfs linux/initrd.gz \
-		--memory 256M --cpus "${LINUX_CPUS:-2}" --device "$nvme" -v \
+		--memory "${NVME_MEM:-256M}" --cpus "${LINUX_CPUS:-2}" --device "$nvme" -v \
 		--cmdline "console=ttyS0 panic=-1 l2.test=nvme $*"
 	grep -q "L2-LINUX: nvme .*driver=nvme" "out.$n" || bad "$n: the guest's nvme driver did not bind the controller"
 	grep -q "L2-LINUX: FAIL" "out.$n" && bad "$n: $(grep -m1 'L2-LINUX: FAIL' "out.$n")"
@@ -31,8 +32,14 @@ elif [ ! -f linux/vmlinuz ]; then
 else
 	nvme_run nvme-1 0 "L2-LINUX: done fails=0" l2.write=1@1M l2.bench=64M@64M l2.reads=0
 	grep -q "NVMEIO write seed=1 .*mismatched_words=0" out.nvme-1 || bad "nvme-1: pattern 1 not read back intact"
+	# 160 x 2 MiB: the 256 MiB guest and room to spare; L1 gets them back after the run.
+	echo 160 >/proc/sys/vm/nr_hugepages
+	NVME_MEM=256M,hugepages=2M
 	nvme_run nvme-2 0 "L2-LINUX: done fails=0" l2.check=1@1M l2.write=2@2M l2.reads=0
+	NVME_MEM=
+	echo 0 >/proc/sys/vm/nr_hugepages
 	grep -q "NVMEIO check seed=1 .*mismatched_words=0" out.nvme-2 || bad "nvme-2: pattern 1 (from nvme-1) not found"
+	grep -q "guest RAM: 256 MiB (hugetlbfs 2 MiB pages)" err.nvme-2 || bad "nvme-2: guest RAM not on 2 MiB huge pages"
 	nvme_run nvme-3 0 "L2-LINUX: done fails=0" l2.check=1@1M l2.write=2@2M l2.reads=20000
 	x2=$(exits_of nvme-2)
 	x3=$(exits_of nvme-3)
