@@ -582,6 +582,23 @@ fn messages_of_paths_no_host_test_reaches() {
     let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
     let cases: Vec<(String, &str)> = vec![
         (
+            vfiovm::memory::MemoryError::Memfd {
+                size: 1024,
+                backing: vfiovm::memory::Backing::Shared,
+                err: io(),
+            }
+            .to_string(),
+            "cannot create the memfd for 1024 MiB of guest RAM (shared memfd): No such file or directory (os error 2)",
+        ),
+        (
+            vfiovm::memory::MemoryError::Populate {
+                backing: vfiovm::memory::Backing::HugeTlb(2 << 20),
+                err: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            }
+            .to_string(),
+            "cannot populate guest RAM (hugetlbfs 2 MiB pages): Cannot allocate memory (os error 12) (the host ran out of free memory or huge pages: ask for less --memory or free some)",
+        ),
+        (
             PassthroughError::KvmVfio {
                 group: 26,
                 err: kvm_error(libc::EINVAL),

@@ -333,7 +333,8 @@ fn hugetlbfs_1g_pages() {
     }
 }
 
-/// Too few huge pages: one line naming the sysctl that fixes it, status 2, before any VM.
+/// Too few huge pages: one line naming the sysctl that fixes it, status 2, before any VM; the
+/// doctor reports it as a failed check.
 #[test]
 fn too_few_huge_pages_names_the_fix() {
     let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
@@ -347,6 +348,15 @@ fn too_few_huge_pages_names_the_fix() {
     assert!(
         o.stderr.contains("--memory needs 4096 huge pages of 2 MiB")
             && o.stderr.contains("sysctl vm.nr_hugepages="),
+        "{o:#?}"
+    );
+    // The doctor says the same, as one of its checks.
+    let o = common::run(&["doctor", "--memory", "8G,hugepages=2M"]);
+    o.expect_status(2);
+    assert!(
+        o.stdout
+            .contains("FAIL: --memory needs 4096 huge pages of 2 MiB but only")
+            && o.stdout.contains("sysctl vm.nr_hugepages="),
         "{o:#?}"
     );
     let o = common::run(&[

@@ -184,6 +184,8 @@ pub enum Command {
         devices: Vec<String>,
         /// Guest RAM to check RLIMIT_MEMLOCK against.
         memory: Option<u64>,
+        /// How that RAM would be backed (`hugepages=`: the host's pool is checked too).
+        ram: RamConfig,
     },
     /// Print the help text.
     Help,
@@ -238,8 +240,9 @@ vfiovm - a minimal KVM VMM for PCI passthrough through VFIO
 
 USAGE:
     vfiovm --kernel PATH [OPTIONS]
-    vfiovm doctor [--memory SIZE] [DEV...]   check the host for passthrough (IOMMU, vfio-pci
-                                             binding, group viability, /dev/vfio, memlock)
+    vfiovm doctor [--memory SIZE[,OPT]] [DEV...]   check the host for passthrough (IOMMU,
+                                             vfio-pci binding, group viability, /dev/vfio,
+                                             memlock, free huge pages for hugepages=)
 
 OPTIONS:
     --kernel PATH        Kernel to boot: a bzImage, an ELF vmlinux (64-bit entry) or an ELF
@@ -392,12 +395,12 @@ fn parse_doctor(args: &[String]) -> Result<Command, ConfigError> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.split_once('=') {
-            Some(("--memory" | "-m", v)) => memory = Some(parse_memory_arg(v)?.0),
+            Some(("--memory" | "-m", v)) => memory = Some(parse_memory_arg(v)?),
             _ if a == "--memory" || a == "-m" => {
                 let v = it
                     .next()
                     .ok_or_else(|| ConfigError::MissingValue(a.clone()))?;
-                memory = Some(parse_memory_arg(v)?.0);
+                memory = Some(parse_memory_arg(v)?);
             }
             _ if a == "-h" || a == "--help" => return Ok(Command::Help),
             _ if a.starts_with('-') => return Err(ConfigError::UnknownOption(a.clone())),
@@ -407,7 +410,11 @@ fn parse_doctor(args: &[String]) -> Result<Command, ConfigError> {
             }
         }
     }
-    Ok(Command::Doctor { devices, memory })
+    Ok(Command::Doctor {
+        devices,
+        memory: memory.map(|m| m.0),
+        ram: memory.map(|m| m.1).unwrap_or_default(),
+    })
 }
 
 /// Parses the arguments after the program name.
@@ -749,7 +756,8 @@ mod tests {
             .unwrap(),
             Command::Doctor {
                 devices: vec!["0000:00:01.0,vf_token=2ab74924-c335-45f4-9b16-8569e5b08258".into()],
-                memory: Some(2 << 30)
+                memory: Some(2 << 30),
+                ram: RamConfig::default(),
             }
         );
         assert!(parse_args(args(&["doctor", "--bogus"])).is_err());

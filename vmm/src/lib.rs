@@ -36,8 +36,18 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             print!("{}", config::HELP);
             return 0;
         }
-        Command::Doctor { devices, memory } => {
-            let (report, ok) = devices::vfio::host::doctor(&Default::default(), &devices, memory);
+        Command::Doctor {
+            devices,
+            memory,
+            ram,
+        } => {
+            let more: Vec<Result<String, String>> = memory
+                .and_then(|size| memory::doctor_line(size, &ram))
+                .map(|r| r.map_err(|e| e.to_string()))
+                .into_iter()
+                .collect();
+            let (report, ok) =
+                devices::vfio::host::doctor_and(&Default::default(), &devices, memory, &more);
             print!("{report}");
             return if ok { 0 } else { exit::STATUS_ERROR };
         }

@@ -747,7 +747,18 @@ fn vf_info(root: &HostRoot, dir: &Path) -> Result<Option<VfInfo>, HostError> {
 /// Returns the report, one line per check (`ok: …`, `FAIL: <cause>: <fix>`, `note: …`) ending
 /// in a `doctor: …` summary, and whether every check passed.
 pub fn doctor(root: &HostRoot, devices: &[String], guest_bytes: Option<u64>) -> (String, bool) {
-    doctor_with(root, devices, guest_bytes, &RealEnv)
+    doctor_with(root, devices, guest_bytes, &RealEnv, &[])
+}
+
+/// [`doctor`] with the VMM's own checks added (each `Ok(ok line)` or `Err(failure)`), reported
+/// and counted before the summary: guest RAM backing, say, which this crate knows nothing of.
+pub fn doctor_and(
+    root: &HostRoot,
+    devices: &[String],
+    guest_bytes: Option<u64>,
+    more: &[Result<String, String>],
+) -> (String, bool) {
+    doctor_with(root, devices, guest_bytes, &RealEnv, more)
 }
 
 /// Collects report lines and counts failures.
@@ -787,6 +798,7 @@ fn doctor_with(
     devices: &[String],
     guest_bytes: Option<u64>,
     env: &dyn Env,
+    more: &[Result<String, String>],
 ) -> (String, bool) {
     let mut r = Report::default();
     r.check(check_iommu(root), |n| {
@@ -798,6 +810,15 @@ fn doctor_with(
     doctor_memlock(&mut r, guest_bytes, env);
     for spec in devices {
         doctor_device(&mut r, root, spec, env);
+    }
+    for m in more {
+        match m {
+            Ok(line) => r.line("ok", line),
+            Err(e) => {
+                r.fails += 1;
+                r.line("FAIL", e);
+            }
+        }
     }
     let pass = r.fails == 0;
     if pass {

@@ -318,6 +318,25 @@ pub fn create_guest_memory_with(
         .map_err(|e| MemoryError::Allocate(mem_size >> 20, e.to_string()))
 }
 
+/// `vfiovm doctor --memory SIZE,hugepages=…`: whether the host's huge page pool holds guest RAM
+/// now (`None` when no huge pages are asked for).
+pub fn doctor_line(size: u64, cfg: &RamConfig) -> Option<Result<String, MemoryError>> {
+    let pool = HugePagePool::default();
+    let page = match pool.resolve(cfg.pages) {
+        Ok(Some(page)) => page,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(pool.check(page, size).map(|()| {
+        format!(
+            "huge pages: the host's free {} MiB pages hold the {} MiB of guest RAM ({} needed)",
+            page >> 20,
+            size >> 20,
+            size.div_ceil(page)
+        )
+    }))
+}
+
 /// Faults in all of guest RAM with `threads` threads (`None`: one per host CPU), before the
 /// guest runs.
 pub fn populate(mem: &GuestMemory, threads: Option<u32>) -> Result<PopulateStats, MemoryError> {

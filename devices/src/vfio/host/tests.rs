@@ -124,7 +124,7 @@ fn good_host() -> FakeHost {
 
 fn run_doctor(h: &FakeHost, devs: &[&str], guest: Option<u64>, env: &FakeEnv) -> (String, bool) {
     let devs: Vec<String> = devs.iter().map(|d| d.to_string()).collect();
-    let (text, pass) = doctor_with(&h.root(), &devs, guest, env);
+    let (text, pass) = doctor_with(&h.root(), &devs, guest, env, &[]);
     println!("{text}");
     (text, pass)
 }
