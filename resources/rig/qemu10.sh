@@ -9,10 +9,10 @@
 #        qemu10.sh --exec ARGS...   runs it on this host (unpacked libraries first, -L the unpacked firmware)
 # Env:   RIG_WORK (${TMPDIR:-/tmp}/vfiovm-rig): the cache is $RIG_WORK/qemu10/<version>/ (root/ is the
 #        unpacked file tree, debs/ the packages); QEMU10_REFRESH=1 asks apt again even with a cache.
-# Idempotent: adds /etc/apt/sources.list.d/debian-backports.sources (the bookworm-backports suite from
-# the URI the existing Debian sources use) only when no configured source has bookworm-backports yet;
-# apt-get update runs only when apt does not know the backports version yet. Backports have apt's
-# priority 100, so a later `apt-get install qemu-system-x86` still installs bookworm's own QEMU.
+# Idempotent, and the host's apt configuration is not changed: apt runs with a private configuration in
+# $RIG_WORK/qemu10/apt (the host's sources, plus a deb822 stanza for the bookworm-backports suite on the
+# URI the host's bookworm source uses, its own lists and caches; the host's dpkg status, so that apt
+# resolves against what is installed here). apt-get update runs only when those lists lack the suite.
 # Messages go to stderr; failure: "qemu10: FAILED <why>", exit 1.
 set -euo pipefail
 W=${RIG_WORK:-${TMPDIR:-/tmp}/vfiovm-rig}
@@ -46,24 +46,36 @@ libpath() { # the unpacked library directories, for LD_LIBRARY_PATH
 	echo "$1/root/usr/lib/$ARCHLIB:$1/root/lib/$ARCHLIB"
 }
 
-# ---- the backports suite in apt's sources
-add_suite() {
+# ---- a private apt configuration: the host's own sources plus bookworm-backports, its own lists and
+# caches under $C/apt. The host's apt configuration is left as it is: with bookworm-backports among the
+# host's sources, `apt-get install qemu-system-x86` (run.sh) fails on a host that has qemu-utils from
+# backports installed (its Breaks: qemu-system-common (<< 8.0) cannot be resolved any more).
+A=$C/apt
+APT=(-o "Dir::Etc::sourcelist=$A/sources.list" -o "Dir::Etc::sourceparts=$A/sources.list.d"
+	-o "Dir::State::lists=$A/lists" -o "Dir::Cache=$A/cache" -o "Dir::Cache::archives=$A/archives"
+	-o APT::Sandbox::User=root)
+apt_config() {
 	local f uri
-	# a configured source (not a *.disabled* file) naming the suite already?
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-		[ -f "$f" ] || continue
-		if grep -Eq "^[^#]*[[:space:]]$SUITE([[:space:]]|$)" "$f"; then return 0; fi
+	rm -rf "$A/sources.list.d"
+	mkdir -p "$A/sources.list.d" "$A/lists/partial" "$A/cache" "$A/archives/partial"
+	: >"$A/sources.list"
+	[ ! -f /etc/apt/sources.list ] || cp /etc/apt/sources.list "$A/sources.list"
+	for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+		[ ! -f "$f" ] || cp "$f" "$A/sources.list.d/"
 	done
+	# a configured source naming the suite already?
+	if cat "$A/sources.list" "$A"/sources.list.d/* 2>/dev/null | grep -Eq "^[^#]*[[:space:]]$SUITE([[:space:]]|$)"; then
+		return 0
+	fi
 	# the URI of the stanza carrying plain "bookworm" (deb822 or one-line format)
 	uri=$(awk -v RS= '/(^|\n)Suites:[^\n]*[[:space:]]bookworm([[:space:]]|\n|$)/ {
 			if (match($0, /(^|\n)URIs:[[:space:]]*[^[:space:]\n]+/)) {
 				s = substr($0, RSTART, RLENGTH); sub(/.*URIs:[[:space:]]*/, "", s); print s; exit } }' \
-		/etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-	[ -n "$uri" ] || uri=$(awk '$1 == "deb" && $0 ~ / bookworm / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
-		/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+		"$A"/sources.list.d/*.sources 2>/dev/null || true)
+	[ -n "$uri" ] || uri=$(cat "$A/sources.list" "$A"/sources.list.d/*.list 2>/dev/null |
+		awk '$1 == "deb" && $0 ~ / bookworm / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' || true)
 	[ -n "$uri" ] || die "no apt source for Debian bookworm to take the mirror's URI from"
-	log "adding $SUITE ($uri) as /etc/apt/sources.list.d/debian-backports.sources"
-	cat >/etc/apt/sources.list.d/debian-backports.sources <<-EOF
+	cat >"$A/sources.list.d/zz-$SUITE.sources" <<-EOF
 		Types: deb
 		URIs: $uri
 		Suites: $SUITE
@@ -73,16 +85,16 @@ add_suite() {
 }
 
 bpo_version() { # the version of $PKG that apt knows from the backports suite, or nothing
-	apt-cache madison "$PKG" 2>/dev/null | awk -F' *[|] *' -v s=" $SUITE/" 'index($3, s) { print $2; exit }'
+	apt-cache "${APT[@]}" madison "$PKG" 2>/dev/null | awk -F' *[|] *' -v s=" $SUITE/" 'index($3, s) { print $2; exit }'
 }
 
 fetch() {
 	local ver dir pkgs p
-	add_suite
+	apt_config
 	ver=$(bpo_version)
-	if [ -z "$ver" ]; then
-		log "apt-get update"
-		apt-get update -qq >&2 || die "apt-get update failed"
+	if [ -z "$ver" ] || [ "${QEMU10_REFRESH:-0}" = 1 ]; then
+		log "apt-get update (private lists in $A/lists, with $SUITE)"
+		apt-get "${APT[@]}" update -qq >&2 || die "apt-get update failed"
 		ver=$(bpo_version)
 	fi
 	[ -n "$ver" ] || die "apt knows no $PKG in $SUITE"
@@ -93,14 +105,14 @@ fetch() {
 	fi
 	# What installing it from backports would install on this host: QEMU, its firmware and data
 	# packages, and the libraries the host lacks (or has too old). Nothing is installed.
-	pkgs=$(apt-get install -s -qq --no-install-recommends -t "$SUITE" "$PKG" 2>/dev/null |
+	pkgs=$(apt-get "${APT[@]}" install -s -qq --no-install-recommends -t "$SUITE" "$PKG" 2>/dev/null |
 		awk '$1 == "Inst" { v = $3; if (v ~ /^\[/) v = $4; gsub(/[()]/, "", v); print $2 "=" v }')
-	echo "$pkgs" | grep -q "^$PKG=" || die "apt-get install -s -t $SUITE $PKG did not resolve (apt-get install -s says: $(apt-get install -s --no-install-recommends -t "$SUITE" "$PKG" 2>&1 | grep -E '^E:|Depends:' | head -3 | tr '\n' ' '))"
+	echo "$pkgs" | grep -q "^$PKG=" || die "apt-get install -s -t $SUITE $PKG did not resolve: $(apt-get "${APT[@]}" install -s --no-install-recommends -t "$SUITE" "$PKG" 2>&1 | grep -E '^E:|Depends:|Breaks:' | head -3 | tr '\n' ' ')"
 	rm -rf "$dir"
 	mkdir -p "$dir/debs" "$dir/root"
 	log "downloading $(echo "$pkgs" | wc -l) packages into $dir/debs: $(echo "$pkgs" | tr '\n' ' ')"
 	# shellcheck disable=SC2086 # one word per package
-	(cd "$dir/debs" && apt-get download -qq -o APT::Sandbox::User=root $pkgs >&2) || die "apt-get download failed"
+	(cd "$dir/debs" && apt-get "${APT[@]}" download -qq $pkgs >&2) || die "apt-get download failed"
 	for p in "$dir"/debs/*.deb; do
 		dpkg -x "$p" "$dir/root" || die "dpkg -x $p failed"
 	done
