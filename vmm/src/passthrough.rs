@@ -262,12 +262,23 @@ fn map_guest_ram(
     mem: &GuestMemory,
     ram: &RamConfig,
 ) -> Result<(), PassthroughError> {
+    map_guest_ram_in_steps(container, mem, ram, DMA_STEP_ABOVE, DMA_STEP)
+}
+
+/// [`map_guest_ram`] with its step rule given (tests use small ones).
+fn map_guest_ram_in_steps(
+    container: &dyn VfioContainer,
+    mem: &GuestMemory,
+    ram: &RamConfig,
+    step_above: u64,
+    step_size: u64,
+) -> Result<(), PassthroughError> {
     let t = Instant::now();
     let populated = crate::memory::populate(mem, ram.threads)?;
     let t_map = Instant::now();
     let total: u64 = mem.iter().map(|r| r.len()).sum();
-    let step = if total > DMA_STEP_ABOVE {
-        DMA_STEP
+    let step = if total > step_above {
+        step_size
     } else {
         u64::MAX
     };
@@ -310,4 +321,65 @@ fn map_guest_ram(
         map_secs * 1e3
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::vfio::{ContainerError, VfioDeviceFd};
+
+    /// Records every DMA mapping; refuses everything else.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u64, u64, u64)>>);
+
+    impl VfioContainer for Recorder {
+        unsafe fn map_dma(&self, iova: u64, size: u64, host: u64) -> Result<(), ContainerError> {
+            self.0.lock().unwrap().push((iova, size, host));
+            Ok(())
+        }
+        fn unmap_dma(&self, _: u64, _: u64) -> Result<(), ContainerError> {
+            Ok(())
+        }
+        fn add_group(&self, _: u32) -> Result<(), ContainerError> {
+            Err(ContainerError::NoVfio)
+        }
+        fn open_device(&self, _: &VfioDeviceAddress) -> Result<VfioDeviceFd, ContainerError> {
+            Err(ContainerError::NoVfio)
+        }
+        fn kvm_files(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+    }
+
+    fn guest(size: u64) -> GuestMemory {
+        crate::memory::create_guest_memory(size, &RamConfig::default()).unwrap()
+    }
+
+    /// A small guest: one call per RAM region, IOVA = guest physical address, the host address
+    /// of the region; every page populated first.
+    #[test]
+    fn one_call_per_region_below_the_step_rule() {
+        let mem = guest(64 << 20);
+        let rec = Recorder::default();
+        map_guest_ram(&rec, &mem, &RamConfig::default()).unwrap();
+        let host = mem.iter().next().unwrap().host_span().0 as u64;
+        assert_eq!(*rec.0.lock().unwrap(), vec![(0, 64 << 20, host)]);
+    }
+
+    /// Above the rule: steps of the step size, contiguous, covering every region exactly.
+    #[test]
+    fn large_guests_are_mapped_in_aligned_steps() {
+        let mem = guest(40 << 20);
+        let rec = Recorder::default();
+        map_guest_ram_in_steps(&rec, &mem, &RamConfig::default(), 16 << 20, 16 << 20).unwrap();
+        let host = mem.iter().next().unwrap().host_span().0 as u64;
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                (0, 16 << 20, host),
+                (16 << 20, 16 << 20, host + (16 << 20)),
+                (32 << 20, 8 << 20, host + (32 << 20)),
+            ]
+        );
+    }
 }
