@@ -82,7 +82,11 @@ pub trait MsiVector: Send {
     fn gsi(&self) -> u32;
     /// The `EventFd` that fires the vector (hand it to hardware, or use [`MsiVector::trigger`]).
     fn eventfd(&self) -> &EventFd;
-    /// Routes the GSI to `msg`. Implementations skip the update when the route is unchanged.
+    /// Routes the GSI to `msg`. Implementations skip the update when the route is unchanged,
+    /// and may defer it while the vector is disabled, as long as it is in force before
+    /// [`MsiVector::enable`] returns (the KVM implementation commits the routing table once, at
+    /// the first enable, for every vector routed while disabled). On an enabled vector the new
+    /// route is in force when this returns.
     fn set_route(&mut self, msg: MsiMessage) -> Result<(), InterruptError>;
     /// Starts delivering events (the guest unmasked the vector). Idempotent. An event that
     /// accumulated while disabled is delivered now.

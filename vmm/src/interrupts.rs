@@ -111,6 +111,14 @@ struct Table {
     msi: BTreeMap<u32, Option<MsiMessage>>,
     /// One past the highest MSI GSI.
     gsi_end: u32,
+    /// `msi` differs from what KVM has: routes of disabled vectors set, or routes of released
+    /// ones removed, since the last commit. Neither can deliver anything before the next commit
+    /// (a disabled or released vector has no irqfd), so committing waits for the next enable or
+    /// the next route change of an enabled vector: one `KVM_SET_GSI_ROUTING` for a whole MSI-X
+    /// table instead of one per vector.
+    dirty: bool,
+    /// `KVM_SET_GSI_ROUTING` calls made.
+    commits: u64,
 }
 
 struct Shared {
@@ -125,7 +133,14 @@ impl Shared {
     }
 
     /// Installs the irqchip routes plus every MSI route in `table`.
-    fn commit(&self, table: &Table) -> io::Result<()> {
+    fn commit(&self, table: &mut Table) -> io::Result<()> {
+        table.commits += 1;
+        self.install(table)?;
+        table.dirty = false;
+        Ok(())
+    }
+
+    fn install(&self, table: &Table) -> io::Result<()> {
         let mut entries = self.irqchip.clone();
         entries.extend(
             table
@@ -148,7 +163,9 @@ impl Shared {
         Ok(gsi)
     }
 
-    fn set_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), InterruptError> {
+    /// Routes `gsi` to `msg`: committed now when the vector is `live` (its irqfd assigned),
+    /// else at the next [`Shared::flush`].
+    fn set_route(&self, gsi: u32, msg: MsiMessage, live: bool) -> Result<(), InterruptError> {
         let mut t = self.table();
         let Some(slot) = t.msi.get_mut(&gsi) else {
             return Err(InterruptError::Routing(io::Error::new(
@@ -160,19 +177,32 @@ impl Shared {
             return Ok(());
         }
         let old = slot.replace(msg);
-        if let Err(e) = self.commit(&t) {
+        if !live {
+            t.dirty = true;
+            return Ok(());
+        }
+        if let Err(e) = self.commit(&mut t) {
             t.msi.insert(gsi, old);
             return Err(InterruptError::Routing(e));
         }
         Ok(())
     }
 
+    /// Commits the table if routes changed since the last commit (before an irqfd is assigned).
+    fn flush(&self) -> Result<(), InterruptError> {
+        let mut t = self.table();
+        if t.dirty {
+            self.commit(&mut t).map_err(InterruptError::Routing)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets `gsi`'s route; KVM drops it at the next commit (the vector's irqfd is gone, so
+    /// the stale route cannot fire).
     fn release(&self, gsi: u32) {
         let mut t = self.table();
         if let Some(Some(_)) = t.msi.remove(&gsi) {
-            if let Err(e) = self.commit(&t) {
-                log::warn!("removing the route of GSI {gsi}: {e}");
-            }
+            t.dirty = true;
         }
     }
 }
@@ -217,11 +247,13 @@ impl KvmInterruptManager {
             table: Mutex::new(Table {
                 msi: BTreeMap::new(),
                 gsi_end: MSI_GSI_BASE + capacity,
+                dirty: false,
+                commits: 0,
             }),
             irqchip,
         };
         shared
-            .commit(&shared.table())
+            .commit(&mut shared.table())
             .map_err(InterruptsError::InitialRouting)?;
         Ok(KvmInterruptManager {
             shared: Arc::new(shared),
@@ -233,7 +265,13 @@ impl KvmInterruptManager {
         self.shared.table().gsi_end - MSI_GSI_BASE
     }
 
-    /// The MSI routes currently installed: `(gsi, message)`.
+    /// How many times the routing table was committed to KVM (`KVM_SET_GSI_ROUTING`).
+    pub fn routing_commits(&self) -> u64 {
+        self.shared.table().commits
+    }
+
+    /// The MSI routes of allocated vectors: `(gsi, message)` (in force in KVM for every enabled
+    /// vector).
     pub fn msi_routes(&self) -> Vec<(u32, MsiMessage)> {
         self.shared
             .table()
@@ -338,10 +376,13 @@ impl MsiVector for KvmMsiVector {
     }
 
     fn set_route(&mut self, msg: MsiMessage) -> Result<(), InterruptError> {
-        self.0.shared.set_route(self.0.gsi, msg)
+        self.0.shared.set_route(self.0.gsi, msg, self.0.live)
     }
 
     fn enable(&mut self) -> Result<(), InterruptError> {
+        if !self.0.live {
+            self.0.shared.flush()?;
+        }
         self.0.enable(None)
     }
 
@@ -631,9 +672,56 @@ mod tests {
         assert!(m.msi_routes().is_empty());
     }
 
+    /// Issue 11: enabling a 2048-vector MSI-X table (the guest programs every entry unmasked,
+    /// then sets the enable bit) used to commit the routing table once per vector, each commit
+    /// copying the whole table into KVM. Now the device model routes every vector before
+    /// enabling any, and the manager commits at the first enable: one commit.
+    #[test]
+    fn msix_enable_of_2048_vectors_commits_routing_once() {
+        use devices::pci::bar::BarSpec;
+        use devices::pci::caps::msix::{Msix, MsixCap};
+        use devices::pci::config::{ConfigHeader, ConfigSpace};
+        let vm = vm();
+        let m = KvmInterruptManager::new(vm).unwrap();
+        let mut c = ConfigSpace::new(&ConfigHeader {
+            vendor_id: 1,
+            device_id: 2,
+            revision_id: 0,
+            class_code: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+            interrupt_pin: 0,
+        });
+        c.set_bar(0, BarSpec::mem32(0x1_0000)).unwrap();
+        let cap = MsixCap::new(2048, 0, 0, 0, 0x8000).unwrap();
+        let mut x = Msix::new(&mut c, cap, &m).unwrap();
+        for v in 0..2048u64 {
+            let mut e = [0u8; 16];
+            e[..8].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
+            e[8..12].copy_from_slice(&(0x30 + (v as u32 % 0xc0)).to_le_bytes());
+            x.write_table(v * 16, &e);
+        }
+        let before = m.routing_commits();
+        let off = x.cap().offset() + 2;
+        let t = Instant::now();
+        c.write(off, &0x8000u16.to_le_bytes());
+        x.config_written(&c, off, 2);
+        let took = t.elapsed();
+        let commits = m.routing_commits() - before;
+        eprintln!("MSI-X enable of 2048 vectors: {commits} routing commit(s) in {took:?}");
+        assert_eq!(commits, 1);
+        assert_eq!(m.msi_routes().len(), 2048);
+        assert!((0..2048).all(|v| x.vector(v).is_some()));
+        // Dropping the device releases every vector without a commit per vector.
+        let before = m.routing_commits();
+        drop(x);
+        assert_eq!(m.routing_commits(), before);
+        assert!(m.msi_routes().is_empty());
+    }
+
     #[test]
     fn route_to_unallocated_gsi_is_an_error() {
         let m = KvmInterruptManager::new(vm()).unwrap();
-        assert!(m.shared.set_route(MSI_GSI_BASE, msg(0x30)).is_err());
+        assert!(m.shared.set_route(MSI_GSI_BASE, msg(0x30), false).is_err());
     }
 }

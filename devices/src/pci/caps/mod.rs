@@ -72,16 +72,26 @@ impl VectorSlot {
         }
     }
 
-    /// Routes the vector to `msg` (if that changed) and enables delivery.
-    pub(crate) fn activate(&mut self, msg: MsiMessage) {
+    /// Routes the vector to `msg` if that changed; returns whether it is routed there. Routing
+    /// every vector of a reconfiguration before enabling any lets the hypervisor side commit the
+    /// routing table once for all of them ([`MsiVector::set_route`]).
+    pub(crate) fn route(&mut self, msg: MsiMessage) -> bool {
         if self.routed != Some(msg) {
             match self.vector.set_route(msg) {
                 Ok(()) => self.routed = Some(msg),
                 Err(e) => {
                     self.warn("routing", &e);
-                    return;
+                    return false;
                 }
             }
+        }
+        true
+    }
+
+    /// Routes the vector to `msg` (if that changed) and enables delivery.
+    pub(crate) fn activate(&mut self, msg: MsiMessage) {
+        if !self.route(msg) {
+            return;
         }
         if !self.live {
             match self.vector.enable() {

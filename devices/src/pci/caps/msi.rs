@@ -277,6 +277,13 @@ impl Msi {
     pub fn apply(&mut self, cfg: &mut ConfigSpace) {
         let enabled = self.cap.enabled(cfg);
         let n = self.cap.enabled_vectors(cfg);
+        // Every route first, then delivery: one routing commit for all the vectors.
+        for v in 0..self.slots.len() as u32 {
+            if enabled && v < n && !self.cap.masked(cfg, v) {
+                let msg = self.cap.message(cfg, v);
+                self.slots[v as usize].route(msg);
+            }
+        }
         for v in 0..self.slots.len() as u32 {
             let active = enabled && v < n && !self.cap.masked(cfg, v);
             let msg = self.cap.message(cfg, v);

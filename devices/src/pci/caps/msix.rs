@@ -345,6 +345,10 @@ impl Msix {
         if (enabled, masked) != (self.enabled, self.function_masked) {
             self.enabled = enabled;
             self.function_masked = masked;
+            // Every route first, then delivery: one routing commit for the whole table.
+            for v in 0..self.slots.len() {
+                self.route_if_active(v);
+            }
             for v in 0..self.slots.len() {
                 self.apply(v);
             }
@@ -389,6 +393,16 @@ impl Msix {
                 *q |= 1 << (v % 64);
             } else {
                 *q &= !(1 << (v % 64));
+            }
+        }
+    }
+
+    /// Routes vector `v` to its message if it is to deliver (the first half of [`Self::apply`]).
+    fn route_if_active(&mut self, v: usize) {
+        if self.enabled && !self.function_masked && !self.vector_masked(v as u16) {
+            let msg = self.message(v as u16);
+            if let Some(slot) = self.slots.get_mut(v) {
+                slot.route(msg);
             }
         }
     }
