@@ -97,6 +97,80 @@ fn sigterm_stops_a_hung_guest_cleanly() {
     }
 }
 
+/// Issue 11: a guest printing into a stdout nobody reads. Once the pipe is full, the vCPU
+/// blocks writing the console; SIGTERM must still end vfiovm within 2 s (it used to wait 5 s
+/// for the vCPU, give up, and tear the VM down under the still-running thread), and the bytes it
+/// could not write are counted on stderr, not dropped silently.
+#[test]
+fn sigterm_stops_a_vm_whose_console_nobody_reads() {
+    let mut child = Command::new(vfiovm_bin())
+        .args(["--kernel", &guest("pvh_probe"), "--cmdline", "action=spam"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap(); // held open, never read
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    // Until the pipe is full: its fill level stops growing.
+    let fill = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int into `n`; the fd is our pipe's read end.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&stdout),
+                libc::FIONREAD,
+                &mut n,
+            )
+        };
+        assert_eq!(r, 0);
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = -1;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = fill();
+        if now == last && now > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipe never filled ({now} bytes)"
+        );
+        last = now;
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("vfiovm did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    drop(stdout);
+    let stderr = err.join().unwrap();
+    assert!(took < Duration::from_secs(2), "took {took:?}: {stderr}");
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped by signal 15"), "{stderr}");
+    assert!(
+        stderr.contains("of guest output were dropped at the stop because nobody read them"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("did not stop within"), "{stderr}");
+}
+
 /// Console input from a pipe reaches the guest in order and whole, including more than the
 /// 16550's FIFO holds at once (the VMM must hold the rest back, not drop it).
 #[test]

@@ -2,6 +2,7 @@
 //! that describe them. Addresses come from `arch::layout`; the devices themselves only see
 //! offsets.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{self, irqs, ports};
@@ -86,6 +87,7 @@ pub struct Platform {
     console: Arc<Mutex<SerialConsole>>,
     pci: PciPlatform,
     irq: Arc<KvmInterruptManager>,
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -142,10 +144,11 @@ impl Platform {
         let drained_clone = drained
             .try_clone()
             .map_err(|e| PlatformError::EventFd("the serial input", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
         let serial = Arc::new(Mutex::new(Serial::new(
             serial_irq,
             drained,
-            StdoutWriter::stdout(),
+            StdoutWriter::stdout_with_abort(stop.clone()),
         )));
         let console = Arc::new(Mutex::new(SerialConsole {
             serial: serial.clone(),
@@ -238,6 +241,7 @@ impl Platform {
             console,
             pci,
             irq,
+            stop,
         })
     }
 
@@ -257,6 +261,13 @@ impl Platform {
     /// The interrupt manager devices allocate vectors from.
     pub fn interrupts(&self) -> &Arc<KvmInterruptManager> {
         &self.irq
+    }
+
+    /// The flag that stops the VM's vCPUs ([`crate::vcpu::stop_all`] sets it). The console's
+    /// writer shares it: a vCPU blocked writing guest output to a stdout nobody reads gives up
+    /// the write when the VM stops.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// The console's input side (COM1's receive FIFO).

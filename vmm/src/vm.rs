@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -343,7 +342,8 @@ impl Vm {
             ))));
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
+        // Shared with the console's writer, so a vCPU blocked on a full stdout stops too.
+        let stop = self.platform.stop_flag();
         let mut threads: Vec<VcpuThread> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             match vcpu::spawn_confined(

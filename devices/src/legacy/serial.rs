@@ -23,6 +23,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use vm_superio::serial::{Error as UartError, SerialEvents};
 use vm_superio::Trigger;
@@ -190,10 +191,17 @@ impl<W: Write + Send> BusDevice for Serial<W> {
 /// poll(2) when the fd is non-blocking and full. Once the fd reports `EPIPE` (no reader) or
 /// `EBADF` (closed), the writer drops all output and reports success, so a guest's console
 /// cannot fail or stall the VMM because nobody is listening.
+///
+/// With an abort flag ([`FdWriter::with_abort`]), a write blocked on a full fd gives up once the
+/// flag is set and a signal interrupts it (the VMM sets the flag and kicks the vCPU threads when
+/// the VM stops): the bytes not yet written are dropped and counted in one warning, so a console
+/// nobody reads cannot keep a vCPU, and with it the VM, from stopping.
 #[derive(Debug)]
 pub struct FdWriter<F: AsFd> {
     fd: F,
     broken: bool,
+    abort: Option<Arc<AtomicBool>>,
+    dropped: u64,
 }
 
 /// An [`FdWriter`] for the process's standard output.
@@ -204,12 +212,43 @@ impl FdWriter<io::Stdout> {
     pub fn stdout() -> Self {
         FdWriter::new(io::stdout())
     }
+
+    /// [`FdWriter::stdout`] that gives up blocked writes once `abort` is set.
+    pub fn stdout_with_abort(abort: Arc<AtomicBool>) -> Self {
+        FdWriter::with_abort(io::stdout(), abort)
+    }
 }
 
 impl<F: AsFd> FdWriter<F> {
     /// A writer to `fd`.
     pub fn new(fd: F) -> Self {
-        FdWriter { fd, broken: false }
+        FdWriter {
+            fd,
+            broken: false,
+            abort: None,
+            dropped: 0,
+        }
+    }
+
+    /// A writer to `fd` whose blocked writes give up once `abort` is set (see [`FdWriter`]).
+    pub fn with_abort(fd: F, abort: Arc<AtomicBool>) -> Self {
+        FdWriter {
+            fd,
+            broken: false,
+            abort: Some(abort),
+            dropped: 0,
+        }
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Acquire))
+    }
+
+    /// Bytes dropped because the VM stopped while the fd was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Whether output is being dropped because the fd's reader went away or the fd was closed.
@@ -226,7 +265,8 @@ impl<F: AsFd> FdWriter<F> {
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
-    /// Blocks until the fd is writable (or has an error condition a write will report).
+    /// Blocks until the fd is writable (or has an error condition a write will report), or a
+    /// signal interrupts the wait.
     fn wait_writable(&self) -> io::Result<()> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_fd().as_raw_fd(),
@@ -250,6 +290,18 @@ impl<F: AsFd> FdWriter<F> {
     }
 }
 
+impl<F: AsFd> Drop for FdWriter<F> {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            log::warn!(
+                "serial output: {} byte{} of guest output were dropped at the stop because nobody read them",
+                self.dropped,
+                if self.dropped == 1 { "" } else { "s" }
+            );
+        }
+    }
+}
+
 impl<F: AsFd> Write for FdWriter<F> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut done = 0;
@@ -266,6 +318,16 @@ impl<F: AsFd> Write for FdWriter<F> {
                     Some(libc::EPIPE | libc::EBADF) => self.break_off(&e),
                     _ => return Err(e),
                 },
+            }
+            // Interrupted or still full: if the VM is stopping, nobody will read the rest in time.
+            if done < buf.len() && self.aborted() {
+                if self.dropped == 0 {
+                    log::warn!(
+                        "serial output: the VM is stopping and the console's reader is not reading; guest output it did not take is dropped"
+                    );
+                }
+                self.dropped += (buf.len() - done) as u64;
+                break;
             }
         }
         Ok(buf.len())

@@ -89,7 +89,8 @@ void rt_action(const char *spec, const struct acpi_info *acpi)
         cpu_halt_forever();
     }
     bool known = exit || !strcmp(spec, "reset") || !strcmp(spec, "poweroff") ||
-                 !strcmp(spec, "cf9") || !strcmp(spec, "fault") || !strcmp(spec, "hang");
+                 !strcmp(spec, "cf9") || !strcmp(spec, "fault") || !strcmp(spec, "hang") ||
+                 !strcmp(spec, "spam");
     if (!known) {
         rt_printf("error: unknown action %s\n", spec);
         debug_exit(RT_EXIT_FAILURE);
@@ -118,6 +119,9 @@ void rt_action(const char *spec, const struct acpi_info *acpi)
         outb(LAYOUT_PORTS_RESET_CF9, LAYOUT_PORTS_RESET_VALUE);
     else if (!strcmp(spec, "fault"))
         triple_fault();
+    else if (!strcmp(spec, "spam"))
+        for (uint64_t n = 0;; n++)
+            rt_printf("spam: line %llu of console output nobody has to read\n", n);
     else
         cpu_halt_forever(); /* "hang" */
 
