@@ -130,6 +130,13 @@ impl ExitCounts {
 }
 
 /// Reads fields of the vCPU's shared `kvm_run` page that `VcpuExit` does not carry.
+///
+/// The `VcpuExit` that `VcpuFd::run` returns may hold a `&mut` into the same page (the data of
+/// an MMIO or port I/O exit), so this never makes a reference to the page: it reads single
+/// fields through the raw pointer (`addr_of!`), none of which overlaps the bytes such an exit
+/// borrows (`exit_reason` sits before the union; `io.size` is the union's second byte, which no
+/// port I/O exit borrows, and an MMIO exit is never asked for it; `internal.suberror` is read only
+/// on an internal-error exit, which borrows nothing).
 struct RunPeek(*const kvm_run);
 
 // SAFETY: the pointer is only dereferenced on the vCPU's own thread, while the vCPU (and so the
@@ -137,21 +144,25 @@ struct RunPeek(*const kvm_run);
 unsafe impl Send for RunPeek {}
 
 impl RunPeek {
-    /// Access size of the current port I/O exit (1, 2 or 4), or 1 if it is not one.
-    fn run(&self) -> &kvm_run {
-        // SAFETY: `self.0` points at the kvm_run page mmapped by kvm-ioctls for this vCPU, which
-        // lives as long as the VcpuFd that the caller holds; nothing writes the page while the
-        // vCPU is not in KVM_RUN, and we only read plain integers from it.
-        unsafe { &*self.0 }
+    fn exit_reason(&self) -> u32 {
+        // SAFETY: `self.0` points at the kvm_run page mmapped by kvm-ioctls for this vCPU, alive
+        // as long as the VcpuFd the caller holds; `addr_of!` makes no reference.
+        let p = unsafe { std::ptr::addr_of!((*self.0).exit_reason) };
+        // SAFETY: `p` is a valid, aligned u32 in that page; the kernel does not write it while
+        // the vCPU is outside KVM_RUN, and no live Rust reference covers it.
+        unsafe { p.read() }
     }
 
+    /// Access size of the current port I/O exit (1, 2 or 4), or 1 if it is not one.
     fn io_size(&self) -> usize {
-        let run = self.run();
-        if run.exit_reason != KVM_EXIT_IO {
+        if self.exit_reason() != KVM_EXIT_IO {
             return 1;
         }
-        // SAFETY: for KVM_EXIT_IO the kernel filled the `io` member of the union.
-        let size = unsafe { run.__bindgen_anon_1.io.size };
+        // SAFETY: as in `exit_reason`; for KVM_EXIT_IO the kernel filled the `io` member.
+        let p = unsafe { std::ptr::addr_of!((*self.0).__bindgen_anon_1.io.size) };
+        // SAFETY: a valid u8 of the page; a port I/O exit borrows only the data at
+        // `io.data_offset`, past the union.
+        let size = unsafe { p.read() };
         if matches!(size, 1 | 2 | 4) {
             usize::from(size)
         } else {
@@ -161,12 +172,13 @@ impl RunPeek {
 
     /// KVM's internal-error suberror (only meaningful on an internal-error exit).
     fn internal_suberror(&self) -> u32 {
-        let run = self.run();
-        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+        if self.exit_reason() != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
             return 0;
         }
-        // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` union member.
-        unsafe { run.__bindgen_anon_1.internal.suberror }
+        // SAFETY: as in `exit_reason`; for KVM_EXIT_INTERNAL_ERROR the kernel filled `internal`.
+        let p = unsafe { std::ptr::addr_of!((*self.0).__bindgen_anon_1.internal.suberror) };
+        // SAFETY: a valid, aligned u32 of the page; an internal-error exit borrows nothing.
+        unsafe { p.read() }
     }
 }
 
