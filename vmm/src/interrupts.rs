@@ -686,11 +686,7 @@ mod tests {
         let mut c = ConfigSpace::new(&ConfigHeader {
             vendor_id: 1,
             device_id: 2,
-            revision_id: 0,
-            class_code: 0,
-            subsystem_vendor_id: 0,
-            subsystem_id: 0,
-            interrupt_pin: 0,
+            ..Default::default()
         });
         c.set_bar(0, BarSpec::mem32(0x1_0000)).unwrap();
         let cap = MsixCap::new(2048, 0, 0, 0, 0x8000).unwrap();

@@ -124,7 +124,7 @@ pub enum ConfigError {
 }
 
 /// The identity registers of a type-0 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConfigHeader {
     /// Vendor ID.
     pub vendor_id: u16,
