@@ -49,7 +49,7 @@ impl Progress {
         }
     }
 
-    /// Whether anything was printed (then a last line says it finished).
+    /// Ends the job: when progress was shown, one last line says it finished and how long it took.
     pub fn finish(self) {
         if self.last.is_some() {
             eprintln!(
