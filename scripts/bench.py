@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """vfiovm benchmarks: numbers, printed, side by side with QEMU on the same guest in one run.
 
-  python3 scripts/bench.py [--runs N] [--only boot|pci] [--pci-runs N] [--pci-reads N]
+  python3 scripts/bench.py [--runs N] [--only boot|pci|routing] [--pci-runs N] [--pci-reads N]
 
 boot: process start -> exit for the `exit_now` PVH guest (it writes the debug-exit port at once),
       vfiovm vs `qemu-system-x86_64 -enable-kvm -M microvm`, interleaved run by run so both see
       the same machine state; wall time (median, p90) and peak RSS (from wait4's ru_maxrss).
+routing: an MSI-X enable of 2048 vectors on a real KVM VM (the test
+      interrupts::tests::msix_enable_of_2048_vectors_commits_routing_once, release build, which
+      asserts one KVM_SET_GSI_ROUTING commit): wall time per enable, --runs of it, median.
 pci:  cost of one PCI config-space read from inside a guest (`pci_bench`): through 0xCF8/0xCFC
       (address + data, two port exits), the data port alone, and ECAM (one MMIO exit), timed
       with rdtsc; vfiovm vs `qemu-system-x86_64 -enable-kvm -M q35` on the same guest image,
@@ -190,11 +193,29 @@ def bench_pci(vfiovm, runs, reads):
         print(f"(ratio = {names[0]} / {names[1]}; below 1 means vfiovm is faster)")
 
 
+ROUTING_LINE = re.compile(r"MSI-X enable of 2048 vectors: (\d+) routing commit\(s\) in ([\d.]+)(ms|µs|s)")
+
+
+def bench_routing(runs):
+    cmd = ["cargo", "test", "-q", "--release", "--locked", "-p", "vfiovm", "--lib",
+           "msix_enable_of_2048_vectors_commits_routing_once", "--", "--nocapture"]
+    ms = []
+    for _ in range(runs):
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+        m = ROUTING_LINE.search(out.stdout + out.stderr)
+        if not m:
+            raise SystemExit(f"no timing line from the routing test:\n{out.stderr}")
+        scale = {"ms": 1.0, "µs": 1e-3, "s": 1e3}[m.group(3)]
+        ms.append(float(m.group(2)) * scale)
+    print(f"\nrouting: MSI-X enable of 2048 vectors, {runs} runs, 1 KVM_SET_GSI_ROUTING each")
+    print(f"  median {statistics.median(ms):.2f} ms, min {min(ms):.2f} ms, max {max(ms):.2f} ms")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--only", choices=["boot", "pci"], default=None)
+    ap.add_argument("--only", choices=["boot", "pci", "routing"], default=None)
     ap.add_argument("--pci-runs", type=int, default=5, help="runs of pci_bench per VMM")
     ap.add_argument("--pci-reads", type=int, default=20000, help="reads per mechanism per run")
     a = ap.parse_args()
@@ -207,6 +228,8 @@ def main():
         bench_boot(vfiovm, a.runs)
     if a.only in (None, "pci"):
         bench_pci(vfiovm, a.pci_runs, a.pci_reads)
+    if a.only in (None, "routing"):
+        bench_routing(min(a.runs, 10))
 
 
 if __name__ == "__main__":
