@@ -599,10 +599,10 @@ fn messages_of_paths_no_host_test_reaches() {
             "cannot populate guest RAM (hugetlbfs 2 MiB pages): Cannot allocate memory (os error 12) (the host ran out of free memory or huge pages: ask for less --memory or free some)",
         ),
         (
-            PassthroughError::KvmVfio {
+            PassthroughError::KvmVfio(devices::kvm::KvmVfioError {
                 group: 26,
-                err: kvm_error(libc::EINVAL),
-            }
+                source: kvm_error(libc::EINVAL),
+            })
             .to_string(),
             "cannot tell KVM about VFIO group 26: Invalid argument (os error 22) (is the kvm module new enough and vfio loaded?)",
         ),

@@ -1,6 +1,22 @@
 //! Devices for vfiovm: the port-I/O/MMIO bus, legacy PC devices and PCI devices, including the
 //! VFIO passthrough device. This crate does not depend on the VMM: another VMM can use it by
-//! implementing the small traits it asks for ([`exit::ExitSink`], the interrupt traits).
+//! implementing the small traits it asks for ([`exit::ExitSink`], the interrupt traits and
+//! [`vfio::GuestMemoryMapper`]), or, on KVM, by taking this crate's implementations of them from
+//! the `kvm` module (feature `kvm`).
+//!
+//! # Features
+//!
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `legacy` | yes | the PC devices in `legacy` (serial, i8042, RTC, ACPI PM, debug exit) |
+//! | `kvm` | no | `kvm`: GSI routing with irqfds, BAR memory slots, the KVM VFIO device |
+//! | `test-util` | no | the test doubles `vfio::mock` and `interrupt::fake` |
+//!
+//! # Foreign types
+//!
+//! Public signatures use types of other crates; they are re-exported here so an embedder uses
+//! the same versions: [`vm_memory`] (`MmapRegion`), [`vmm_sys_util`] (`EventFd`),
+//! [`vfio_bindings`] (flag constants), and with `kvm` also `kvm_ioctls` and `kvm_bindings`.
 #![deny(missing_docs)]
 
 pub mod bus;
@@ -9,6 +25,17 @@ pub mod exit;
 pub use bus::{Bus, BusDevice, BusError, SharedBusDevice};
 pub use exit::{ExitSink, GuestExit};
 pub mod interrupt;
+#[cfg(feature = "kvm")]
+pub mod kvm;
+#[cfg(feature = "legacy")]
 pub mod legacy;
 pub mod pci;
 pub mod vfio;
+
+#[cfg(feature = "kvm")]
+pub use kvm_bindings;
+#[cfg(feature = "kvm")]
+pub use kvm_ioctls;
+pub use vfio_bindings;
+pub use vm_memory;
+pub use vmm_sys_util;

@@ -8,7 +8,6 @@
 pub mod config;
 pub mod event_loop;
 pub mod exit;
-pub mod interrupts;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;

@@ -17,25 +17,20 @@
 //! slots and reset; then the container unmaps guest RAM and closes the groups.
 
 use std::collections::BTreeSet;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use devices::kvm::{DeviceSlots, KvmVfioDevice, KvmVfioError};
 use devices::vfio::host::{self, HostError, HostRoot};
 use devices::vfio::{
-    GuestMemoryMapper, LegacyContainer, MapperError, SlotHandle, VfioContainer, VfioDeviceAddress,
-    VfioPciDevice,
+    GuestMemoryMapper, LegacyContainer, VfioContainer, VfioDeviceAddress, VfioPciDevice,
 };
-use kvm_bindings::{
-    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_GROUP,
-    KVM_DEV_VFIO_GROUP_ADD,
-};
-use kvm_ioctls::{DeviceFd, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::config::{DeviceConfig, RamConfig};
 use crate::memory::populate::Progress;
-use crate::memory::{DeviceSlots, GuestMemory, MemoryError};
+use crate::memory::{GuestMemory, MemoryError};
 use crate::platform::Platform;
 
 /// Errors from setting up passthrough. Each names the cause and the fix.
@@ -48,13 +43,8 @@ pub enum PassthroughError {
     #[error("{0}")]
     Container(#[from] devices::vfio::ContainerError),
     /// KVM's VFIO pseudo-device.
-    #[error("cannot tell KVM about VFIO group {group}: {err} (is the kvm module new enough and vfio loaded?)")]
-    KvmVfio {
-        /// The group (0 for creating the pseudo-device itself).
-        group: u32,
-        /// The error.
-        err: kvm_ioctls::Error,
-    },
+    #[error("{0}")]
+    KvmVfio(#[from] KvmVfioError),
     /// The ROM file given with `rom=`.
     #[error("cannot read the ROM file '{path}' for {bdf}: {err}")]
     Rom {
@@ -92,28 +82,11 @@ pub enum PassthroughError {
     Duplicate(String),
 }
 
-/// Maps BAR mmaps into the guest as KVM memory slots.
-struct KvmMapper(Arc<DeviceSlots>);
-
-impl GuestMemoryMapper for KvmMapper {
-    unsafe fn map(&self, gpa: u64, size: u64, host: *mut u8) -> Result<SlotHandle, MapperError> {
-        // SAFETY: the device promises `host..host + size` stays mapped until `unmap` succeeds,
-        // which is DeviceSlots::map's contract.
-        unsafe { self.0.map(gpa, size, host as u64) }
-            .map(SlotHandle)
-            .map_err(Into::into)
-    }
-
-    fn unmap(&self, handle: SlotHandle) -> Result<(), MapperError> {
-        self.0.unmap(handle.0).map_err(Into::into)
-    }
-}
-
 /// The VFIO state of a VM. Drop it after the devices (the PCI platform) and before guest RAM.
 pub struct Passthrough {
     // Field order is drop order: KVM forgets the groups, then the container unmaps DMA and
     // closes the groups.
-    _kvm_vfio: DeviceFd,
+    _kvm_vfio: KvmVfioDevice,
     container: Arc<LegacyContainer>,
     devices: Vec<String>,
 }
@@ -125,28 +98,6 @@ impl std::fmt::Debug for Passthrough {
             .field("groups", &self.container.groups())
             .finish()
     }
-}
-
-fn kvm_vfio_device(vm: &VmFd) -> Result<DeviceFd, PassthroughError> {
-    let mut dev = kvm_create_device {
-        type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
-        fd: 0,
-        flags: 0,
-    };
-    vm.create_device(&mut dev)
-        .map_err(|err| PassthroughError::KvmVfio { group: 0, err })
-}
-
-fn kvm_add_group(dev: &DeviceFd, group: u32, fd: RawFd) -> Result<(), PassthroughError> {
-    let fd: i32 = fd;
-    let attr = kvm_device_attr {
-        flags: 0,
-        group: KVM_DEV_VFIO_GROUP,
-        attr: u64::from(KVM_DEV_VFIO_GROUP_ADD),
-        addr: &fd as *const i32 as u64,
-    };
-    dev.set_device_attr(&attr)
-        .map_err(|err| PassthroughError::KvmVfio { group, err })
 }
 
 /// Checks the host, then opens and attaches every device in `configs`. Returns `None` when
@@ -184,20 +135,20 @@ pub fn setup(
     host::check_memlock(mem_size)?;
 
     let container = Arc::new(LegacyContainer::new()?);
-    let kvm_vfio = kvm_vfio_device(vm)?;
+    let kvm_vfio = KvmVfioDevice::new(vm)?;
     let groups: BTreeSet<u32> = reports.iter().map(|(_, r)| r.group).collect();
     for &g in &groups {
         container.add_group(g)?;
         let fd = container
             .group_fd(g)
             .ok_or(PassthroughError::Internal("a group just added has no fd"))?;
-        kvm_add_group(&kvm_vfio, g, fd)?;
+        kvm_vfio.add_group(g, fd)?;
         log::info!("VFIO group {g} attached to the container and to KVM");
     }
 
     map_guest_ram(&*container, mem, ram)?;
 
-    let mapper: Arc<dyn GuestMemoryMapper> = Arc::new(KvmMapper(slots));
+    let mapper: Arc<dyn GuestMemoryMapper> = slots;
     let mut names = Vec::new();
     for (cfg, report) in &reports {
         let bdf = report.bdf.to_string();
@@ -346,7 +297,7 @@ mod tests {
         fn open_device(&self, _: &VfioDeviceAddress) -> Result<VfioDeviceFd, ContainerError> {
             Err(ContainerError::NoVfio)
         }
-        fn kvm_files(&self) -> Vec<RawFd> {
+        fn kvm_files(&self) -> Vec<std::os::fd::RawFd> {
             Vec::new()
         }
     }

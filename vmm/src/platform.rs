@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{self, irqs, ports};
+use devices::kvm::KvmInterruptManager;
 use devices::legacy::{
     AcpiPm, Cmos, DebugExit, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
     DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, SERIAL_PORT_LEN,
@@ -18,9 +19,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::VmConfig;
 use crate::event_loop::ConsoleSink;
 use crate::exit::ExitState;
-use crate::interrupts::KvmInterruptManager;
 use crate::memory::GuestMemory;
 use crate::vcpu::IoBuses;
+
+// The GSI layout the ACPI tables describe is the one the KVM interrupt manager routes.
+const _: () = assert!(
+    irqs::IOAPIC_PINS == devices::kvm::IOAPIC_PINS
+        && irqs::MSI_GSI_BASE == devices::kvm::MSI_GSI_BASE
+);
 
 /// Errors from creating the platform devices.
 #[derive(Debug, thiserror::Error)]

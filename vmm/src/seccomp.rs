@@ -587,7 +587,7 @@ mod tests {
     }
 
     fn routing() -> KvmIrqRouting {
-        KvmIrqRouting::from_entries(&crate::interrupts::irqchip_routes()).unwrap()
+        KvmIrqRouting::from_entries(&devices::kvm::interrupts::irqchip_routes()).unwrap()
     }
 
     /// Maps `k.page` as a memory slot and removes it again.

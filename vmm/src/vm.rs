@@ -258,7 +258,7 @@ impl Vm {
 
         let platform = Platform::new(&vm, &mem, config, exit.clone(), phys_bits)?;
         let buses = platform.buses();
-        let device_slots = Arc::new(memory::DeviceSlots::new(
+        let device_slots = Arc::new(devices::kvm::DeviceSlots::new(
             vm.clone(),
             ram_slots,
             kvm.get_nr_memslots() as u32,

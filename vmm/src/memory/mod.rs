@@ -3,11 +3,11 @@
 //! slots and, when asked or when devices are passed through, populated in parallel up front.
 //!
 //! Files: `backing.rs` (the mappings, the memfd, the host's huge page pool), `populate.rs`
-//! (parallel prefault with progress), `slots.rs` (KVM slots for device memory).
+//! (parallel prefault with progress); KVM slots for device memory are
+//! `devices::kvm::DeviceSlots`.
 
 pub mod backing;
 pub mod populate;
-mod slots;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use vm_memory::{
 use crate::config::{RamConfig, RamPages};
 use backing::{HostMapping, HugePagePool, MIN_ALIGN};
 pub use populate::PopulateStats;
-pub use slots::{DeviceSlots, SlotError};
 
 /// Guest RAM: its regions own their host mappings, so guest RAM lives exactly as long as the
 /// last handle to it (clones share the regions).

@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arch::layout::irqs::{IOAPIC_PINS, MSI_GSI_BASE};
-use devices::interrupt::{
+use super::{IOAPIC_PINS, MSI_GSI_BASE};
+use crate::interrupt::{
     drain_eventfd, InterruptError, InterruptManager, IntxLine, MsiMessage, MsiVector,
 };
 use kvm_bindings::{
@@ -678,9 +678,9 @@ mod tests {
     /// enabling any, and the manager commits at the first enable: one commit.
     #[test]
     fn msix_enable_of_2048_vectors_commits_routing_once() {
-        use devices::pci::bar::BarSpec;
-        use devices::pci::caps::msix::{Msix, MsixCap};
-        use devices::pci::config::{ConfigHeader, ConfigSpace};
+        use crate::pci::bar::BarSpec;
+        use crate::pci::caps::msix::{Msix, MsixCap};
+        use crate::pci::config::{ConfigHeader, ConfigSpace};
         let vm = vm();
         let m = KvmInterruptManager::new(vm).unwrap();
         let mut c = ConfigSpace::new(&ConfigHeader {

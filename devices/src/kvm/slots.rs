@@ -1,7 +1,10 @@
-//! KVM memory slots beyond guest RAM: device memory (passed-through BARs).
+//! KVM memory slots beyond guest RAM: device memory (passed-through BARs), and the
+//! [`GuestMemoryMapper`] the VFIO device maps its BARs with.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+
+use crate::vfio::{GuestMemoryMapper, MapperError, SlotHandle};
 
 /// KVM memory slots beyond guest RAM: device memory (a passed-through BAR's mmap) mapped into
 /// the guest physical address space, moved when the guest moves the BAR.
@@ -118,6 +121,20 @@ impl DeviceSlots {
             .free
             .push(slot);
         Ok(())
+    }
+}
+
+impl GuestMemoryMapper for DeviceSlots {
+    unsafe fn map(&self, gpa: u64, size: u64, host: *mut u8) -> Result<SlotHandle, MapperError> {
+        // SAFETY: the device promises `host..host + size` stays mapped until `unmap` succeeds,
+        // which is DeviceSlots::map's contract.
+        unsafe { DeviceSlots::map(self, gpa, size, host as u64) }
+            .map(SlotHandle)
+            .map_err(Into::into)
+    }
+
+    fn unmap(&self, handle: SlotHandle) -> Result<(), MapperError> {
+        DeviceSlots::unmap(self, handle.0).map_err(Into::into)
     }
 }
 
