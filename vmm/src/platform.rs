@@ -282,22 +282,6 @@ impl Platform {
     }
 }
 
-impl Drop for Platform {
-    /// Empties both buses. They hold the PCI config devices, which hold the PCI root, whose BAR
-    /// mapper holds the buses: a cycle that would otherwise keep every device alive past the
-    /// VM — a passed-through device never reset nor released by us, its interrupts still
-    /// routed, the VM fd and (through the test device) guest RAM kept. With the buses empty the
-    /// PCI root and its devices drop with `pci`, before the VFIO container and the VM fd.
-    fn drop(&mut self) {
-        for bus in [&self.pio, &self.mmio] {
-            for (base, len) in bus.ranges() {
-                // Only fails for a range that is gone already, which is what we want.
-                let _ = bus.remove(base, len);
-            }
-        }
-    }
-}
-
 /// Writes the ACPI tables and the MP table; returns the RSDP address.
 pub fn write_firmware_tables(
     mem: &GuestMemory,

@@ -14,11 +14,10 @@
 //! `bus << 20 | device << 15 | function << 12 | register` reaches the full 4 KiB config space.
 //! Accesses of 1, 2, 4 and 8 bytes are accepted; unaligned ones are split into bytes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::aligned_pieces;
-use super::platform::lock;
-use super::root::PciRoot;
+use super::root::RootRef;
 use super::PciAddress;
 use crate::bus::BusDevice;
 use crate::exit::{ExitSink, GuestExit};
@@ -63,7 +62,7 @@ fn decode_ecam(offset: u64) -> Option<(PciAddress, u16)> {
 
 /// The type-1 configuration mechanism and the reset control register (ports 0xCF8–0xCFF).
 pub struct PciConfigIo {
-    root: Arc<Mutex<PciRoot>>,
+    root: RootRef,
     address: u32,
     reset_control: u8,
     exit: Arc<dyn ExitSink>,
@@ -79,7 +78,7 @@ impl std::fmt::Debug for PciConfigIo {
 }
 
 impl PciConfigIo {
-    pub(crate) fn new(root: Arc<Mutex<PciRoot>>, exit: Arc<dyn ExitSink>) -> Self {
+    pub(crate) fn new(root: RootRef, exit: Arc<dyn ExitSink>) -> Self {
         PciConfigIo {
             root,
             address: 0,
@@ -104,7 +103,11 @@ impl BusDevice for PciConfigIo {
             (CONFIG_ADDRESS, 4) => data.copy_from_slice(&self.address.to_le_bytes()),
             (RESET_CONTROL, 1) => data[0] = self.reset_control,
             (o, _) if o >= CONFIG_DATA => match self.target(o) {
-                Some((addr, reg)) => lock(&self.root).config_read(addr, reg, data),
+                Some((addr, reg)) => {
+                    if self.root.with(|r| r.config_read(addr, reg, data)).is_none() {
+                        data.fill(0xff);
+                    }
+                }
                 None => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -125,7 +128,7 @@ impl BusDevice for PciConfigIo {
             }
             (o, _) if o >= CONFIG_DATA => {
                 if let Some((addr, reg)) = self.target(o) {
-                    lock(&self.root).config_write(addr, reg, data);
+                    self.root.with(|r| r.config_write(addr, reg, data));
                 }
             }
             _ => {}
@@ -135,7 +138,7 @@ impl BusDevice for PciConfigIo {
 
 /// The ECAM (memory-mapped) configuration mechanism.
 pub struct PciConfigMmio {
-    root: Arc<Mutex<PciRoot>>,
+    root: RootRef,
 }
 
 impl std::fmt::Debug for PciConfigMmio {
@@ -145,29 +148,34 @@ impl std::fmt::Debug for PciConfigMmio {
 }
 
 impl PciConfigMmio {
-    pub(crate) fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+    pub(crate) fn new(root: RootRef) -> Self {
         PciConfigMmio { root }
     }
 }
 
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        let mut root = lock(&self.root);
-        for (i, n) in aligned_pieces(offset, data.len()) {
-            let piece = &mut data[i..i + n];
-            match decode_ecam(offset + i as u64) {
-                Some((addr, reg)) => root.config_read(addr, reg, piece),
-                None => piece.fill(0xff),
+        let done = self.root.with(|root| {
+            for (i, n) in aligned_pieces(offset, data.len()) {
+                let piece = &mut data[i..i + n];
+                match decode_ecam(offset + i as u64) {
+                    Some((addr, reg)) => root.config_read(addr, reg, piece),
+                    None => piece.fill(0xff),
+                }
             }
+        });
+        if done.is_none() {
+            data.fill(0xff);
         }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        let mut root = lock(&self.root);
-        for (i, n) in aligned_pieces(offset, data.len()) {
-            if let Some((addr, reg)) = decode_ecam(offset + i as u64) {
-                root.config_write(addr, reg, &data[i..i + n]);
+        self.root.with(|root| {
+            for (i, n) in aligned_pieces(offset, data.len()) {
+                if let Some((addr, reg)) = decode_ecam(offset + i as u64) {
+                    root.config_write(addr, reg, &data[i..i + n]);
+                }
             }
-        }
+        });
     }
 }

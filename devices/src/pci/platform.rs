@@ -28,7 +28,7 @@
 //! a mapping goes away, unmapped BARs of every device are retried. The buses never hold two
 //! devices on one range: the [`crate::Bus`] refuses overlaps and the platform never forces one.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 
@@ -38,7 +38,7 @@ use super::config::{
 };
 use super::config_access::{PciConfigIo, PciConfigMmio};
 use super::host_bridge::HostBridge;
-use super::root::{PciRoot, Slot};
+use super::root::{PciRoot, RootRef, Slot};
 use super::{BarAccess, PciAddress, PciDevice, SLOTS_PER_BUS};
 use crate::bus::{Bus, BusDevice, BusError, SharedBusDevice};
 use crate::exit::ExitSink;
@@ -229,8 +229,13 @@ impl PciPlatform {
         let host: Arc<Mutex<dyn PciDevice>> = Arc::new(Mutex::new(HostBridge::new()));
         let root = Arc::new(Mutex::new(PciRoot::new(mapper, resources, host)));
         Ok(PciPlatform {
-            config_io: Arc::new(Mutex::new(PciConfigIo::new(root.clone(), config.exit))),
-            config_mmio: Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+            config_io: Arc::new(Mutex::new(PciConfigIo::new(
+                RootRef(Arc::downgrade(&root)),
+                config.exit,
+            ))),
+            config_mmio: Arc::new(Mutex::new(PciConfigMmio::new(RootRef(Arc::downgrade(
+                &root,
+            ))))),
             root,
             irq: config.irq,
             intx_gsi: config.intx_gsi,
@@ -280,6 +285,13 @@ impl PciPlatform {
                 source,
             })?;
         }
+        // What this function writes, so a failure can put it back: the device is left as it
+        // was given (registers, interrupts, mappings) and the windows as they were.
+        let saved = SavedConfig::read(&mut *d, &specs);
+        let undo = |d: &mut dyn PciDevice, root: &mut PciRoot, allocations: &[Allocation]| {
+            saved.restore(d);
+            root.resources.release(allocations);
+        };
         // Largest first, as firmware does, to keep the windows unfragmented.
         specs.sort_by_key(|s| std::cmp::Reverse(s.1.size));
         let mut allocations = Vec::new();
@@ -290,7 +302,7 @@ impl PciPlatform {
                     allocations.push(a);
                 }
                 None => {
-                    root.resources.release(&allocations);
+                    undo(&mut *d, &mut root, &allocations);
                     return Err(PlatformError::NoSpace {
                         address,
                         bar,
@@ -300,21 +312,21 @@ impl PciPlatform {
             }
         }
 
+        // The INTx line is allocated now and attached last, once nothing can fail.
         let mut pin = [0u8];
         d.config_read(INTERRUPT_PIN, &mut pin);
-        if (1..=4).contains(&pin[0]) {
+        let intx = if (1..=4).contains(&pin[0]) {
             let gsi = (self.intx_gsi)(slot, pin[0] - 1);
             match self.irq.allocate_intx(gsi) {
-                Ok(line) => {
-                    d.config_write(INTERRUPT_LINE, &[gsi as u8]);
-                    d.attach_intx(line);
-                }
+                Ok(line) => Some((gsi, line)),
                 Err(source) => {
-                    root.resources.release(&allocations);
+                    undo(&mut *d, &mut root, &allocations);
                     return Err(PlatformError::Interrupt { address, source });
                 }
             }
-        }
+        } else {
+            None
+        };
 
         let mut cmd = [0u8; 2];
         d.config_read(COMMAND, &mut cmd);
@@ -331,7 +343,7 @@ impl PciPlatform {
         let mut bars = SlotBars::default();
         for (bar, _) in &specs {
             bars.handlers[*bar] = Some(Arc::new(Mutex::new(BarHandler {
-                dev: bars_dev.clone(),
+                dev: Arc::downgrade(&bars_dev),
                 bar: *bar,
             })));
         }
@@ -339,7 +351,7 @@ impl PciPlatform {
         root.mapper.reconcile(&mut bars, &mut *d, &want);
         if let Some((bar, why)) = std::mem::take(&mut bars.failures).into_iter().next() {
             root.mapper.reconcile(&mut bars, &mut *d, &[]);
-            root.resources.release(&allocations);
+            undo(&mut *d, &mut root, &allocations);
             return Err(match why {
                 Some(source) => PlatformError::Map {
                     address,
@@ -348,6 +360,10 @@ impl PciPlatform {
                 },
                 None => PlatformError::Misplaced { address, bar },
             });
+        }
+        if let Some((gsi, line)) = intx {
+            d.config_write(INTERRUPT_LINE, &[gsi as u8]);
+            d.attach_intx(line);
         }
         drop(d);
         let config: Arc<Mutex<dyn PciDevice>> = dev;
@@ -369,6 +385,48 @@ impl PciPlatform {
     /// A guest-style config write to `address`.
     pub fn config_write(&self, address: PciAddress, offset: u16, data: &[u8]) {
         lock(&self.root).config_write(address, offset, data);
+    }
+}
+
+/// The registers [`PciPlatform::add_device`] writes, as they were before.
+struct SavedConfig {
+    command: [u8; 2],
+    interrupt_line: u8,
+    bars: Vec<(u16, [u8; 4])>,
+}
+
+impl SavedConfig {
+    fn read(d: &mut dyn PciDevice, specs: &[(usize, BarSpec)]) -> Self {
+        let mut command = [0u8; 2];
+        d.config_read(COMMAND, &mut command);
+        let mut line = [0u8];
+        d.config_read(INTERRUPT_LINE, &mut line);
+        let mut bars = Vec::new();
+        for &(bar, spec) in specs {
+            let dwords = if spec.kind == BarKind::Memory64 { 2 } else { 1 };
+            for k in 0..dwords {
+                let off = bar_offset(bar) + 4 * k;
+                let mut v = [0u8; 4];
+                d.config_read(off, &mut v);
+                bars.push((off, v));
+            }
+        }
+        SavedConfig {
+            command,
+            interrupt_line: line[0],
+            bars,
+        }
+    }
+
+    /// Decoding off first, then the BARs and the interrupt line, then the command as it was.
+    fn restore(&self, d: &mut dyn PciDevice) {
+        let off = u16::from_le_bytes(self.command) & !(CMD_IO_SPACE | CMD_MEMORY_SPACE);
+        d.config_write(COMMAND, &off.to_le_bytes());
+        for (off, v) in &self.bars {
+            d.config_write(*off, v);
+        }
+        d.config_write(INTERRUPT_LINE, &[self.interrupt_line]);
+        d.config_write(COMMAND, &self.command);
     }
 }
 
@@ -448,19 +506,25 @@ impl Resources {
     }
 }
 
-/// Forwards bus accesses to one BAR of a device.
+/// Forwards bus accesses to one BAR of a device. The bus holds it; it holds the device only
+/// weakly (the platform owns the devices), so it keeps nothing alive.
 struct BarHandler {
-    dev: Arc<Mutex<dyn BarAccess>>,
+    dev: Weak<Mutex<dyn BarAccess>>,
     bar: usize,
 }
 
 impl BusDevice for BarHandler {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        lock(&self.dev).bar_read(self.bar, offset, data);
+        match self.dev.upgrade() {
+            Some(dev) => lock(&dev).bar_read(self.bar, offset, data),
+            None => data.fill(0xff),
+        }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        lock(&self.dev).bar_write(self.bar, offset, data);
+        if let Some(dev) = self.dev.upgrade() {
+            lock(&dev).bar_write(self.bar, offset, data);
+        }
     }
 }
 

@@ -1,13 +1,33 @@
 //! Bus 0 of segment 0: the device table and config-access dispatch shared by the type-1 and
 //! ECAM mechanisms. Functions that do not exist read all ones and ignore writes. Every write is
 //! followed by a BAR reconcile (see [`super::platform`]).
+//!
+//! Ownership runs one way: the [`super::PciPlatform`] owns the root, the root owns the devices
+//! and (through its BAR mapper) the buses; what the buses hold — the config access devices and
+//! the BAR handlers — refers back only weakly. Dropping the platform therefore drops the root,
+//! which unmaps every BAR from the buses (each device sees its BARs go through
+//! [`super::PciDevice::bar_moved`]) and then drops the devices; a config access or BAR access
+//! that reaches a handler left on a bus afterwards reads all ones and is dropped.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::aligned_pieces;
 use super::config::CONFIG_SPACE_SIZE;
 use super::platform::{lock, BarMapper, Resources, SlotBars};
 use super::{PciAddress, PciDevice, SLOTS_PER_BUS};
+
+/// A weak handle on the root, for the config access devices the buses hold.
+#[derive(Debug, Clone)]
+pub(crate) struct RootRef(pub(crate) Weak<Mutex<PciRoot>>);
+
+impl RootRef {
+    /// Runs `f` on the root if it is still alive.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut PciRoot) -> R) -> Option<R> {
+        let root = self.0.upgrade()?;
+        let mut r = lock(&root);
+        Some(f(&mut r))
+    }
+}
 
 /// One populated slot.
 pub(crate) struct Slot {
@@ -131,6 +151,18 @@ impl PciRoot {
         self.slots
             .get(usize::from(slot))
             .and_then(|s| s.as_ref().map(|s| s.dev.clone()))
+    }
+}
+
+impl Drop for PciRoot {
+    /// Takes every BAR off the buses before the devices drop, so the buses hold no handler of
+    /// a dead device and each device releases its BAR memory in the order a BAR move does.
+    fn drop(&mut self) {
+        let PciRoot { slots, mapper, .. } = self;
+        for slot in slots.iter_mut().flatten() {
+            let mut d = lock(&slot.dev);
+            mapper.reconcile(&mut slot.bars, &mut *d, &[]);
+        }
     }
 }
 

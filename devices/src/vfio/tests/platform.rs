@@ -143,3 +143,175 @@ fn placed_wired_and_mapped_by_the_platform() {
     assert!(r.mock.st().violations.is_empty());
     assert!(r.mapper.st().violations.is_empty());
 }
+
+/// What an embedder does: builds buses and a platform, adds a device, and later drops the
+/// platform while its buses live on (they are part of its VM). The platform owns the device:
+/// dropping it unmaps the BARs from the buses and the guest, turns the device's interrupts off
+/// and resets it, and nothing else keeps the device alive. Before the platform stopped holding
+/// its buses through the devices they hold, this leaked the device (a reference cycle
+/// bus → config access → root → BAR mapper → bus) and none of it happened.
+#[test]
+fn dropping_the_platform_releases_its_devices() {
+    let mut b = MockBuilder::new(0x1234, 0x11e8);
+    b.mem_bar(0, 0x10_0000, false, false);
+    b.io_bar(4, 0x40);
+    let PlatformRig {
+        mmio,
+        platform,
+        mock,
+        mapper,
+        dev,
+        addr: _,
+        _irq,
+    } = PlatformRig::new(&mut b);
+    let bar0 = {
+        let mut d = [0u8; 4];
+        assert!(mmio.read(ECAM + (3 << 15) + 0x10, &mut d));
+        u64::from(u32::from_le_bytes(d) & !0xf)
+    };
+    assert_eq!(mapper.live(), vec![(bar0, 0x10_0000)]);
+    assert!(mmio.ranges().any(|(base, _)| base == bar0));
+    let weak = Arc::downgrade(&dev);
+    drop(dev);
+    let resets_before = mock.st().resets;
+
+    drop(platform);
+
+    assert!(weak.upgrade().is_none(), "the device outlived its platform");
+    assert!(
+        mapper.live().is_empty(),
+        "BAR memory still mapped in the guest"
+    );
+    assert!(
+        !mmio.ranges().any(|(base, _)| base == bar0),
+        "BAR still on the bus"
+    );
+    let st = mock.st();
+    assert_eq!(st.resets, resets_before + 1, "device not reset");
+    assert!(
+        matches!(
+            st.set_irqs.last(),
+            Some(SetIrqs::Disable { index: INTX_IRQ })
+        ),
+        "INTx not turned off: {:?}",
+        st.set_irqs.last()
+    );
+    drop(st);
+    // What is left on the bus (the ECAM window) answers like an empty bus.
+    let mut d = [0u8; 4];
+    assert!(mmio.read(ECAM + (3 << 15), &mut d));
+    assert_eq!(d, [0xff; 4]);
+    mmio.write(ECAM + (3 << 15) + 4, &[7, 0]);
+}
+
+/// A device whose `add_device` fails, and what it must find afterwards: its registers as
+/// given, no interrupt wired, nothing mapped, nothing on the buses, the windows free again.
+fn add_fails_and_leaves_nothing(
+    intx_gsi: fn(u8, u8) -> u32,
+    occupy_mmio32: bool,
+    expect: fn(&crate::pci::PlatformError) -> bool,
+) {
+    let pio = Arc::new(Bus::new("pio"));
+    let mmio = Arc::new(Bus::new("mmio"));
+    let irq = FakeInterrupts::new();
+    let platform = PciPlatform::new(PciPlatformConfig {
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        windows: PciWindows {
+            mmio32: MMIO32,
+            mmio64: Some(MMIO64),
+            io: (0x6000, 0xa000),
+        },
+        irq: Arc::new(irq.clone()),
+        intx_gsi,
+        exit: Arc::new(NoExit),
+    })
+    .unwrap();
+    struct Squatter;
+    impl crate::bus::BusDevice for Squatter {
+        fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _: u64, _: u64, _: &[u8]) {}
+    }
+    if occupy_mmio32 {
+        mmio.insert(Arc::new(Mutex::new(Squatter)), MMIO32.0, MMIO32.1)
+            .unwrap();
+    }
+    let mut b = MockBuilder::new(0x1234, 0x11e8);
+    b.mem_bar(0, 0x10_0000, false, false);
+    b.mem_bar(2, 0x20_0000, true, true);
+    b.io_bar(4, 0x40);
+    let mock = b.build();
+    let mapper = Arc::new(MockMapper::default());
+    let dev = VfioPciDevice::new(
+        "0000:06:0d.0",
+        Box::new(mock.clone()),
+        &irq,
+        mapper.clone(),
+        None,
+    )
+    .unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let regs = |dev: &Arc<Mutex<VfioPciDevice>>| {
+        let mut d = dev.lock().unwrap();
+        [0x04u16, 0x10, 0x14, 0x18, 0x1c, 0x20, 0x3c].map(|off| {
+            let mut v = [0u8; 4];
+            crate::pci::PciDevice::config_read(&mut *d, off, &mut v);
+            u32::from_le_bytes(v)
+        })
+    };
+    let before = regs(&dev);
+    let pio_before: Vec<_> = pio.ranges().collect();
+    let mmio_before: Vec<_> = mmio.ranges().collect();
+
+    let err = platform.add_device(3, dev.clone()).unwrap_err();
+    assert!(expect(&err), "unexpected error: {err}");
+
+    assert_eq!(regs(&dev), before, "registers not restored");
+    assert!(mock.st().set_irqs.is_empty(), "interrupts were wired");
+    assert!(mapper.live().is_empty(), "BAR memory left mapped");
+    assert_eq!(pio.ranges().collect::<Vec<_>>(), pio_before);
+    assert_eq!(mmio.ranges().collect::<Vec<_>>(), mmio_before);
+    assert_eq!(irq.allocated(), 0);
+    assert!(mock.st().violations.is_empty());
+    // The slot and the window space are free: a device that fits (without an interrupt pin)
+    // takes the slot, its BAR where the failed one's largest 32-bit BAR was placed.
+    if occupy_mmio32 {
+        return;
+    }
+    let mut b = MockBuilder::new(0x1234, 0x11e9);
+    b.mem_bar(0, 0x10_0000, false, false).config(0x3d, &[0]);
+    let other = VfioPciDevice::new(
+        "0000:06:0e.0",
+        Box::new(b.build()),
+        &irq,
+        mapper.clone(),
+        None,
+    )
+    .unwrap();
+    platform
+        .add_device(3, Arc::new(Mutex::new(other)))
+        .expect("slot 3 free after the failed add");
+    assert_eq!(mapper.live(), vec![(MMIO32.0, 0x10_0000)]);
+}
+
+#[test]
+fn add_device_failing_on_intx_leaves_nothing_behind() {
+    // GSI 40 is not an IOAPIC pin: the interrupt manager refuses the INTx line.
+    add_fails_and_leaves_nothing(
+        |_, _| 40,
+        false,
+        |e| matches!(e, crate::pci::PlatformError::Interrupt { .. }),
+    );
+}
+
+#[test]
+fn add_device_failing_to_map_leaves_nothing_behind() {
+    // Something else holds the whole 32-bit window on the bus: BAR 0 cannot be mapped there.
+    add_fails_and_leaves_nothing(
+        |slot, pin| 16 + (u32::from(slot) + u32::from(pin)) % 8,
+        true,
+        |e| matches!(e, crate::pci::PlatformError::Map { .. }),
+    );
+}
