@@ -379,6 +379,16 @@ fn passthrough_input_errors_come_first() {
         ],
         "--device 0000:06:0d.0 is given twice: give each device once",
     );
+    // A ROM file is an input too: read before the host is checked or anything is opened.
+    expect_error(
+        &[
+            "--kernel",
+            &exit_now(),
+            "--device",
+            "06:0d.0,rom=/nonexistent/vbios.rom",
+        ],
+        "cannot read the ROM file '/nonexistent/vbios.rom' for 0000:06:0d.0: No such file or directory (os error 2)",
+    );
 }
 
 fn doctor(args: &[&str]) -> Outcome {

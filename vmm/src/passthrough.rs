@@ -124,6 +124,22 @@ pub fn setup(
         }
         addrs.push((cfg, bdf));
     }
+    // Then the ROM files: a missing one is the user's to fix before any device is opened.
+    let roms = addrs
+        .iter()
+        .map(|(cfg, bdf)| {
+            cfg.rom
+                .as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|err| PassthroughError::Rom {
+                        bdf: bdf.to_string(),
+                        path: p.display().to_string(),
+                        err,
+                    })
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let root = HostRoot::default();
     host::check_iommu(&root)?;
     let mut reports = Vec::new();
@@ -149,22 +165,37 @@ pub fn setup(
     map_guest_ram(&*container, mem, ram)?;
 
     let mapper: Arc<dyn GuestMemoryMapper> = slots;
-    let mut names = Vec::new();
-    for (cfg, report) in &reports {
+    let mut added = Vec::new();
+    if let Err(e) = open_devices(&container, &reports, &roms, platform, &mapper, &mut added) {
+        // The documented order: the devices first (interrupts off, BARs unmapped, reset,
+        // closed), then KVM's VFIO device and the container, which drop on return.
+        for (slot, _) in added {
+            drop(platform.pci().remove_device(slot));
+        }
+        return Err(e);
+    }
+    Ok(Some(Passthrough {
+        _kvm_vfio: kvm_vfio,
+        container,
+        devices: added.into_iter().map(|(_, bdf)| bdf).collect(),
+    }))
+}
+
+/// Opens every device, resets it and puts it on the PCI platform; `added` gets `(slot, bdf)`
+/// of each device placed, also when a later one fails.
+fn open_devices(
+    container: &LegacyContainer,
+    reports: &[(&DeviceConfig, host::DeviceReport)],
+    roms: &[Option<Vec<u8>>],
+    platform: &Platform,
+    mapper: &Arc<dyn GuestMemoryMapper>,
+    added: &mut Vec<(u8, String)>,
+) -> Result<(), PassthroughError> {
+    for ((cfg, report), rom) in reports.iter().zip(roms) {
         let bdf = report.bdf.to_string();
         let addr = VfioDeviceAddress::new(&bdf, report.group, cfg.vf_token.as_deref())?;
         let fd = container.open_device(&addr)?;
-        let rom = cfg
-            .rom
-            .as_ref()
-            .map(|p| {
-                std::fs::read(p).map_err(|err| PassthroughError::Rom {
-                    bdf: bdf.clone(),
-                    path: p.display().to_string(),
-                    err,
-                })
-            })
-            .transpose()?;
+        let rom = rom.clone();
         let mut dev = VfioPciDevice::new(
             &bdf,
             Box::new(fd),
@@ -190,13 +221,9 @@ pub fn setup(
                 err: e.to_string(),
             })?;
         log::info!("{bdf} (group {}) is the guest's {at}", report.group);
-        names.push(bdf);
+        added.push((at.device, bdf));
     }
-    Ok(Some(Passthrough {
-        _kvm_vfio: kvm_vfio,
-        container,
-        devices: names,
-    }))
+    Ok(())
 }
 
 /// Guests larger than this are DMA-mapped a GiB per call, with progress; smaller ones in one

@@ -263,16 +263,6 @@ impl Vm {
             ram_slots,
             kvm.get_nr_memslots() as u32,
         ));
-        let passthrough = crate::passthrough::setup(
-            &vm,
-            &mem,
-            config.memory,
-            &config.ram,
-            &platform,
-            device_slots,
-            &config.devices,
-        )?;
-
         let vcpus = (0..config.cpus)
             .map(|id| {
                 create_vcpu(
@@ -285,6 +275,18 @@ impl Vm {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+
+        // Passthrough last: nothing after it can fail, so an error never drops the VFIO
+        // state before the devices that use it (Vm's field order is the teardown order).
+        let passthrough = crate::passthrough::setup(
+            &vm,
+            &mem,
+            config.memory,
+            &config.ram,
+            &platform,
+            device_slots,
+            &config.devices,
+        )?;
 
         log::info!(
             "timing: KVM_SET_USER_MEMORY_REGION {:.2} ms",

@@ -367,9 +367,31 @@ impl PciPlatform {
         }
         drop(d);
         let config: Arc<Mutex<dyn PciDevice>> = dev;
-        root.insert(slot, Slot { dev: config, bars });
+        root.insert(
+            slot,
+            Slot {
+                dev: config,
+                bars,
+                allocations,
+            },
+        );
         log::debug!("PCI: added device {address}");
         Ok(address)
+    }
+
+    /// Takes the device out of `slot` (hot-unplug, or undoing an `add_device` when a later
+    /// step fails): unmaps its BARs from the buses (the device sees each go through
+    /// [`PciDevice::bar_moved`]), frees their window space and the slot, and hands the device
+    /// back; it is released (for a passthrough device: interrupts off, reset, closed) when the
+    /// last reference drops. `None` for slot 0 (the host bridge) and empty slots.
+    pub fn remove_device(&self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
+        if slot == 0 {
+            return None;
+        }
+        let mut root = lock(&self.root);
+        let removed = root.remove(slot)?;
+        log::debug!("PCI: removed the device in slot {slot}");
+        Some(removed)
     }
 
     #[cfg(test)]
@@ -495,7 +517,7 @@ impl Resources {
         })
     }
 
-    fn release(&mut self, allocations: &[Allocation]) {
+    pub(crate) fn release(&mut self, allocations: &[Allocation]) {
         for a in allocations {
             if let Some(alloc) = self.pool(a.pool) {
                 if let Err(e) = alloc.free(&a.range) {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::aligned_pieces;
 use super::config::CONFIG_SPACE_SIZE;
-use super::platform::{lock, BarMapper, Resources, SlotBars};
+use super::platform::{lock, Allocation, BarMapper, Resources, SlotBars};
 use super::{PciAddress, PciDevice, SLOTS_PER_BUS};
 
 /// A weak handle on the root, for the config access devices the buses hold.
@@ -33,6 +33,8 @@ impl RootRef {
 pub(crate) struct Slot {
     pub(crate) dev: Arc<Mutex<dyn PciDevice>>,
     pub(crate) bars: SlotBars,
+    /// The window space its BARs were placed in.
+    pub(crate) allocations: Vec<Allocation>,
 }
 
 /// The device table of bus 0 and the BAR bookkeeping.
@@ -53,6 +55,7 @@ impl PciRoot {
         slots[0] = Some(Slot {
             dev: host,
             bars: SlotBars::default(),
+            allocations: Vec::new(),
         });
         PciRoot {
             slots,
@@ -75,6 +78,18 @@ impl PciRoot {
         if let Some(entry) = self.slots.get_mut(usize::from(slot)) {
             *entry = Some(s);
         }
+    }
+
+    /// Empties `slot`: unmaps its BARs, releases their window space, returns the device.
+    pub(crate) fn remove(&mut self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
+        let mut s = self.slots.get_mut(usize::from(slot))?.take()?;
+        {
+            let mut d = lock(&s.dev);
+            self.mapper.reconcile(&mut s.bars, &mut *d, &[]);
+        }
+        self.resources.release(&s.allocations);
+        self.retry_unmapped();
+        Some(s.dev)
     }
 
     fn index(addr: PciAddress) -> Option<usize> {

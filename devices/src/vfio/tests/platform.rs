@@ -315,3 +315,50 @@ fn add_device_failing_to_map_leaves_nothing_behind() {
         |e| matches!(e, crate::pci::PlatformError::Map { .. }),
     );
 }
+
+/// Hot-unplug: `remove_device` takes the device off the buses and out of the guest, frees its
+/// slot and window space, and the device is released when the caller lets it go; the next
+/// device takes the same place.
+#[test]
+fn remove_device_releases_slot_space_and_device() {
+    let mut b = MockBuilder::new(0x1234, 0x11e8);
+    b.mem_bar(0, 0x10_0000, false, false);
+    let r = PlatformRig::new(&mut b);
+    let bar0 = u64::from(r.read32(0x10) & !0xf);
+    assert_eq!(r.mapper.live(), vec![(bar0, 0x10_0000)]);
+    let resets = r.mock.st().resets;
+    assert!(
+        r.platform.remove_device(0).is_none(),
+        "the host bridge stays"
+    );
+    let removed = r.platform.remove_device(r.addr.device).expect("a device");
+    assert!(r.platform.remove_device(r.addr.device).is_none());
+    assert!(r.mapper.live().is_empty());
+    assert!(!r.mmio.ranges().any(|(base, _)| base == bar0));
+    assert_eq!(r.read32(0), 0xffff_ffff, "the slot reads empty");
+    let weak = Arc::downgrade(&removed);
+    drop(removed);
+    let PlatformRig {
+        platform,
+        mock,
+        mapper,
+        dev,
+        ..
+    } = r;
+    drop(dev);
+    assert!(weak.upgrade().is_none());
+    assert_eq!(mock.st().resets, resets + 1);
+    let mut b = MockBuilder::new(0x1234, 0x11e9);
+    b.mem_bar(0, 0x10_0000, false, false);
+    let irq = FakeInterrupts::new();
+    let other = VfioPciDevice::new(
+        "0000:06:0e.0",
+        Box::new(b.build()),
+        &irq,
+        mapper.clone(),
+        None,
+    )
+    .unwrap();
+    platform.add_device(3, Arc::new(Mutex::new(other))).unwrap();
+    assert_eq!(mapper.live(), vec![(bar0, 0x10_0000)]);
+}
