@@ -235,7 +235,7 @@ impl Rig {
             mmio: mmio.clone(),
             windows,
             irq: Arc::new(irq.clone()),
-            intx_gsi: layout::pci_intx_gsi,
+            intx_gsi: std::sync::Arc::new(layout::pci_intx_gsi),
             exit: exits.clone(),
         })
         .expect("the layout's PCI windows are valid");

@@ -212,7 +212,7 @@ impl Platform {
                 ),
             },
             irq: irq.clone(),
-            intx_gsi: layout::pci_intx_gsi,
+            intx_gsi: Arc::new(layout::pci_intx_gsi),
             exit: sink,
         })
         .map_err(|e| PlatformError::Pci(e.to_string()))?;

@@ -48,7 +48,7 @@ pub use bar::{AddressSpace, BarKind, BarSpec, DecodedBar, ROM_BAR};
 pub use config::{ConfigHeader, ConfigSpace};
 pub use config_access::{PciConfigIo, PciConfigMmio, PCI_CONFIG_IO_LEN};
 pub use host_bridge::HostBridge;
-pub use platform::{PciPlatform, PciPlatformConfig, PciWindows, PlatformError};
+pub use platform::{IntxMap, PciPlatform, PciPlatformConfig, PciWindows, PlatformError};
 pub use testdev::TestDevice;
 
 /// Number of device slots on a bus.
@@ -95,6 +95,12 @@ pub trait PciDevice: Send {
     /// passthrough device moves its KVM memory slot here. Called with the device locked.
     fn bar_moved(&mut self, bar: usize, old: Option<u64>, new: Option<u64>) {
         let _ = (bar, old, new);
+    }
+    /// The address windows BARs may be mapped in; the platform tells the device once, when
+    /// it is added, so a device that maps BAR memory itself (passthrough) can refuse a mapping
+    /// outside them whoever asks for it.
+    fn set_bar_windows(&mut self, windows: &platform::PciWindows) {
+        let _ = windows;
     }
     /// The platform wired the device's interrupt pin to `line` (called once when the device is
     /// added, if its interrupt pin register is non-zero).

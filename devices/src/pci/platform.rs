@@ -155,6 +155,9 @@ impl PciWindows {
     }
 }
 
+/// Maps `(slot, pin)` (pin 0 = INTA#) to the GSI the pin is wired to.
+pub type IntxMap = Arc<dyn Fn(u8, u8) -> u32 + Send + Sync>;
+
 /// What the VMM hands the platform.
 #[derive(Clone)]
 pub struct PciPlatformConfig {
@@ -167,8 +170,8 @@ pub struct PciPlatformConfig {
     /// Interrupt routing for INTx (devices take their MSI vectors from it themselves).
     pub irq: Arc<dyn InterruptManager>,
     /// The GSI that INTx pin `pin` (0 = INTA#) of slot `slot` is wired to
-    /// (`arch::layout::pci_intx_gsi`).
-    pub intx_gsi: fn(u8, u8) -> u32,
+    /// (`arch::layout::pci_intx_gsi`); a closure may carry the embedder's own routing state.
+    pub intx_gsi: IntxMap,
     /// Receives the 0xCF9 reset request.
     pub exit: Arc<dyn ExitSink>,
 }
@@ -192,7 +195,8 @@ pub struct PciPlatform {
     config_io: Arc<Mutex<PciConfigIo>>,
     config_mmio: Arc<Mutex<PciConfigMmio>>,
     irq: Arc<dyn InterruptManager>,
-    intx_gsi: fn(u8, u8) -> u32,
+    intx_gsi: IntxMap,
+    windows: PciWindows,
 }
 
 impl std::fmt::Debug for PciPlatform {
@@ -239,6 +243,7 @@ impl PciPlatform {
             root,
             irq: config.irq,
             intx_gsi: config.intx_gsi,
+            windows: w,
         })
     }
 
@@ -285,6 +290,7 @@ impl PciPlatform {
                 source,
             })?;
         }
+        d.set_bar_windows(&self.windows);
         // What this function writes, so a failure can put it back: the device is left as it
         // was given (registers, interrupts, mappings) and the windows as they were.
         let saved = SavedConfig::read(&mut *d, &specs);

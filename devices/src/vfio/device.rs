@@ -115,6 +115,9 @@ pub struct VfioPciDevice {
     pm_csr: Option<u16>,
     /// The device is in D3hot: its BAR memory is not mapped into the guest.
     low_power: bool,
+    /// Where BAR memory may be mapped ([`VfioPciDevice::set_bar_windows`]); any address the
+    /// device decodes until set.
+    windows: Option<crate::pci::PciWindows>,
     errors: ErrorLog,
     ops: Box<dyn VfioDeviceOps>,
 }
@@ -250,6 +253,7 @@ impl VfioPciDevice {
             mapper,
             pm_csr,
             low_power: false,
+            windows: None,
             errors,
             ops: device,
         })
@@ -288,6 +292,30 @@ impl VfioPciDevice {
         }
         if let Err(e) = self.ops.reset() {
             self.errors.log("VFIO_DEVICE_RESET", &e);
+        }
+    }
+
+    /// Why BAR `bar`'s memory must not be mapped at `addr`, whoever asks: the guest is sizing
+    /// it (the address, or what its register holds now, has every address bit set: a 32-bit
+    /// BAR ending at 4 GiB, a 64-bit one whose high dword is all ones), or it is outside the
+    /// windows set with [`PciDevice::set_bar_windows`].
+    fn placement_refused(&self, bar: usize, addr: u64) -> Option<&'static str> {
+        let spec = self.bar(bar)?.spec;
+        let sizing = |a: u64| {
+            let end = a.checked_add(spec.size - 1);
+            match spec.kind {
+                BarKind::Memory64 => end == Some(u64::MAX) || a >> 32 == 0xffff_ffff,
+                _ => end == Some(u64::from(u32::MAX)),
+            }
+        };
+        if sizing(addr) || self.config.shadow.bar_address(bar).is_some_and(sizing) {
+            return Some("the guest is sizing it (its address bits are all ones)");
+        }
+        match &self.windows {
+            Some(w) if !w.allows(spec.space(), addr, spec.size) => {
+                Some("it is outside the PCI windows")
+            }
+            _ => None,
         }
     }
 
@@ -463,8 +491,22 @@ impl PciDevice for VfioPciDevice {
         self.config.shadow.decoded_bars()
     }
 
+    fn set_bar_windows(&mut self, windows: &crate::pci::PciWindows) {
+        self.windows = Some(*windows);
+    }
+
     fn bar_moved(&mut self, bar: usize, old: Option<u64>, new: Option<u64>) {
         log::debug!("VFIO {}: BAR {bar} moved {old:#x?} -> {new:#x?}", self.name);
+        let new = new.filter(|&addr| match self.placement_refused(bar, addr) {
+            None => true,
+            Some(why) => {
+                log::warn!(
+                    "VFIO {}: not mapping BAR {bar} at {addr:#x}: {why}",
+                    self.name
+                );
+                false
+            }
+        });
         let mapper = self.mapper.clone();
         let low_power = self.low_power;
         let Some(b) = self.bars.iter_mut().find(|b| b.index == bar) else {

@@ -372,7 +372,7 @@ fn invalid_windows_are_refused() {
         mmio: mmio.clone(),
         windows,
         irq: Arc::new(FakeInterrupts::new()),
-        intx_gsi: swizzle,
+        intx_gsi: Arc::new(swizzle),
         exit: Arc::new(Exits::default()),
     };
     for w in [
@@ -418,7 +418,7 @@ fn intx_wiring_failure_is_an_error() {
             io: IO,
         },
         irq: Arc::new(irq.clone()),
-        intx_gsi: |_, _| 99,
+        intx_gsi: Arc::new(|_, _| 99),
         exit: Arc::new(Exits::default()),
     })
     .unwrap();

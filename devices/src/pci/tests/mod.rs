@@ -72,7 +72,7 @@ impl Rig {
             mmio: mmio.clone(),
             windows,
             irq: Arc::new(irq.clone()),
-            intx_gsi: swizzle,
+            intx_gsi: Arc::new(swizzle),
             exit: exits.clone(),
         })
         .unwrap();

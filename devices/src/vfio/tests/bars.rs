@@ -292,3 +292,55 @@ fn d3hot_takes_bar_memory_away_until_d0() {
     assert_eq!(r.mapper.live(), vec![(0xc001_0000, 0x2000)]);
     assert!(r.violations().is_empty(), "{:?}", r.violations());
 }
+
+/// An embedder's own PCI code asks the device to map BAR memory wherever the guest's BAR
+/// register points, including while the guest sizes it: the device itself refuses the sizing
+/// pattern and, once it knows the windows, anything outside them; it keeps trapping there.
+#[test]
+fn device_refuses_to_map_while_sized_or_outside_the_windows() {
+    let mut b = MockBuilder::new(0x1234, 0x11e8);
+    b.mem_bar(0, 0x10_0000, false, false);
+    b.mem_bar(2, 0x10_0000, true, true);
+    let mut r = Rig::new(&mut b);
+    r.w16(4, MEM);
+    // The guest sizes BAR 0 with decoding on; a naive adapter follows the register.
+    r.w32(0x10, u32::MAX);
+    let at = r.dev.decoded_bars()[0].addr;
+    assert_eq!(at, 0xfff0_0000);
+    r.dev.bar_moved(0, None, Some(at));
+    assert!(r.mapper.live().is_empty(), "mapped while being sized");
+    // Asked for a sane address while the register still holds the sizing pattern: refused too.
+    r.dev.bar_moved(0, None, Some(0xc000_0000));
+    assert!(r.mapper.live().is_empty());
+    // The 64-bit BAR mid-sizing (high dword all ones).
+    r.w32(0x1c, u32::MAX);
+    r.dev.bar_moved(
+        2,
+        None,
+        r.dev
+            .decoded_bars()
+            .iter()
+            .find(|d| d.index == 2)
+            .map(|d| d.addr),
+    );
+    assert!(r.mapper.live().is_empty());
+    // Programmed: mapped.
+    r.w32(0x10, 0xc000_0000);
+    r.dev.bar_moved(0, None, Some(0xc000_0000));
+    assert_eq!(r.mapper.live(), vec![(0xc000_0000, 0x10_0000)]);
+    // With windows set, an address outside them is refused and the old mapping goes.
+    r.dev.set_bar_windows(&crate::pci::PciWindows {
+        mmio32: (0xc000_0000, 0x1000_0000),
+        mmio64: Some((1 << 36, 1 << 36)),
+        io: (0x6000, 0xa000),
+    });
+    r.w32(0x10, 0x8000_0000);
+    r.dev.bar_moved(0, Some(0xc000_0000), Some(0x8000_0000));
+    assert!(r.mapper.live().is_empty(), "mapped outside the windows");
+    // Trapped accesses still reach the device's region.
+    assert_eq!(r.bar_read(0, 0x10, 1), vec![pattern(0, 0x10)]);
+    r.w32(0x10, 0xc010_0000);
+    r.dev.bar_moved(0, None, Some(0xc010_0000));
+    assert_eq!(r.mapper.live(), vec![(0xc010_0000, 0x10_0000)]);
+    assert!(r.violations().is_empty(), "{:?}", r.violations());
+}

@@ -46,7 +46,7 @@ impl PlatformRig {
                 io: (0x6000, 0xa000),
             },
             irq: Arc::new(irq.clone()),
-            intx_gsi: |slot, pin| 16 + (u32::from(slot) + u32::from(pin)) % 8,
+            intx_gsi: Arc::new(|slot, pin| 16 + (u32::from(slot) + u32::from(pin)) % 8),
             exit: Arc::new(NoExit),
         })
         .unwrap();
@@ -223,7 +223,7 @@ fn add_fails_and_leaves_nothing(
             io: (0x6000, 0xa000),
         },
         irq: Arc::new(irq.clone()),
-        intx_gsi,
+        intx_gsi: Arc::new(intx_gsi),
         exit: Arc::new(NoExit),
     })
     .unwrap();
