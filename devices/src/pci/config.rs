@@ -44,6 +44,8 @@ pub const CACHE_LINE_SIZE: u16 = 0x0c;
 pub const LATENCY_TIMER: u16 = 0x0d;
 /// Header type (8 bits; bit 7 = multi-function).
 pub const HEADER_TYPE: u16 = 0x0e;
+/// Header type bit 7: the device has functions besides 0.
+pub const HEADER_TYPE_MULTI_FUNCTION: u8 = 0x80;
 /// Subsystem vendor ID (16 bits).
 pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
 /// Subsystem ID (16 bits).

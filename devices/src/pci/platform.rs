@@ -39,7 +39,7 @@ use super::config::{
 use super::config_access::{PciConfigIo, PciConfigMmio};
 use super::host_bridge::HostBridge;
 use super::root::{PciRoot, RootRef, Slot};
-use super::{BarAccess, PciAddress, PciDevice, SLOTS_PER_BUS};
+use super::{BarAccess, PciAddress, PciDevice, FUNCTIONS_PER_SLOT, SLOTS_PER_BUS};
 use crate::bus::{Bus, BusDevice, BusError, SharedBusDevice};
 use crate::exit::ExitSink;
 use crate::interrupt::{InterruptError, InterruptManager};
@@ -70,6 +70,16 @@ pub enum PlatformError {
     /// The slot already holds a device.
     #[error("PCI slot {0} is already in use")]
     SlotInUse(u8),
+    /// The function is taken already.
+    #[error("PCI function {0} is already in use")]
+    FunctionInUse(PciAddress),
+    /// Functions 1–7 need function 0 of their slot first (firmware and OSes scan a slot only
+    /// when function 0 answers).
+    #[error("PCI function {0} needs function 0 of its slot: add that one first")]
+    NoFunctionZero(PciAddress),
+    /// Only bus 0 and functions 0–7 exist.
+    #[error("PCI function {0} is not on bus 0 or has no valid function number")]
+    NoSuchFunction(PciAddress),
     /// The device declares a BAR the PCI rules do not allow.
     #[error("device {address} declares an invalid BAR {bar}: {source}")]
     BadBar {
@@ -269,17 +279,43 @@ impl PciPlatform {
     where
         D: PciDevice + BarAccess + 'static,
     {
-        if slot == 0 || slot >= SLOTS_PER_BUS {
-            return Err(PlatformError::SlotOutOfRange(slot));
-        }
         let address = PciAddress {
             bus: 0,
             device: slot,
             function: 0,
         };
+        self.add_function(address, dev)
+    }
+
+    /// Adds `dev` at `address` (bus 0): function 0 as [`PciPlatform::add_device`] does, or
+    /// another function of a slot whose function 0 is there already — the functions of one
+    /// multi-function device (a GPU and its audio function). Function 0 then reads back with
+    /// header type bit 7 set, so firmware and the OS scan the others. INTx pins of every
+    /// function are wired through the same slot's mapping. On error nothing is left behind.
+    pub fn add_function<D>(
+        &self,
+        address: PciAddress,
+        dev: Arc<Mutex<D>>,
+    ) -> Result<PciAddress, PlatformError>
+    where
+        D: PciDevice + BarAccess + 'static,
+    {
+        let slot = address.device;
+        if slot == 0 || slot >= SLOTS_PER_BUS {
+            return Err(PlatformError::SlotOutOfRange(slot));
+        }
+        if address.bus != 0 || address.function >= FUNCTIONS_PER_SLOT {
+            return Err(PlatformError::NoSuchFunction(address));
+        }
         let mut root = lock(&self.root);
-        if root.slot_used(slot) {
+        if address.function == 0 && root.slot_used(slot) {
             return Err(PlatformError::SlotInUse(slot));
+        }
+        if root.function_used(address) {
+            return Err(PlatformError::FunctionInUse(address));
+        }
+        if address.function != 0 && !root.slot_used(slot) {
+            return Err(PlatformError::NoFunctionZero(address));
         }
         let mut d = lock(&dev);
         let mut specs = d.bar_specs();
@@ -374,7 +410,7 @@ impl PciPlatform {
         drop(d);
         let config: Arc<Mutex<dyn PciDevice>> = dev;
         root.insert(
-            slot,
+            address,
             Slot {
                 dev: config,
                 bars,
@@ -385,19 +421,21 @@ impl PciPlatform {
         Ok(address)
     }
 
-    /// Takes the device out of `slot` (hot-unplug, or undoing an `add_device` when a later
-    /// step fails): unmaps its BARs from the buses (the device sees each go through
-    /// [`PciDevice::bar_moved`]), frees their window space and the slot, and hands the device
-    /// back; it is released (for a passthrough device: interrupts off, reset, closed) when the
-    /// last reference drops. `None` for slot 0 (the host bridge) and empty slots.
-    pub fn remove_device(&self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
+    /// Takes every function out of `slot` (hot-unplug, or undoing an `add_device` when a
+    /// later step fails): unmaps their BARs from the buses (each device sees its BARs go
+    /// through [`PciDevice::bar_moved`]), frees their window space and the slot, and hands the
+    /// devices back, function 0 last; each is released (for a passthrough device: interrupts
+    /// off, reset, closed) when its last reference drops. Empty for slot 0 (the host bridge)
+    /// and empty slots.
+    pub fn remove_device(&self, slot: u8) -> Vec<Arc<Mutex<dyn PciDevice>>> {
         if slot == 0 {
-            return None;
+            return Vec::new();
         }
-        let mut root = lock(&self.root);
-        let removed = root.remove(slot)?;
-        log::debug!("PCI: removed the device in slot {slot}");
-        Some(removed)
+        let removed = lock(&self.root).remove(slot);
+        if !removed.is_empty() {
+            log::debug!("PCI: removed {} function(s) of slot {slot}", removed.len());
+        }
+        removed
     }
 
     #[cfg(test)]

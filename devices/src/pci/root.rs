@@ -12,9 +12,9 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use super::aligned_pieces;
-use super::config::CONFIG_SPACE_SIZE;
+use super::config::{CONFIG_SPACE_SIZE, HEADER_TYPE, HEADER_TYPE_MULTI_FUNCTION};
 use super::platform::{lock, Allocation, BarMapper, Resources, SlotBars};
-use super::{PciAddress, PciDevice, SLOTS_PER_BUS};
+use super::{PciAddress, PciDevice, FUNCTIONS_PER_SLOT, SLOTS_PER_BUS};
 
 /// A weak handle on the root, for the config access devices the buses hold.
 #[derive(Debug, Clone)]
@@ -51,7 +51,8 @@ impl PciRoot {
         resources: Resources,
         host: Arc<Mutex<dyn PciDevice>>,
     ) -> Self {
-        let mut slots: Vec<Option<Slot>> = (0..SLOTS_PER_BUS).map(|_| None).collect();
+        let n = usize::from(SLOTS_PER_BUS) * usize::from(FUNCTIONS_PER_SLOT);
+        let mut slots: Vec<Option<Slot>> = (0..n).map(|_| None).collect();
         slots[0] = Some(Slot {
             dev: host,
             bars: SlotBars::default(),
@@ -64,37 +65,73 @@ impl PciRoot {
         }
     }
 
+    /// Whether `slot` holds a device (its function 0; other functions need one).
     pub(crate) fn slot_used(&self, slot: u8) -> bool {
-        self.slots
-            .get(usize::from(slot))
-            .is_some_and(Option::is_some)
+        self.function_used(PciAddress {
+            bus: 0,
+            device: slot,
+            function: 0,
+        })
+    }
+
+    pub(crate) fn function_used(&self, addr: PciAddress) -> bool {
+        Self::index(addr).is_some_and(|i| self.slots[i].is_some())
+    }
+
+    /// Whether a function other than 0 of `slot` exists (function 0 then reports a
+    /// multi-function device).
+    fn has_other_functions(&self, slot: u8) -> bool {
+        (1..FUNCTIONS_PER_SLOT).any(|function| {
+            self.function_used(PciAddress {
+                bus: 0,
+                device: slot,
+                function,
+            })
+        })
     }
 
     pub(crate) fn free_slot(&self) -> Option<u8> {
         (1..SLOTS_PER_BUS).find(|&s| !self.slot_used(s))
     }
 
-    pub(crate) fn insert(&mut self, slot: u8, s: Slot) {
-        if let Some(entry) = self.slots.get_mut(usize::from(slot)) {
-            *entry = Some(s);
+    pub(crate) fn insert(&mut self, addr: PciAddress, s: Slot) {
+        if let Some(i) = Self::index(addr) {
+            self.slots[i] = Some(s);
         }
     }
 
-    /// Empties `slot`: unmaps its BARs, releases their window space, returns the device.
-    pub(crate) fn remove(&mut self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
-        let mut s = self.slots.get_mut(usize::from(slot))?.take()?;
-        {
-            let mut d = lock(&s.dev);
-            self.mapper.reconcile(&mut s.bars, &mut *d, &[]);
+    /// Empties `slot`, its other functions before function 0: unmaps their BARs, releases
+    /// their window space, returns the devices.
+    pub(crate) fn remove(&mut self, slot: u8) -> Vec<Arc<Mutex<dyn PciDevice>>> {
+        let mut out = Vec::new();
+        for function in (0..FUNCTIONS_PER_SLOT).rev() {
+            let addr = PciAddress {
+                bus: 0,
+                device: slot,
+                function,
+            };
+            let Some(mut s) = Self::index(addr).and_then(|i| self.slots[i].take()) else {
+                continue;
+            };
+            {
+                let mut d = lock(&s.dev);
+                self.mapper.reconcile(&mut s.bars, &mut *d, &[]);
+            }
+            self.resources.release(&s.allocations);
+            out.push(s.dev);
         }
-        self.resources.release(&s.allocations);
-        self.retry_unmapped();
-        Some(s.dev)
+        if !out.is_empty() {
+            self.retry_unmapped();
+        }
+        out
     }
 
     fn index(addr: PciAddress) -> Option<usize> {
-        (addr.bus == 0 && addr.function == 0 && addr.device < SLOTS_PER_BUS)
-            .then_some(usize::from(addr.device))
+        (addr.bus == 0 && addr.device < SLOTS_PER_BUS && addr.function < FUNCTIONS_PER_SLOT)
+            .then_some(
+                usize::from(addr.device) * usize::from(FUNCTIONS_PER_SLOT)
+                    + usize::from(addr.function),
+            )
     }
 
     /// A config read of `data.len()` bytes at `offset` of function `addr`.
@@ -103,12 +140,22 @@ impl PciRoot {
             data.fill(0xff);
             return;
         };
-        let mut d = lock(&slot.dev);
-        for (i, n) in aligned_pieces(offset.into(), data.len()) {
-            let piece = &mut data[i..i + n];
-            match in_config_space(offset, i, n) {
-                Some(off) => d.config_read(off, piece),
-                None => piece.fill(0xff),
+        {
+            let mut d = lock(&slot.dev);
+            for (i, n) in aligned_pieces(offset.into(), data.len()) {
+                let piece = &mut data[i..i + n];
+                match in_config_space(offset, i, n) {
+                    Some(off) => d.config_read(off, piece),
+                    None => piece.fill(0xff),
+                }
+            }
+        }
+        // Function 0 of a slot with more functions says so (header type bit 7), so firmware
+        // and the OS scan functions 1–7; a device given alone says what it says.
+        if addr.function == 0 && self.has_other_functions(addr.device) {
+            let at = usize::from(HEADER_TYPE).wrapping_sub(usize::from(offset));
+            if let Some(b) = data.get_mut(at) {
+                *b |= HEADER_TYPE_MULTI_FUNCTION;
             }
         }
     }
@@ -155,7 +202,10 @@ impl PciRoot {
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(s, slot)| slot.as_ref().map(|slot| (s as u8, slot)))
+            .filter_map(|(s, slot)| {
+                slot.as_ref()
+                    .map(|slot| ((s / usize::from(FUNCTIONS_PER_SLOT)) as u8, slot))
+            })
             .flat_map(|(s, slot)| slot.bars.mapped.iter().flatten().map(move |b| (s, *b)))
             .collect()
     }
@@ -164,7 +214,7 @@ impl PciRoot {
     #[cfg(test)]
     pub(crate) fn device(&self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
         self.slots
-            .get(usize::from(slot))
+            .get(usize::from(slot) * usize::from(FUNCTIONS_PER_SLOT))
             .and_then(|s| s.as_ref().map(|s| s.dev.clone()))
     }
 }

@@ -328,11 +328,13 @@ fn remove_device_releases_slot_space_and_device() {
     assert_eq!(r.mapper.live(), vec![(bar0, 0x10_0000)]);
     let resets = r.mock.st().resets;
     assert!(
-        r.platform.remove_device(0).is_none(),
+        r.platform.remove_device(0).is_empty(),
         "the host bridge stays"
     );
-    let removed = r.platform.remove_device(r.addr.device).expect("a device");
-    assert!(r.platform.remove_device(r.addr.device).is_none());
+    let mut removed = r.platform.remove_device(r.addr.device);
+    assert_eq!(removed.len(), 1);
+    let removed = removed.pop().unwrap();
+    assert!(r.platform.remove_device(r.addr.device).is_empty());
     assert!(r.mapper.live().is_empty());
     assert!(!r.mmio.ranges().any(|(base, _)| base == bar0));
     assert_eq!(r.read32(0), 0xffff_ffff, "the slot reads empty");
@@ -361,4 +363,80 @@ fn remove_device_releases_slot_space_and_device() {
     .unwrap();
     platform.add_device(3, Arc::new(Mutex::new(other))).unwrap();
     assert_eq!(mapper.live(), vec![(bar0, 0x10_0000)]);
+}
+
+/// A GPU and its audio function: two functions of one slot. Function 0 then reports a
+/// multi-function device, both are placed, wired and mapped, a function without function 0 is
+/// refused, and unplugging the slot takes both.
+#[test]
+fn multi_function_device() {
+    let mut gpu = MockBuilder::new(0x10de, 0x1eb8);
+    gpu.mem_bar(0, 0x100_0000, false, false);
+    let r = PlatformRig::new(&mut gpu);
+    let mut audio = MockBuilder::new(0x10de, 0x10f8);
+    audio.mem_bar(0, 0x4000, false, false);
+    let audio_mock = audio.build();
+    let irq = FakeInterrupts::new();
+    let audio_dev = |mock: &MockDevice| {
+        Arc::new(Mutex::new(
+            VfioPciDevice::new(
+                "0000:06:0d.1",
+                Box::new(mock.clone()),
+                &irq,
+                r.mapper.clone(),
+                None,
+            )
+            .unwrap(),
+        ))
+    };
+    let f1 = PciAddress {
+        function: 1,
+        ..r.addr
+    };
+    // Alone, function 0 says it is a single-function device.
+    assert_eq!(r.read32(0x0c) >> 16 & 0x80, 0);
+    // Function 1 of an empty slot is refused.
+    let lonely = PciAddress {
+        device: 9,
+        function: 1,
+        ..r.addr
+    };
+    assert!(matches!(
+        r.platform.add_function(lonely, audio_dev(&audio_mock)),
+        Err(crate::pci::PlatformError::NoFunctionZero(_))
+    ));
+    assert!(audio_mock.st().set_irqs.is_empty());
+    assert_eq!(
+        r.platform.add_function(f1, audio_dev(&audio_mock)).unwrap(),
+        f1
+    );
+    assert!(matches!(
+        r.platform.add_function(f1, audio_dev(&audio_mock)),
+        Err(crate::pci::PlatformError::FunctionInUse(_))
+    ));
+    // Header type bit 7 on function 0, through both config mechanisms and any access width.
+    assert_eq!(r.read32(0x0c) >> 16 & 0x80, 0x80);
+    let mut b = [0u8; 1];
+    r.platform.config_read(r.addr, 0x0e, &mut b);
+    assert_eq!(b[0] & 0x80, 0x80);
+    let mut d = [0u8; 4];
+    assert!(r.mmio.read(ECAM + (3 << 15) + 0x0c, &mut d));
+    assert_eq!(d[2] & 0x80, 0x80);
+    // Function 1 answers at its own address, its BAR placed and mapped.
+    let mut id = [0u8; 4];
+    r.platform.config_read(f1, 0, &mut id);
+    assert_eq!(u32::from_le_bytes(id), 0x10f8_10de);
+    let mut bar = [0u8; 4];
+    r.platform.config_read(f1, 0x10, &mut bar);
+    let audio_bar = u64::from(u32::from_le_bytes(bar) & !0xf);
+    assert!(r.mapper.live().contains(&(audio_bar, 0x4000)));
+    // INTx of function 1 was wired (the mock records the trigger fd).
+    assert!(!audio_mock.st().set_irqs.is_empty());
+    // Unplugging the slot takes both functions and their mappings.
+    let removed = r.platform.remove_device(r.addr.device);
+    assert_eq!(removed.len(), 2);
+    assert!(r.mapper.live().is_empty());
+    assert_eq!(r.read32(0), 0xffff_ffff);
+    r.platform.config_read(f1, 0, &mut id);
+    assert_eq!(id, [0xff; 4]);
 }
