@@ -302,6 +302,9 @@ struct State {
     iommu_set: bool,
     /// DMA mappings: IOVA -> size.
     dma: BTreeMap<u64, u64>,
+    /// Guest memory mapped with [`LegacyContainer::map_guest_memory`], kept alive until the
+    /// container has unmapped it (dropped after the unmapping in `Shared::drop`).
+    kept: Vec<vm_memory::GuestMemoryMmap>,
 }
 
 /// What devices keep alive: the container file, its groups and mappings.
@@ -430,6 +433,37 @@ impl LegacyContainer {
             .iter()
             .map(|(&i, &s)| (i, s))
             .collect()
+    }
+
+    /// DMA-maps every region of `mem` at its guest physical address (IOVA = GPA, what the
+    /// passthrough device model assumes) and keeps a clone of `mem` — which keeps its host
+    /// mappings alive — until the container is closed, so the IOMMU never points at freed
+    /// memory: the safe way for a VMM on `vm_memory::GuestMemoryMmap` to give its guest RAM to
+    /// the devices. Add the groups first. Returns the bytes mapped. On error the regions mapped
+    /// so far stay mapped until the container closes.
+    pub fn map_guest_memory(
+        &self,
+        mem: &vm_memory::GuestMemoryMmap,
+    ) -> Result<u64, ContainerError> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+        self.shared.state().kept.push(mem.clone());
+        let mut total = 0;
+        for region in mem.iter() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| ContainerError::MapDma {
+                    iova: region.start_addr().0,
+                    size: region.len(),
+                    hint: "",
+                    source: io::Error::from_raw_os_error(libc::EFAULT),
+                })?;
+            // SAFETY: `host` is the start of the region's mapping, `len` bytes long; the clone
+            // of `mem` kept in the state holds that mapping until the container's drop has
+            // unmapped every DMA range.
+            unsafe { self.map_dma(region.start_addr().0, region.len(), host as u64) }?;
+            total += region.len();
+        }
+        Ok(total)
     }
 
     fn add_group_locked(&self, st: &mut State, group: u32) -> Result<(), ContainerError> {

@@ -335,3 +335,62 @@ fn other_failures_name_the_call_and_the_errno() {
     assert!(matches!(e, ContainerError::UnmapDma { .. }));
     assert!(msg(e).starts_with("unmapping 0x1000 bytes at IOVA 0x0 failed"));
 }
+
+/// The safe way in for an embedder's guest RAM: every region mapped at IOVA = GPA with its
+/// host address, and the memory kept alive by the container until DMA is unmapped at close.
+#[test]
+fn map_guest_memory_maps_every_region_and_keeps_it_alive() {
+    use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    let (c, sys) = container(FakeSys::new());
+    c.add_group(26).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), 0x20_0000),
+        (GuestAddress(1 << 32), 0x10_0000),
+    ])
+    .unwrap();
+    let hosts: Vec<u64> = [0, 1 << 32]
+        .iter()
+        .map(|&a| mem.get_host_address(GuestAddress(a)).unwrap() as u64)
+        .collect();
+    assert_eq!(c.map_guest_memory(&mem).unwrap(), 0x30_0000);
+    assert_eq!(c.dma_mappings(), vec![(0, 0x20_0000), (1 << 32, 0x10_0000)]);
+    let maps: Vec<String> = sys
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("map"))
+        .collect();
+    assert_eq!(
+        maps,
+        [
+            format!("map 0x0 0x200000 {:#x}", hosts[0]),
+            format!("map 0x100000000 0x100000 {:#x}", hosts[1]),
+        ]
+    );
+    // The VMM lets its memory go; the container still holds it (the pages stay mapped).
+    let mapped = |host: u64| {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(range, _)| range.to_string()))
+            .filter_map(|r| {
+                let (a, b) = r.split_once('-')?;
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .any(|(start, end)| (start..end).contains(&host))
+    };
+    assert!(mapped(hosts[0]) && mapped(hosts[1]));
+    drop(mem);
+    assert!(
+        mapped(hosts[0]) && mapped(hosts[1]),
+        "the container keeps guest memory"
+    );
+    drop(c);
+    assert!(!mapped(hosts[0]) && !mapped(hosts[1]), "released at close");
+    assert_eq!(
+        sys.log().iter().filter(|l| l.starts_with("unmap")).count(),
+        2
+    );
+}
