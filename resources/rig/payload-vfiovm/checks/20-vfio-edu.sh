@@ -21,6 +21,20 @@ else
 			grep -q "$l" "out.vfio-edu-$round" || bad "vfio-edu-$round: no '$l'"
 		done
 	done
+	# The embedding example: a minimal VMM built on the library crates alone passes edu to the
+	# same guest (docs/embedding.md); `exit:0` is status 1, as with vfiovm.
+	timeout -s TERM "${VFIOVM_TMO:-120}" ./minimal_vmm --kernel guests/edu_probe --device "$edu" \
+		--memory 64 --cmdline "action=exit:0" >out.embed 2>err.embed </dev/null
+	rc=$?
+	sed "s/^/  [embed] /" out.embed err.embed
+	if [ $rc = 1 ] && grep -q "edu_probe: failures=0" out.embed; then
+		ok "embed-example: minimal_vmm passed edu through (status 1)"
+	else
+		bad "embed-example: minimal_vmm status $rc"
+	fi
+	for l in "ident=0x010000ed" "factorial(10)=3628800" "mismatches=0" "got_vector=0x45"; do
+		grep -q "$l" out.embed || bad "embed-example: no '$l'"
+	done
 	# Guest RAM backends under real DMA (docs/memory.md): 4 KiB pages, and hugetlbfs 2 MiB pages
 	# reserved in L1 for the run; the other edu runs use the default (THP advised). edu's DMA
 	# lands in guest RAM through the IOMMU both ways, and the L1 pages behind it are huge.
