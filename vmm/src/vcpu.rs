@@ -1,17 +1,22 @@
-//! vCPU threads: the run loop, the exit handler, and stopping a vCPU from another thread.
+//! vCPU threads: the run loop, the exit handler, and the VMM's handle on each thread.
 //!
-//! A vCPU is a small state machine: `Running` until an exit asks it to stop, then `Stopped`.
+//! A vCPU is an explicit state machine ([`VcpuState`]: `Running`, `Pausing`, `Paused`,
+//! `Stopping`, `Stopped`), driven by the VMM through a [`VcpuHandle`] (`pause`, `resume`,
+//! `reset`, `stop`, `join`) and by the guest's own exits. The states, their transitions and the
+//! kick protocol (one signal that sets `kvm_run.immediate_exit`, so no kick is lost) are in
+//! [`lifecycle`]; the power-on state a reset writes is in [`reset`].
+//!
 //! [`handle_exit`] is pure with respect to the vCPU: it takes a decoded exit and the buses and
 //! returns what to do, so tests feed it synthetic exits. Port numbers never appear here: every
 //! port I/O and MMIO access goes through a [`Bus`].
-//!
-//! Stopping: the event loop sets the shared `stop` flag and sends [`kick_signal`] to each vCPU
-//! thread until it has left; the signal makes a blocked `KVM_RUN` return `EINTR`. A kick that
-//! lands just before `KVM_RUN` is entered is lost, which is why the kick repeats.
+
+pub mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
+pub mod reset;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::Bus;
@@ -19,7 +24,11 @@ use kvm_bindings::{
     kvm_run, KVM_EXIT_IO, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+pub use lifecycle::{
+    install_kick_handler, kick_signal, VcpuError, VcpuHandle, VcpuState, PAUSE_TIMEOUT,
+};
+use lifecycle::{Control, ImmediateExit};
 
 use crate::exit::{ExitReason, ExitState};
 use arch::layout::ports::COM1;
@@ -182,27 +191,6 @@ impl RunPeek {
     }
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// The signal that interrupts a vCPU thread's `KVM_RUN`.
-pub fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
-}
-
-/// Installs the (empty) handler for [`kick_signal`]; without SA_RESTART, `KVM_RUN` returns EINTR.
-pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
-    register_signal_handler(kick_signal(), kick_handler)
-}
-
-/// A running vCPU thread.
-#[derive(Debug)]
-pub struct VcpuThread {
-    /// vCPU index.
-    pub id: u32,
-    handle: JoinHandle<ExitCounts>,
-    done: Arc<AtomicBool>,
-}
-
 /// Starts vCPU `id` on its own thread.
 pub fn spawn(
     id: u32,
@@ -211,77 +199,127 @@ pub fn spawn(
     exit: Arc<ExitState>,
     stop: Arc<AtomicBool>,
     dump_on_crash: bool,
-) -> std::io::Result<VcpuThread> {
+) -> std::io::Result<VcpuHandle> {
     spawn_confined(id, fd, buses, exit, stop, dump_on_crash, None)
+}
+
+/// Sets the vCPU's state to `Stopped` when its thread's work ends, by return or by panic.
+struct StoppedOnDrop<'a>(&'a Control);
+
+impl Drop for StoppedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_stopped();
+    }
 }
 
 /// Like [`spawn`]; with a `sandbox`, the thread enters it (its seccomp filter, then the start
 /// gate) before its first `KVM_RUN`, and stops the VM instead of running if it cannot.
+///
+/// `stop` is the platform's stop flag ([`crate::platform::Platform::stop_flag`]): once set, the
+/// vCPU leaves its run loop at its next check, as if [`VcpuHandle::stop`] had been called (which
+/// is what kicks it there).
 pub fn spawn_confined(
     id: u32,
-    mut fd: VcpuFd,
+    fd: VcpuFd,
     buses: IoBuses,
     exit: Arc<ExitState>,
     stop: Arc<AtomicBool>,
     dump_on_crash: bool,
     sandbox: Option<Arc<crate::seccomp::Sandbox>>,
-) -> std::io::Result<VcpuThread> {
-    let done = Arc::new(AtomicBool::new(false));
-    let done_t = done.clone();
-    let peek = RunPeek(fd.get_kvm_run() as *const kvm_run);
-    let handle = std::thread::Builder::new()
+) -> std::io::Result<VcpuHandle> {
+    let ctl = Arc::new(Control::new());
+    let ctl_t = ctl.clone();
+    // Read here, before any filter: the vCPU thread's filter does not allow KVM_GET_CPUID2.
+    let signature = reset::signature(&fd);
+    let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            let mut fd = fd;
+            // Declared after `fd`, so dropped before it: the kick handler's pointer into the
+            // kvm_run page is gone before the page is unmapped.
+            let ie = ImmediateExit::arm(&mut fd);
+            let _stopped = StoppedOnDrop(&ctl_t);
+            let peek = RunPeek(fd.get_kvm_run() as *const kvm_run);
             if let Err(e) = sandbox.as_ref().map_or(Ok(()), |s| s.enter_vcpu(id)) {
                 exit.request(ExitReason::VcpuError {
                     cpu: id,
                     error: e.to_string(),
                 });
-                done_t.store(true, Ordering::Release);
                 return ExitCounts::default();
             }
-            let counts = run_loop(id, &mut fd, &peek, &buses, &exit, &stop, dump_on_crash);
-            done_t.store(true, Ordering::Release);
-            counts
+            let ctx = LoopCtx {
+                id,
+                peek: &peek,
+                ie: &ie,
+                ctl: &ctl_t,
+                buses: &buses,
+                exit: &exit,
+                stop: &stop,
+                dump_on_crash,
+            };
+            run_loop(&mut fd, &ctx)
         })?;
-    Ok(VcpuThread { id, handle, done })
+    Ok(VcpuHandle {
+        id,
+        thread,
+        ctl,
+        signature,
+    })
 }
 
-fn run_loop(
+/// What a vCPU's run loop works with besides its fd.
+struct LoopCtx<'a> {
     id: u32,
-    fd: &mut VcpuFd,
-    peek: &RunPeek,
-    buses: &IoBuses,
-    exit: &ExitState,
-    stop: &AtomicBool,
+    peek: &'a RunPeek,
+    ie: &'a ImmediateExit,
+    ctl: &'a Control,
+    buses: &'a IoBuses,
+    exit: &'a ExitState,
+    stop: &'a AtomicBool,
     dump_on_crash: bool,
-) -> ExitCounts {
+}
+
+fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
+    let id = c.id;
     let mut counts = ExitCounts::default();
     loop {
-        if stop.load(Ordering::Acquire) {
-            // Stopped by a signal (a hung guest killed by its harness) or by another vCPU's
-            // fault: with -v, say where this vCPU was. Not on the guest's own reset/power-off.
-            if dump_on_crash && !matches!(exit.reason(), Some(ExitReason::Guest(_))) {
-                dump_registers(id, fd);
+        // The one check before each KVM_RUN: lock-free unless the VMM asked for something.
+        if c.stop.load(Ordering::Acquire) || c.ctl.pending() {
+            // Clear before reading the state: a kick that lands after this sets it again and
+            // KVM_RUN returns at once, so it cannot be lost.
+            c.ie.clear();
+            if c.stop.load(Ordering::Acquire) || !c.ctl.park(fd) {
+                // Stopped by a signal (a hung guest killed by its harness) or by another
+                // vCPU's fault: with -v, say where this vCPU was. Not on the guest's own
+                // reset/power-off.
+                if c.dump_on_crash && !matches!(c.exit.reason(), Some(ExitReason::Guest(_))) {
+                    dump_registers(id, fd);
+                }
+                return counts;
             }
-            return counts;
+            // Resumed: a kick that arrived while parked must not cost an extra exit.
+            c.ie.clear();
         }
+        #[cfg(test)]
+        c.ctl.test_hold();
         let action = match fd.run() {
             Ok(e) => {
                 counts.count(&e);
-                let size = peek.io_size();
-                match handle_exit(id, e, size, buses) {
+                let size = c.peek.io_size();
+                match handle_exit(id, e, size, c.buses) {
                     VcpuAction::Stop(ExitReason::InternalError { cpu, .. }) => {
                         VcpuAction::Stop(ExitReason::InternalError {
                             cpu,
-                            suberror: peek.internal_suberror(),
+                            suberror: c.peek.internal_suberror(),
                         })
                     }
                     a => a,
                 }
             }
+            // A kick (the signal, or `immediate_exit` set by it): back to the check.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 counts.other += 1;
+                c.ie.clear();
                 continue;
             }
             Err(e) => VcpuAction::Stop(ExitReason::VcpuError {
@@ -290,10 +328,10 @@ fn run_loop(
             }),
         };
         if let VcpuAction::Stop(reason) = action {
-            if dump_on_crash && reason.status() != 0 && !matches!(reason, ExitReason::Guest(_)) {
+            if c.dump_on_crash && reason.status() != 0 && !matches!(reason, ExitReason::Guest(_)) {
                 dump_registers(id, fd);
             }
-            exit.request(reason);
+            c.exit.request(reason);
             return counts;
         }
     }
@@ -310,31 +348,19 @@ fn dump_registers(id: u32, fd: &VcpuFd) {
     }
 }
 
-/// Stops every vCPU thread: sets `stop`, kicks each thread until it has left `KVM_RUN`, then
-/// joins it. Gives up on a thread (and says so) after `timeout`.
-pub fn stop_all(threads: Vec<VcpuThread>, stop: &AtomicBool, timeout: Duration) -> ExitCounts {
+/// Stops every vCPU thread: sets `stop`, asks each vCPU to stop (one kick each), then joins
+/// them. Gives up on a thread (and says so) once `timeout` has passed since the call; with the
+/// `immediate_exit` kick that is a safety net, not a wait anyone should see.
+pub fn stop_all(threads: Vec<VcpuHandle>, stop: &AtomicBool, timeout: Duration) -> ExitCounts {
     let mut total = ExitCounts::default();
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + timeout;
+    for t in &threads {
+        t.stop();
+    }
     for t in threads {
-        while !t.done.load(Ordering::Acquire) {
-            if Instant::now() > deadline {
-                log::error!("vCPU {} did not stop within {timeout:?}", t.id);
-                break;
-            }
-            if let Err(e) = t.handle.kill(kick_signal()) {
-                log::debug!("kicking vCPU {}: {e}", t.id);
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        if t.done.load(Ordering::Acquire) {
-            match t.handle.join() {
-                Ok(c) => {
-                    log::debug!("vCPU {} thread joined", t.id);
-                    total.add(&c)
-                }
-                Err(_) => log::error!("vCPU {} thread panicked", t.id),
-            }
+        if let Some(c) = t.join(deadline) {
+            total.add(&c);
         }
     }
     total

@@ -21,7 +21,7 @@ use crate::event_loop::{ConsoleInput, ExitWatcher, SignalWatcher};
 use crate::exit::{ExitReason, ExitState};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::platform::{self, Platform, PlatformError};
-use crate::vcpu::{self, IoBuses, VcpuThread};
+use crate::vcpu::{self, IoBuses, VcpuHandle};
 use vm_memory::GuestMemoryBackend;
 
 /// TSS and identity-map pages KVM needs below 4 GiB on Intel hosts, out of the way of the MMIO
@@ -346,7 +346,7 @@ impl Vm {
 
         // Shared with the console's writer, so a vCPU blocked on a full stdout stops too.
         let stop = self.platform.stop_flag();
-        let mut threads: Vec<VcpuThread> = Vec::new();
+        let mut threads: Vec<VcpuHandle> = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             match vcpu::spawn_confined(
                 id as u32,
