@@ -27,6 +27,81 @@
 //! per BAR, and at most [`MAX_MAPPING_WARNINGS`] times in all) until it becomes valid; whenever
 //! a mapping goes away, unmapped BARs of every device are retried. The buses never hold two
 //! devices on one range: the [`crate::Bus`] refuses overlaps and the platform never forces one.
+//!
+//! # Example
+//!
+//! An embedder's own device (one memory BAR, no interrupt pin) on a platform it built; the
+//! guest's config cycles arrive through the ECAM window on its MMIO bus.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use vfiovm_devices::interrupt::{InterruptError, InterruptManager, IntxLine, MsiVector};
+//! use vfiovm_devices::pci::bar::{BarSpec, DecodedBar};
+//! use vfiovm_devices::pci::config::{ConfigHeader, ConfigSpace};
+//! use vfiovm_devices::pci::{BarAccess, PciDevice, PciPlatform, PciPlatformConfig, PciWindows};
+//! use vfiovm_devices::{Bus, ExitSink, GuestExit};
+//!
+//! struct Regs(ConfigSpace, [u8; 16]);
+//! impl PciDevice for Regs {
+//!     fn config_read(&mut self, offset: u16, data: &mut [u8]) { self.0.read(offset, data) }
+//!     fn config_write(&mut self, offset: u16, data: &[u8]) { self.0.write(offset, data) }
+//!     fn bar_specs(&self) -> Vec<(usize, BarSpec)> { self.0.bar_specs() }
+//!     fn decoded_bars(&self) -> Vec<DecodedBar> { self.0.decoded_bars() }
+//! }
+//! impl BarAccess for Regs {
+//!     fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+//!         let o = offset as usize;
+//!         data.copy_from_slice(&self.1[o..o + data.len()]);
+//!     }
+//!     fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
+//!         let o = offset as usize;
+//!         self.1[o..o + data.len()].copy_from_slice(data);
+//!     }
+//! }
+//! struct NoIrqs; // this platform's devices use no interrupts
+//! impl InterruptManager for NoIrqs {
+//!     fn allocate_msi(&self) -> Result<Box<dyn MsiVector>, InterruptError> {
+//!         Err(InterruptError::NoFreeGsi { limit: 0 })
+//!     }
+//!     fn allocate_intx(&self, gsi: u32) -> Result<Box<dyn IntxLine>, InterruptError> {
+//!         Err(InterruptError::InvalidIntxGsi { gsi })
+//!     }
+//! }
+//! struct Ignore;
+//! impl ExitSink for Ignore {
+//!     fn request_exit(&self, _: GuestExit) {}
+//! }
+//!
+//! let (pio, mmio) = (Arc::new(Bus::new("pio")), Arc::new(Bus::new("mmio")));
+//! let platform = PciPlatform::new(PciPlatformConfig {
+//!     pio: pio.clone(),
+//!     mmio: mmio.clone(),
+//!     windows: PciWindows { mmio32: (0xc000_0000, 0x1000_0000), mmio64: None, io: (0x6000, 0xa000) },
+//!     irq: Arc::new(NoIrqs),
+//!     intx_gsi: Arc::new(|slot, pin| 16 + (u32::from(slot) + u32::from(pin)) % 8),
+//!     exit: Arc::new(Ignore),
+//! })?;
+//! mmio.insert(platform.ecam_device(), 0xb000_0000, 0x1000_0000)?;
+//!
+//! let mut config = ConfigSpace::new(&ConfigHeader { vendor_id: 0x1af4, device_id: 0x10f0, ..Default::default() });
+//! config.set_bar(0, BarSpec::mem32(16))?;
+//! let at = platform.add_device(2, Arc::new(Mutex::new(Regs(config, [0; 16]))))?;
+//!
+//! // Placed like firmware would (page aligned in the 32-bit window), decoding on, mapped.
+//! let ecam = |off: u64| 0xb000_0000 + (u64::from(at.device) << 15) + off;
+//! let mut bar0 = [0u8; 4];
+//! mmio.read(ecam(0x10), &mut bar0);
+//! let bar0 = u64::from(u32::from_le_bytes(bar0) & !0xf);
+//! assert_eq!(bar0, 0xc000_0000);
+//! assert!(mmio.write(bar0 + 4, &[0xab]));
+//! let mut b = [0u8];
+//! assert!(mmio.read(bar0 + 4, &mut b) && b[0] == 0xab);
+//!
+//! // Unplugged (or the platform dropped): off the bus, the slot empty.
+//! assert_eq!(platform.remove_device(at.device).len(), 1);
+//! assert!(!mmio.read(bar0 + 4, &mut b));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 

@@ -3,7 +3,7 @@
 //! | Module | What |
 //! |---|---|
 //! | [`ops`] | [`VfioDeviceOps`]: the syscalls the device model makes on a VFIO device (mockable) |
-//! | `sys` | the kernel implementation: [`VfioDeviceFd`] and the ioctl wrappers (the only `unsafe`) |
+//! | `sys` | the kernel implementation: [`VfioDeviceFd`] and the ioctl wrappers (their `unsafe`, each a thin wrapper) |
 //! | [`container`] | [`VfioContainer`] and [`LegacyContainer`]: groups, DMA mapping, opening devices |
 //! | `device` | [`VfioPciDevice`]: the [`crate::pci::PciDevice`] + [`crate::pci::BarAccess`] model |
 //! | `config` | its config space: shadowed registers, passed-through registers, hidden capabilities |
@@ -12,21 +12,45 @@
 //!
 //! # Wiring it up (what the VMM does)
 //!
-//! ```text
-//! let container = LegacyContainer::new()?;                 // /dev/vfio/vfio, type-1 v2
-//! for each --device:  container.add_group(group)?;         // /dev/vfio/N, once per group
-//! for fd in container.kvm_files(): KVM_DEV_VFIO_FILE_ADD(fd) on the VM's KVM VFIO device
-//! for each guest RAM region: unsafe { container.map_dma(gpa, size, host_addr) }?   // IOVA = GPA
-//! for each --device:
-//!     let fd = container.open_device(&VfioDeviceAddress::new(bdf, group, vf_token)?)?;
-//!     let dev = VfioPciDevice::new(bdf, Box::new(fd), &*irq_manager, mapper.clone(), rom)?;
-//!     platform.add_device(slot, Arc::new(Mutex::new(dev)))?;
-//! teardown: drop the devices (IRQs off, BAR memory unmapped, reset, fd closed), then the
-//! container (DMA unmapped, groups detached, container closed) — the container waits for its
-//! devices whatever the order.
-//! ```
+//! A VMM on KVM takes the trait implementations from [`crate::kvm`] and writes no glue; the
+//! whole sequence (the core of `examples/minimal_vmm.rs`, which runs it in the nested rig):
 //!
-//! `mapper` is the VMM's [`GuestMemoryMapper`] (KVM memory slots for BAR mmaps).
+//! ```no_run
+//! # #[cfg(feature = "kvm")]
+//! # fn wire(
+//! #     kvm: &kvm_ioctls::Kvm,
+//! #     vm: std::sync::Arc<kvm_ioctls::VmFd>,
+//! #     mem: &vm_memory::GuestMemoryMmap,
+//! #     pci: &vfiovm_devices::pci::PciPlatform,
+//! #     irq: &vfiovm_devices::kvm::KvmInterruptManager,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::{Arc, Mutex};
+//! use vfiovm_devices::kvm::{DeviceSlots, KvmVfioDevice};
+//! use vfiovm_devices::vfio::host::{self, HostRoot};
+//! use vfiovm_devices::vfio::{LegacyContainer, VfioContainer, VfioDeviceAddress, VfioPciDevice};
+//!
+//! // The host's state first: bound to vfio-pci, group viable (a clear error otherwise).
+//! let bdf = host::parse_bdf("0000:01:00.0")?;
+//! let report = host::check_device(&HostRoot::default(), &bdf)?;
+//! let container = LegacyContainer::new()?; // /dev/vfio/vfio, type-1 v2
+//! container.add_group(report.group)?; // /dev/vfio/N, once per group
+//! let kvm_vfio = KvmVfioDevice::new(&vm)?; // KVM_DEV_TYPE_VFIO
+//! kvm_vfio.add_groups_of(&container)?; // KVM_DEV_VFIO_GROUP_ADD with each group's fd
+//! container.map_guest_memory(mem)?; // IOVA = GPA, kept alive by the container
+//! let name = bdf.to_string();
+//! let fd = container.open_device(&VfioDeviceAddress::new(&name, report.group, None)?)?;
+//! // BAR mmaps become KVM memory slots after guest RAM's (here: one RAM region).
+//! let slots = Arc::new(DeviceSlots::new(vm.clone(), 1, kvm.get_nr_memslots() as u32));
+//! let mut dev = VfioPciDevice::new(&name, Box::new(fd), irq, slots, None)?;
+//! dev.reset();
+//! pci.add_device(1, Arc::new(Mutex::new(dev)))?; // BARs placed, INTx wired, BARs mapped
+//! // Teardown: the platform (its devices: interrupts off, BAR slots gone, reset, closed),
+//! // then `kvm_vfio`, then `container` (DMA unmapped, groups released). The container also
+//! // waits for its devices whatever the order.
+//! # drop((kvm_vfio, container));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod container;
 pub mod host;
