@@ -37,7 +37,9 @@ use crate::config::{SandboxConfig, ViolationSite};
 #[allow(missing_docs, non_snake_case)]
 mod nr {
     use kvm_bindings::{
-        kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVMIO,
+        kvm_debugregs, kvm_fpu, kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_mp_state,
+        kvm_msrs, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
+        KVMIO,
     };
     use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
     use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
@@ -55,6 +57,15 @@ mod nr {
     );
     ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
     ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+    ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+    ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+    ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+    ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+    ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
 
     ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
     ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
@@ -284,6 +295,18 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     // The register dump when a guest crashes (-v).
                     nr::KVM_GET_REGS(),
                     nr::KVM_GET_SREGS(),
+                    // VcpuHandle::reset runs on the parked vCPU thread (it owns the fd) and
+                    // writes the power-on state (vcpu::reset::power_on). They only set this
+                    // VM's vCPU state, which the guest itself controls anyway.
+                    nr::KVM_SET_REGS(),
+                    nr::KVM_SET_SREGS(),
+                    nr::KVM_SET_MSRS(),
+                    nr::KVM_SET_FPU(),
+                    nr::KVM_SET_LAPIC(),
+                    nr::KVM_SET_MP_STATE(),
+                    nr::KVM_SET_VCPU_EVENTS(),
+                    nr::KVM_SET_DEBUGREGS(),
+                    nr::KVM_SET_XCRS(),
                     // MSI/MSI-X routes and masking, INTx (re)connection.
                     nr::KVM_SET_GSI_ROUTING(),
                     nr::KVM_IRQFD(),
@@ -496,6 +519,15 @@ mod tests {
         assert_eq!(nr::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(nr::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(nr::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(nr::KVM_SET_REGS(), 0x4090_ae82);
+        assert_eq!(nr::KVM_SET_SREGS(), 0x4138_ae84);
+        assert_eq!(nr::KVM_SET_MSRS(), 0x4008_ae89);
+        assert_eq!(nr::KVM_SET_FPU(), 0x41a0_ae8d);
+        assert_eq!(nr::KVM_SET_LAPIC(), 0x4400_ae8f);
+        assert_eq!(nr::KVM_SET_MP_STATE(), 0x4004_ae99);
+        assert_eq!(nr::KVM_SET_VCPU_EVENTS(), 0x4040_aea0);
+        assert_eq!(nr::KVM_SET_DEBUGREGS(), 0x4080_aea2);
+        assert_eq!(nr::KVM_SET_XCRS(), 0x4188_aea7);
         assert_eq!(nr::VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);
         assert_eq!(nr::VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(nr::VFIO_DEVICE_RESET(), 0x3b6f);
@@ -648,6 +680,11 @@ mod tests {
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
                 ("KVM_GET_REGS", refused_kvm(k.vcpu.get_regs())),
                 ("KVM_GET_SREGS", refused_kvm(k.vcpu.get_sregs())),
+                // A whole reset (every setter it makes) succeeds on the confined thread.
+                (
+                    "the reset's KVM_SET_*",
+                    crate::vcpu::reset::power_on(&k.vcpu, 0, 0x600).is_err(),
+                ),
                 (
                     "KVM_SET_GSI_ROUTING",
                     refused_kvm(k.vm.set_gsi_routing(&routing())),
