@@ -7,7 +7,7 @@ boot: process start -> exit for the `exit_now` PVH guest (it writes the debug-ex
       vfiovm vs `qemu-system-x86_64 -enable-kvm -M microvm`, interleaved run by run so both see
       the same machine state; wall time (median, p90) and peak RSS (from wait4's ru_maxrss).
 routing: an MSI-X enable of 2048 vectors on a real KVM VM (the test
-      interrupts::tests::msix_enable_of_2048_vectors_commits_routing_once, release build, which
+      kvm::interrupts::tests::msix_enable_of_2048_vectors_commits_routing_once, release build, which
       asserts one KVM_SET_GSI_ROUTING commit): wall time per enable, --runs of it, median.
 pci:  cost of one PCI config-space read from inside a guest (`pci_bench`): through 0xCF8/0xCFC
       (address + data, two port exits), the data port alone, and ECAM (one MMIO exit), timed
@@ -197,7 +197,8 @@ ROUTING_LINE = re.compile(r"MSI-X enable of 2048 vectors: (\d+) routing commit\(
 
 
 def bench_routing(runs):
-    cmd = ["cargo", "test", "-q", "--release", "--locked", "-p", "vfiovm", "--lib",
+    cmd = ["cargo", "test", "-q", "--release", "--locked", "-p", "vfiovm-devices",
+           "--features", "kvm", "--lib",
            "msix_enable_of_2048_vectors_commits_routing_once", "--", "--nocapture"]
     ms = []
     for _ in range(runs):
