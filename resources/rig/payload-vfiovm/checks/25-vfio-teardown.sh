@@ -25,11 +25,13 @@ if [ -n "$edu" ]; then
 	expect vfio-edu-user 1 "edu_probe: failures=0" -- --kernel guests/edu_probe --memory 64M --device "$edu" \
 		--user 65534:65534 --cmdline "action=exit:0"
 	works vfio-edu-after-user
-	# setup failing halfway: the first device (nvme, when bound) and edu are attached, the group added
-	# to KVM and all guest RAM DMA-mapped, then edu's ROM file is missing
-	set -- --device "$edu,rom=/nonexistent.rom"
+	# setup failing halfway: the first device (nvme, when bound) is opened, reset and on the guest's
+	# bus, the groups added to KVM and all guest RAM DMA-mapped, then the kernel refuses to open edu
+	# with a VF token (edu is no SR-IOV device); nvme is removed before KVM's VFIO device and the
+	# container go (a missing rom= file no longer gets this far: ROM files are read first)
+	set -- --device "$edu,vf_token=0b25e4c8-6c9e-4e0c-8e0f-0f8a0b6ac6f1"
 	[ -z "$nv" ] || set -- --device "$nv" "$@"
-	expect_error vfio-setup-halfway "nonexistent.rom" --kernel guests/hello --memory 64M "$@"
+	expect_error vfio-setup-halfway "remove vf_token=" --kernel guests/hello --memory 64M "$@"
 	works vfio-edu-after-halfway
 	if [ -n "$nv" ] && [ -f linux/vmlinuz ]; then
 		# the nvme from the failed setup binds in a Linux guest again (checked by 40-vfio-nvme.sh too)
