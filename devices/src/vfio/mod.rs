@@ -62,8 +62,8 @@ mod device;
 mod irqs;
 mod sys;
 
-#[cfg(test)]
-mod mock;
+#[cfg(any(test, feature = "test-util"))]
+pub mod mock;
 #[cfg(test)]
 mod tests;
 
