@@ -500,8 +500,14 @@ fn vcpu_error_stops_the_vm_and_the_other_vcpu() {
         "{error}"
     );
     assert_eq!(reason.status(), STATUS_ERROR);
-    // vCPU 1 cannot leave KVM_RUN on its own: it is still there until stopped.
-    assert!(procfs::vcpu_threads().contains(&"vcpu1".to_string()));
+    // vCPU 1 cannot leave KVM_RUN on its own: it is still there until stopped. (A thread
+    // names itself once it runs, which can be after vCPU 0 failed: wait for the name, never
+    // for its absence.)
+    let t = Instant::now();
+    while !procfs::vcpu_threads().contains(&"vcpu1".to_string()) {
+        assert!(t.elapsed() < PROMPT, "vCPU 1 is gone before it was stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(reason
         .complaint()
         .unwrap()

@@ -352,7 +352,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_epoll_wait,
                 libc::SYS_epoll_pwait,
                 libc::SYS_epoll_ctl,
-                // The pause between two kicks of a vCPU that has not stopped yet.
+                // No sleep of ours is left on this thread (stop_all waits on a condvar); kept
+                // so a std or libc timed wait that falls back to it cannot kill the VMM.
                 libc::SYS_clock_nanosleep,
                 libc::SYS_exit_group,
             ]);

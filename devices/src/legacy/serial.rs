@@ -204,6 +204,9 @@ pub struct FdWriter<F: AsFd> {
     dropped: u64,
 }
 
+/// How often a blocked write with an abort flag re-checks the flag, in ms.
+pub const ABORT_POLL_MS: i32 = 100;
+
 /// An [`FdWriter`] for the process's standard output.
 pub type StdoutWriter = FdWriter<io::Stdout>;
 
@@ -266,15 +269,22 @@ impl<F: AsFd> FdWriter<F> {
     }
 
     /// Blocks until the fd is writable (or has an error condition a write will report), or a
-    /// signal interrupts the wait.
+    /// signal interrupts the wait. With an abort flag the wait also ends every
+    /// [`ABORT_POLL_MS`]: a kick that lands between the flag check and `poll` is lost, and the
+    /// re-check then bounds how long a stopping VM waits for this vCPU.
     fn wait_writable(&self) -> io::Result<()> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_fd().as_raw_fd(),
             events: libc::POLLOUT,
             revents: 0,
         };
+        let timeout = if self.abort.is_some() {
+            ABORT_POLL_MS
+        } else {
+            -1
+        };
         // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1 for the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
