@@ -21,6 +21,51 @@ impl ExitSink for NoExit {
     fn request_exit(&self, _why: GuestExit) {}
 }
 
+fn swizzle(slot: u8, pin: u8) -> u32 {
+    16 + (u32::from(slot) + u32::from(pin)) % 8
+}
+
+/// Buses, interrupts and a platform over them with ECAM mapped.
+fn new_platform(intx_gsi: fn(u8, u8) -> u32) -> (Arc<Bus>, Arc<Bus>, FakeInterrupts, PciPlatform) {
+    let pio = Arc::new(Bus::new("pio"));
+    let mmio = Arc::new(Bus::new("mmio"));
+    let irq = FakeInterrupts::new();
+    let platform = PciPlatform::new(PciPlatformConfig {
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        windows: PciWindows {
+            mmio32: MMIO32,
+            mmio64: Some(MMIO64),
+            io: (0x6000, 0xa000),
+        },
+        irq: Arc::new(irq.clone()),
+        intx_gsi: Arc::new(intx_gsi),
+        exit: Arc::new(NoExit),
+    })
+    .unwrap();
+    mmio.insert(platform.ecam_device(), ECAM, 0x1000_0000)
+        .unwrap();
+    (pio, mmio, irq, platform)
+}
+
+/// A passthrough device over a fresh mock built from `b`.
+fn new_device(
+    b: &mut MockBuilder,
+    irq: &FakeInterrupts,
+) -> (MockDevice, Arc<MockMapper>, Arc<Mutex<VfioPciDevice>>) {
+    let mock = b.build();
+    let mapper = Arc::new(MockMapper::default());
+    let dev = VfioPciDevice::new(
+        "0000:06:0d.0",
+        Box::new(mock.clone()),
+        irq,
+        mapper.clone(),
+        None,
+    )
+    .unwrap();
+    (mock, mapper, Arc::new(Mutex::new(dev)))
+}
+
 /// A platform with one passthrough device in slot 3.
 pub(super) struct PlatformRig {
     pub mmio: Arc<Bus>,
@@ -34,35 +79,8 @@ pub(super) struct PlatformRig {
 
 impl PlatformRig {
     pub fn new(b: &mut MockBuilder) -> Self {
-        let pio = Arc::new(Bus::new("pio"));
-        let mmio = Arc::new(Bus::new("mmio"));
-        let irq = FakeInterrupts::new();
-        let platform = PciPlatform::new(PciPlatformConfig {
-            pio,
-            mmio: mmio.clone(),
-            windows: PciWindows {
-                mmio32: MMIO32,
-                mmio64: Some(MMIO64),
-                io: (0x6000, 0xa000),
-            },
-            irq: Arc::new(irq.clone()),
-            intx_gsi: Arc::new(|slot, pin| 16 + (u32::from(slot) + u32::from(pin)) % 8),
-            exit: Arc::new(NoExit),
-        })
-        .unwrap();
-        mmio.insert(platform.ecam_device(), ECAM, 0x1000_0000)
-            .unwrap();
-        let mock = b.build();
-        let mapper = Arc::new(MockMapper::default());
-        let dev = VfioPciDevice::new(
-            "0000:06:0d.0",
-            Box::new(mock.clone()),
-            &irq,
-            mapper.clone(),
-            None,
-        )
-        .unwrap();
-        let dev = Arc::new(Mutex::new(dev));
+        let (_pio, mmio, irq, platform) = new_platform(swizzle);
+        let (mock, mapper, dev) = new_device(b, &irq);
         let addr = platform.add_device(3, dev.clone()).unwrap();
         PlatformRig {
             mmio,
@@ -211,22 +229,7 @@ fn add_fails_and_leaves_nothing(
     occupy_mmio32: bool,
     expect: fn(&crate::pci::PlatformError) -> bool,
 ) {
-    let pio = Arc::new(Bus::new("pio"));
-    let mmio = Arc::new(Bus::new("mmio"));
-    let irq = FakeInterrupts::new();
-    let platform = PciPlatform::new(PciPlatformConfig {
-        pio: pio.clone(),
-        mmio: mmio.clone(),
-        windows: PciWindows {
-            mmio32: MMIO32,
-            mmio64: Some(MMIO64),
-            io: (0x6000, 0xa000),
-        },
-        irq: Arc::new(irq.clone()),
-        intx_gsi: Arc::new(intx_gsi),
-        exit: Arc::new(NoExit),
-    })
-    .unwrap();
+    let (pio, mmio, irq, platform) = new_platform(intx_gsi);
     struct Squatter;
     impl crate::bus::BusDevice for Squatter {
         fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
@@ -242,17 +245,7 @@ fn add_fails_and_leaves_nothing(
     b.mem_bar(0, 0x10_0000, false, false);
     b.mem_bar(2, 0x20_0000, true, true);
     b.io_bar(4, 0x40);
-    let mock = b.build();
-    let mapper = Arc::new(MockMapper::default());
-    let dev = VfioPciDevice::new(
-        "0000:06:0d.0",
-        Box::new(mock.clone()),
-        &irq,
-        mapper.clone(),
-        None,
-    )
-    .unwrap();
-    let dev = Arc::new(Mutex::new(dev));
+    let (mock, mapper, dev) = new_device(&mut b, &irq);
     let regs = |dev: &Arc<Mutex<VfioPciDevice>>| {
         let mut d = dev.lock().unwrap();
         [0x04u16, 0x10, 0x14, 0x18, 0x1c, 0x20, 0x3c].map(|off| {
