@@ -117,6 +117,30 @@ impl MockRegion {
         }
     }
 
+    /// Reads `buf.len()` bytes from `offset` (inside the region): the given bytes, the pattern
+    /// past them, then what was written over either.
+    fn read(&self, offset: u64, buf: &mut [u8]) {
+        let given = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.data.get(o..))
+            .unwrap_or(&[]);
+        let n = given.len().min(buf.len());
+        buf[..n].copy_from_slice(&given[..n]);
+        // The pattern repeats every 256 bytes: copy it a row at a time (fuzzed ROMs are large).
+        let row: [u8; 256] = std::array::from_fn(|i| pattern(self.info.index, i as u64));
+        let mut i = n;
+        while i < buf.len() {
+            let start = (offset.wrapping_add(i as u64) & 0xff) as usize;
+            let k = (256 - start).min(buf.len() - i);
+            buf[i..i + k].copy_from_slice(&row[start..start + k]);
+            i += k;
+        }
+        let end = offset + buf.len() as u64;
+        for (&at, &v) in self.written.range(offset..end) {
+            buf[(at - offset) as usize] = v;
+        }
+    }
+
     fn set_byte(&mut self, at: u64, v: u8) {
         match usize::try_from(at).ok().filter(|&i| i < self.data.len()) {
             Some(i) => self.data[i] = v,
@@ -358,10 +382,7 @@ impl VfioDeviceOps for MockDevice {
             });
         }
         st.reads.push((region.index, offset, data.len()));
-        let r = &st.regions[&region.index];
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = r.byte(offset + i as u64);
-        }
+        st.regions[&region.index].read(offset, data);
         Ok(())
     }
 
