@@ -16,15 +16,15 @@
 use std::os::unix::io::AsRawFd;
 
 use arbitrary::{Result, Unstructured};
+use devices::interrupt::fake::FakeInterrupts;
 use devices::pci::caps::msi::Msi;
 use devices::pci::caps::Delivery;
 use devices::pci::config::{ConfigHeader, ConfigSpace};
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::input::{access_len, one_in, value, MAX_OPS};
-use vfiovm_fuzz::irq::CheckingInterrupts;
 use vfiovm_fuzz::views::MsiView;
 
-fn build(u: &mut Unstructured, irq: &CheckingInterrupts) -> Result<Option<(ConfigSpace, Msi)>> {
+fn build(u: &mut Unstructured, irq: &FakeInterrupts) -> Result<Option<(ConfigSpace, Msi)>> {
     let mut cfg = ConfigSpace::new(&ConfigHeader {
         vendor_id: 0x1234,
         device_id: 0x5678,
@@ -75,14 +75,14 @@ fn pending(cfg: &ConfigSpace, m: &Msi) -> Vec<bool> {
         .collect()
 }
 
-fn check(cfg: &ConfigSpace, m: &Msi, irq: &CheckingInterrupts, ro: u16) {
+fn check(cfg: &ConfigSpace, m: &Msi, irq: &FakeInterrupts, ro: u16) {
     assert_eq!(ro_ctrl(cfg, m), ro, "read-only control bits changed");
     let view = view(cfg, m);
     assert_eq!(view.max_vectors, m.cap().max_vectors(), "vector count");
     for v in 0..m.cap().max_vectors() {
         let gsi = m.vector(v).expect("vector").gsi();
         let expect = view.expect(v);
-        irq.check_vector(gsi, expect, &format!("MSI vector {v}"));
+        irq.assert_vector(gsi, expect, &format!("MSI vector {v}"));
         assert!(
             expect.is_none() || !m.cap().pending(cfg, v),
             "vector {v} is unmasked with its pending bit set"
@@ -91,7 +91,7 @@ fn check(cfg: &ConfigSpace, m: &Msi, irq: &CheckingInterrupts, ro: u16) {
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
-    let irq = CheckingInterrupts::new(usize::MAX);
+    let irq = FakeInterrupts::new().strict();
     let Some((mut cfg, mut m)) = build(u, &irq)? else {
         assert_eq!(irq.live(), 0, "a refused capability kept vectors");
         return Ok(());

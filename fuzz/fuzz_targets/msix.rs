@@ -16,13 +16,13 @@
 use std::os::unix::io::AsRawFd;
 
 use arbitrary::{Result, Unstructured};
+use devices::interrupt::fake::FakeInterrupts;
 use devices::pci::bar::BarSpec;
 use devices::pci::caps::msix::{Msix, MsixCap};
 use devices::pci::caps::Delivery;
 use devices::pci::config::{ConfigHeader, ConfigSpace};
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::input::{access_len, data, offset_in, one_in, value, MAX_OPS};
-use vfiovm_fuzz::irq::CheckingInterrupts;
 use vfiovm_fuzz::views::{MsixEntry, MsixView};
 
 fn header() -> ConfigHeader {
@@ -52,7 +52,7 @@ fn bars(u: &mut Unstructured, cfg: &mut ConfigSpace) -> Result<()> {
     Ok(())
 }
 
-fn build(u: &mut Unstructured, irq: &CheckingInterrupts) -> Result<Option<(ConfigSpace, Msix)>> {
+fn build(u: &mut Unstructured, irq: &FakeInterrupts) -> Result<Option<(ConfigSpace, Msix)>> {
     let mut cfg = ConfigSpace::new(&header());
     bars(u, &mut cfg)?;
     let vectors: u16 = if one_in(u, 8)? {
@@ -107,7 +107,7 @@ fn entry(m: &Msix, v: &MsixView, i: u16) -> MsixEntry {
     })
 }
 
-fn check(cfg: &ConfigSpace, m: &Msix, irq: &CheckingInterrupts, ro: &[u8]) {
+fn check(cfg: &ConfigSpace, m: &Msix, irq: &FakeInterrupts, ro: &[u8]) {
     let off = m.cap().offset();
     let v = view(cfg, off);
     assert_eq!(v.vectors, m.cap().vectors(), "table size");
@@ -125,7 +125,7 @@ fn check(cfg: &ConfigSpace, m: &Msix, irq: &CheckingInterrupts, ro: &[u8]) {
         );
         let gsi = m.vector(i).expect("vector").gsi();
         let expect = v.expect(&e);
-        irq.check_vector(gsi, expect, &format!("MSI-X vector {i}"));
+        irq.assert_vector(gsi, expect, &format!("MSI-X vector {i}"));
         assert!(
             expect.is_none() || !m.pending(i),
             "vector {i} is unmasked with its pending bit set"
@@ -134,7 +134,7 @@ fn check(cfg: &ConfigSpace, m: &Msix, irq: &CheckingInterrupts, ro: &[u8]) {
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
-    let irq = CheckingInterrupts::new(usize::MAX);
+    let irq = FakeInterrupts::new().strict();
     let Some((mut cfg, mut m)) = build(u, &irq)? else {
         assert_eq!(irq.live(), 0, "a refused capability kept vectors");
         return Ok(());

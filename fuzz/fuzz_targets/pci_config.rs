@@ -7,7 +7,7 @@
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::rig::{Rig, VfioSpec};
-use vfiovm_fuzz::vfio_mock::Shape;
+use vfiovm_fuzz::shape::Shape;
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         fail_set_irqs: false,
         fail_map: false,
     };
-    let rig = Rig::new(&[1, 5], Some(vfio), usize::MAX).expect("the fixed platform builds");
+    let rig = Rig::new(&[1, 5], Some(vfio), u32::MAX).expect("the fixed platform builds");
     // Running out of input ends the run early; that is not a failure.
     let _ = vfiovm_fuzz::ops::run(&rig, &mut u);
     rig.finish();

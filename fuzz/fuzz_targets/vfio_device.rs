@@ -3,14 +3,14 @@
 //! capabilities (MSI, MSI-X with any table/PBA placement, PM, hidden ones), interrupt counts and
 //! flags, injected SET_IRQS and memory-slot failures, a vector limit. Then guest operations
 //! through the platform, direct BAR handler calls and device resets. Invariants: the fake
-//! device's (`vfio_mock`), the mapper's, and `Rig::check`.
+//! device's and the mapper's (the devices crate's test doubles, strict), and `Rig::check`.
 #![no_main]
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::input::one_in;
 use vfiovm_fuzz::rig::{Rig, VfioSpec};
-use vfiovm_fuzz::vfio_mock::Shape;
+use vfiovm_fuzz::shape::Shape;
 
 fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
     let shape = Shape::from_fuzz(u)?;
@@ -23,7 +23,7 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
     let limit = if one_in(u, 8)? {
         u.int_in_range(0..=64)?
     } else {
-        usize::MAX
+        u32::MAX
     };
     if let Some(rig) = Rig::new(&[], Some(vfio), limit) {
         // Running out of input ends the run early; that is not a failure.

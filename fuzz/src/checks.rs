@@ -203,7 +203,7 @@ impl Rig {
             let entry = msix.entry(v, &mut |bar, off, data| d.inner.bar_read(bar, off, data));
             let expect = msix.expect(&entry);
             self.irq
-                .check_vector(gsi, expect, &format!("test device MSI-X vector {v}"));
+                .assert_vector(gsi, expect, &format!("test device MSI-X vector {v}"));
             assert!(
                 expect.is_none() || !d.inner.msix().pending(v),
                 "test device MSI-X vector {v} is unmasked with its pending bit set"
@@ -214,7 +214,7 @@ impl Rig {
             let gsi = d.inner.msi().vector(v).expect("vector").gsi();
             let expect = msi.expect(v);
             self.irq
-                .check_vector(gsi, expect, &format!("test device MSI vector {v}"));
+                .assert_vector(gsi, expect, &format!("test device MSI vector {v}"));
             assert!(
                 expect.is_none() || !d.inner.msi().cap().pending(d.inner.config(), v),
                 "test device MSI vector {v} is unmasked with its pending bit set"
@@ -276,7 +276,7 @@ impl Rig {
                     });
                     let expect = entries.get(i).and_then(|e| m.expect(e));
                     self.irq
-                        .check_vector(gsi, expect, &format!("passthrough MSI-X vector {i}"));
+                        .assert_vector(gsi, expect, &format!("passthrough MSI-X vector {i}"));
                 }
             }
             Some((MSI_IRQ, fds)) => {
@@ -285,7 +285,7 @@ impl Rig {
                     let gsi = self.irq.gsi_of_fd(fd).unwrap_or_else(|| {
                         panic!("VFIO MSI vector {i} signals fd {fd}, which is no live vector")
                     });
-                    self.irq.check_vector(
+                    self.irq.assert_vector(
                         gsi,
                         m.expect(i as u32),
                         &format!("passthrough MSI vector {i}"),
@@ -301,7 +301,7 @@ impl Rig {
         }
 
         // The interrupt type the guest enabled.
-        if !v.mock.fails_set_irqs() {
+        if !v.mock.st().fail_set_irqs {
             let want = match (&msix, &msi) {
                 (Some(m), _) if m.enabled => Some((MSIX_IRQ, usize::from(m.vectors))),
                 (_, Some(m)) if m.enabled => Some((MSI_IRQ, m.enabled_vectors as usize)),
@@ -344,8 +344,12 @@ impl Rig {
         // Memory slots.
         let specs = d.inner.bar_specs();
         let d3 = v.mock.power_state() == Some(3);
-        for slot in v.mapper.live() {
-            let bar = slot.mmap.region as usize;
+        for slot in v.mapper.slots() {
+            // The strict mapper refuses host memory that is no mmap of the device.
+            let (Some(mmap), Some(piece)) = (slot.mmap, slot.region_offset()) else {
+                panic!("memory slot {slot:x?} maps no mmap of the device");
+            };
+            let bar = mmap.region as usize;
             assert!(
                 command & 2 != 0,
                 "memory slot {slot:x?} while memory decoding is off"
@@ -354,7 +358,6 @@ impl Rig {
             let Some(addr) = d.mapped.get(bar).copied().flatten() else {
                 panic!("memory slot {slot:x?} of BAR {bar}, which the platform has not mapped");
             };
-            let piece = slot.mmap.offset + slot.mmap_offset;
             assert_eq!(
                 Some(slot.gpa),
                 addr.checked_add(piece),

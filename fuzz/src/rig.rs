@@ -1,6 +1,7 @@
 //! The PCI platform under test, assembled as the VMM does it: port and MMIO buses, the type-1
 //! ports at 0xCF8 and ECAM at the layout's addresses, the host bridge, test devices and a
-//! passthrough device over [`FuzzVfio`], with the checking interrupt manager and mapper.
+//! passthrough device over the fake VFIO device ([`MockDevice`]), with the devices crate's fake
+//! interrupt manager and mapper in strict mode (they panic on what no correct model asks).
 //!
 //! Each PCI function is wrapped in [`Tracked`], which records what the platform told the
 //! function about its BAR mappings (`bar_moved`), so the checks can compare the platform's view,
@@ -10,19 +11,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arch::layout::{self, ports};
 use devices::exit::{ExitSink, GuestExit};
+use devices::interrupt::fake::{FakeInterrupts, IntxLog};
 use devices::interrupt::IntxLine;
 use devices::pci::bar::NUM_BAR_SLOTS;
 use devices::pci::{
     BarAccess, BarSpec, DecodedBar, PciAddress, PciDevice, PciPlatform, PciPlatformConfig,
     PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
 };
+use devices::vfio::mock::{MockDevice, MockMapper};
 use devices::vfio::VfioPciDevice;
 use devices::Bus;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::irq::{CheckingInterrupts, IntxLog};
-use crate::mapper::{CheckingMapper, MmapLog};
-use crate::vfio_mock::{FuzzVfio, Shape};
+use crate::shape::Shape;
 
 /// Guest memory.
 pub type Mem = GuestMemoryMmap<()>;
@@ -159,9 +160,9 @@ pub struct VfioSide {
     /// The function.
     pub f: Function<VfioPciDevice>,
     /// Its fake VFIO device.
-    pub mock: FuzzVfio,
+    pub mock: MockDevice,
     /// Its memory slots.
-    pub mapper: Arc<CheckingMapper>,
+    pub mapper: Arc<MockMapper>,
     /// The INTx line the platform wired to it.
     pub intx: Option<IntxLog>,
 }
@@ -189,7 +190,7 @@ pub struct Rig {
     /// The PCI platform.
     pub platform: PciPlatform,
     /// The interrupt manager.
-    pub irq: CheckingInterrupts,
+    pub irq: FakeInterrupts,
     /// Exit requests.
     pub exits: Arc<RecordingExit>,
     /// The windows BARs may live in.
@@ -217,10 +218,10 @@ impl Rig {
     /// device; MSI vectors are limited to `irq_limit`. `None` if a device refuses to be created
     /// or added (a shape the model rejects, too few vectors): a fine outcome for a fuzz input,
     /// once the teardown checks found nothing left behind.
-    pub fn new(testdev_slots: &[u8], vfio: Option<VfioSpec>, irq_limit: usize) -> Option<Self> {
+    pub fn new(testdev_slots: &[u8], vfio: Option<VfioSpec>, irq_limit: u32) -> Option<Self> {
         let pio = Arc::new(Bus::new("pio"));
         let mmio = Arc::new(Bus::new("mmio"));
-        let irq = CheckingInterrupts::new(irq_limit);
+        let irq = FakeInterrupts::with_limit(irq_limit).strict();
         let exits = Arc::new(RecordingExit::default());
         let windows = PciWindows {
             mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
@@ -281,22 +282,29 @@ impl Rig {
             return true;
         };
         crate::trace!("VFIO shape: {:#x?}", spec.shape);
-        let mmaps = Arc::new(MmapLog::default());
-        let mock = FuzzVfio::new(spec.shape, mmaps.clone(), spec.fail_set_irqs);
+        let Shape {
+            mut device,
+            rom_file,
+        } = spec.shape;
+        if spec.fail_set_irqs {
+            device.fail_set_irqs();
+        }
+        let mock = device.build();
         let mut memory_windows = vec![self.windows.mmio32];
         memory_windows.extend(self.windows.mmio64);
-        let mapper = Arc::new(CheckingMapper::new(
-            layout::ram_regions(RAM_SIZE),
-            memory_windows,
-            mmaps,
-            spec.fail_map,
-        ));
+        let mapper = MockMapper::default()
+            .strict()
+            .guest_ram(layout::ram_regions(RAM_SIZE))
+            .windows(memory_windows)
+            .backed_by(&mock);
+        mapper.st().fail_map = spec.fail_map;
+        let mapper = Arc::new(mapper);
         let dev = match VfioPciDevice::new(
             "0000:06:0d.0",
             Box::new(mock.clone()),
             &self.irq,
             mapper.clone(),
-            mock.shape().rom_file,
+            rom_file,
         ) {
             Ok(dev) => dev,
             Err(_) => {
