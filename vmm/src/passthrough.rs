@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use devices::kvm::{DeviceSlots, KvmVfioDevice, KvmVfioError};
+use devices::pci::PciAddress;
 use devices::vfio::host::{self, HostError, HostRoot};
 use devices::vfio::{
     GuestMemoryMapper, LegacyContainer, VfioContainer, VfioDeviceAddress, VfioPciDevice,
@@ -191,7 +192,12 @@ fn open_devices(
     mapper: &Arc<dyn GuestMemoryMapper>,
     added: &mut Vec<(u8, String)>,
 ) -> Result<(), PassthroughError> {
-    for ((cfg, report), rom) in reports.iter().zip(roms) {
+    let bdfs: Vec<host::Bdf> = reports.iter().map(|(_, r)| r.bdf).collect();
+    // Guest slot of each host device whose function 0 is placed: its other functions join it.
+    let mut slot_of: Vec<((u32, u8, u8), u8)> = Vec::new();
+    for i in placement_order(&bdfs) {
+        let ((cfg, report), rom) = (&reports[i], &roms[i]);
+        let host_slot = (report.bdf.segment(), report.bdf.bus(), report.bdf.device());
         let bdf = report.bdf.to_string();
         let addr = VfioDeviceAddress::new(&bdf, report.group, cfg.vf_token.as_deref())?;
         let fd = container.open_device(&addr)?;
@@ -210,12 +216,29 @@ fn open_devices(
         // A clean device before the guest sees it (logs when the device cannot reset).
         dev.reset();
         let pci = platform.pci();
-        let slot = pci.free_slot().ok_or_else(|| PassthroughError::Pci {
-            bdf: bdf.clone(),
-            err: "no free slot on bus 0".into(),
-        })?;
+        let sibling = slot_of.iter().find(|(h, _)| *h == host_slot).map(|s| s.1);
+        let at = match sibling {
+            // A further function of a multi-function device: the same guest slot, the same
+            // function number, so the guest sees the device as the host does.
+            Some(slot) if report.bdf.function() != 0 => PciAddress {
+                bus: 0,
+                device: slot,
+                function: report.bdf.function(),
+            },
+            _ => PciAddress {
+                bus: 0,
+                device: pci.free_slot().ok_or_else(|| PassthroughError::Pci {
+                    bdf: bdf.clone(),
+                    err: "no free slot on bus 0".into(),
+                })?,
+                function: 0,
+            },
+        };
+        if report.bdf.function() == 0 {
+            slot_of.push((host_slot, at.device));
+        }
         let at = pci
-            .add_device(slot, Arc::new(Mutex::new(dev)))
+            .add_function(at, Arc::new(Mutex::new(dev)))
             .map_err(|e| PassthroughError::Pci {
                 bdf: bdf.clone(),
                 err: e.to_string(),
@@ -224,6 +247,21 @@ fn open_devices(
         added.push((at.device, bdf));
     }
     Ok(())
+}
+
+/// The order devices are put on the guest's bus: as given, except that every function 0 comes
+/// before the other functions of its host slot that are passed through too, so those can join
+/// it as one multi-function guest device (a GPU and its audio function).
+fn placement_order(bdfs: &[host::Bdf]) -> Vec<usize> {
+    let host_slot = |b: &host::Bdf| (b.segment(), b.bus(), b.device());
+    let first_of_slot = |b: &host::Bdf| {
+        bdfs.iter()
+            .position(|o| host_slot(o) == host_slot(b))
+            .unwrap_or(0)
+    };
+    let mut order: Vec<usize> = (0..bdfs.len()).collect();
+    order.sort_by_key(|&i| (first_of_slot(&bdfs[i]), bdfs[i].function()));
+    order
 }
 
 /// Guests larger than this are DMA-mapped a GiB per call, with progress; smaller ones in one
@@ -305,6 +343,23 @@ fn map_guest_ram_in_steps(
 mod tests {
     use super::*;
     use devices::vfio::{ContainerError, VfioDeviceFd};
+
+    /// Functions of one host device come out function 0 first, right where the first of them
+    /// was given; other devices keep the order given.
+    #[test]
+    fn functions_follow_their_function_zero() {
+        let b = |s: &str| host::parse_bdf(s).unwrap();
+        let bdfs = [
+            b("0000:03:00.0"),
+            b("0000:01:00.1"), // GPU audio, given before the GPU
+            b("0000:02:00.0"),
+            b("0000:01:00.0"),
+            b("0000:01:00.3"),
+        ];
+        assert_eq!(placement_order(&bdfs), vec![0, 3, 1, 4, 2]);
+        assert_eq!(placement_order(&bdfs[..1]), vec![0]);
+        assert!(placement_order(&[]).is_empty());
+    }
 
     /// Records every DMA mapping; refuses everything else.
     #[derive(Default)]
