@@ -9,6 +9,8 @@
 #        RIG_BIND_BDF      BDF list bound to vfio-pci as well (e.g. 0000:00:1f.3)
 #        RIG_NVME_IMG      add QEMU's nvme (1b36:0010) backed by this raw file (created sparse, RIG_NVME_SIZE
 #                          default 64M, when missing)
+#        RIG_MULTIFN       1: add a multi-function device at 00:11 (edu at .0 with multifunction=on,
+#                          pci-testdev at .1; one IOMMU group) and bind both to vfio-pci
 #        RIG_SHARED_GROUP  1: add a PCI bridge with a second edu and a virtio-rng behind it (one IOMMU group,
 #                          virtio-rng bound to virtio-pci, so the edu's group is not viable)
 #        RIG_SMP (1) RIG_MEM (MiB, 1024) RIG_TMO (s, 300; the L1 watchdog fires a little earlier)
@@ -39,6 +41,8 @@ ACCEL=${RIG_ACCEL:-tcg,thread=single}
 NVME=${RIG_NVME_IMG:-}
 if [ -n "$NVME" ]; then BIND=${RIG_BIND-1234:11e8,1b36:0010}; else BIND=${RIG_BIND-1234:11e8}; fi
 BIND_BDF=${RIG_BIND_BDF:-}
+# 00:11.0 is an edu, bound with the other edus by id; its sibling needs its BDF.
+[ "${RIG_MULTIFN:-0}" != 1 ] || BIND_BDF=${BIND_BDF:+$BIND_BDF,}0000:00:11.1
 mkdir -p "$W/logs"
 LOG=${RIG_LOG:-$W/logs/run-$(date +%Y%m%d-%H%M%S)-$$.log}
 mkdir -p "$(dirname "$LOG")"
@@ -109,6 +113,9 @@ if [ -n "$NVME" ]; then
 		truncate -s "${RIG_NVME_SIZE:-64M}" "$NVME" || finish 125 "FAIL step=nvme cannot create $NVME"
 	fi
 	DEVS+=(-drive "file=$NVME,if=none,id=nvm,format=raw" -device nvme,serial=vfiovm,drive=nvm)
+fi
+if [ "${RIG_MULTIFN:-0}" = 1 ]; then
+	DEVS+=(-device edu,addr=0x11.0,multifunction=on -device pci-testdev,addr=0x11.1)
 fi
 if [ "${RIG_SHARED_GROUP:-0}" = 1 ]; then
 	DEVS+=(-device pci-bridge,id=rigbr,chassis_nr=1,addr=0x10
