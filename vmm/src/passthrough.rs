@@ -150,6 +150,15 @@ pub fn setup(
         reports.push((cfg, report));
     }
     host::check_memlock(mem_size)?;
+    for (group, others) in left_in_groups(&reports) {
+        log::warn!(
+            "IOMMU group {group} goes to this VM whole, with {} that {} not passed through: unusable by anyone else while the VM runs; add --device {} to give {} to the guest (functions of one device belong together)",
+            others.join(", "),
+            if others.len() == 1 { "is" } else { "are" },
+            others.join(" --device "),
+            if others.len() == 1 { "it" } else { "them" },
+        );
+    }
 
     let container = Arc::new(LegacyContainer::new()?);
     let kvm_vfio = KvmVfioDevice::new(vm)?;
@@ -249,6 +258,28 @@ fn open_devices(
     Ok(())
 }
 
+/// Per group of the given devices, the other members vfio-pci owns that are not given: they are
+/// taken with the group (the container holds it) but the guest never sees them.
+fn left_in_groups(reports: &[(&DeviceConfig, host::DeviceReport)]) -> Vec<(u32, Vec<String>)> {
+    let given: BTreeSet<String> = reports.iter().map(|(_, r)| r.bdf.to_string()).collect();
+    let mut out: Vec<(u32, Vec<String>)> = Vec::new();
+    for (_, r) in reports {
+        if out.iter().any(|(g, _)| *g == r.group) {
+            continue;
+        }
+        let others: Vec<String> = r
+            .members
+            .iter()
+            .filter(|m| m.is_vfio_owned() && !m.bridge && !given.contains(&m.name))
+            .map(|m| m.name.clone())
+            .collect();
+        if !others.is_empty() {
+            out.push((r.group, others));
+        }
+    }
+    out
+}
+
 /// The order devices are put on the guest's bus: as given, except that every function 0 comes
 /// before the other functions of its host slot that are passed through too, so those can join
 /// it as one multi-function guest device (a GPU and its audio function).
@@ -343,6 +374,55 @@ fn map_guest_ram_in_steps(
 mod tests {
     use super::*;
     use devices::vfio::{ContainerError, VfioDeviceFd};
+
+    /// Members of a group that vfio-pci owns but nobody passed are named, once per group;
+    /// bridges, members on other drivers (or none) and the given devices are not.
+    #[test]
+    fn group_members_left_behind_are_named() {
+        use devices::vfio::host::GroupMember;
+        let member = |name: &str, driver: Option<&str>, bridge| GroupMember {
+            name: name.into(),
+            driver: driver.map(Into::into),
+            bridge,
+        };
+        let members = vec![
+            member("0000:01:00.0", Some("vfio-pci"), false),
+            member("0000:01:00.1", Some("vfio-pci"), false),
+            member("0000:01:00.2", None, false),
+            member("0000:01:00.3", Some("pci-stub"), false),
+            member("0000:00:01.0", Some("vfio-pci"), true),
+        ];
+        let report = |bdf: &str, group| host::DeviceReport {
+            bdf: host::parse_bdf(bdf).unwrap(),
+            id: None,
+            driver: Some("vfio-pci".into()),
+            group,
+            members: if group == 7 {
+                members.clone()
+            } else {
+                Vec::new()
+            },
+            vf: None,
+        };
+        let cfg = DeviceConfig {
+            addr: String::new(),
+            rom: None,
+            vf_token: None,
+        };
+        let gpu_only = [
+            (&cfg, report("0000:01:00.0", 7)),
+            (&cfg, report("0000:02:00.0", 8)),
+        ];
+        assert_eq!(
+            left_in_groups(&gpu_only),
+            vec![(7, vec!["0000:01:00.1".to_string()])]
+        );
+        let both = [
+            (&cfg, report("0000:01:00.0", 7)),
+            (&cfg, report("0000:01:00.1", 7)),
+        ];
+        assert!(left_in_groups(&both).is_empty());
+    }
 
     /// Functions of one host device come out function 0 first, right where the first of them
     /// was given; other devices keep the order given.

@@ -194,6 +194,12 @@ pub struct GroupMember {
 }
 
 impl GroupMember {
+    /// Whether a VFIO driver (vfio-pci or a variant) owns it: a device that goes with its
+    /// group into whichever container takes the group.
+    pub fn is_vfio_owned(&self) -> bool {
+        self.driver.as_deref().is_some_and(is_vfio_driver)
+    }
+
     /// Whether this member lets the group stay viable for VFIO.
     pub fn allows_vfio(&self) -> bool {
         self.driver

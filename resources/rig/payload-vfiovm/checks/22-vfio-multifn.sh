@@ -18,4 +18,9 @@ else
 	done
 	grep -q "$f1 (group .*) is the guest's 0000:00:..\.1" err.vfio-multifn ||
 		bad "vfio-multifn: $f1 not placed as function 1"
+	# Function 0 alone: the group goes to the VM whole, and vfiovm names the function left out.
+	expect vfio-multifn-alone 1 "edu_probe: failures=0" -- --kernel guests/edu_probe --memory 64M \
+		--device "$f0" --cmdline "action=exit:0"
+	grep -q "with $f1 that is not passed through.*add --device $f1" err.vfio-multifn-alone ||
+		bad "vfio-multifn-alone: no warning naming $f1"
 fi
