@@ -19,6 +19,9 @@
 #        RIG_STALL         seconds without a console line after which L1 counts as frozen (90; 0: off), as
 #                          it does at once when L1 reports a soft lockup: every vCPU's registers and code
 #                          go into the log, QEMU is stopped, exit 124
+#        RIG_CRASH_DUMP    1: a reset of L1 (a triple fault, a panic's reboot) or its power-off pauses QEMU
+#                          instead of ending it; unless L1 had finished its payload, every vCPU's registers
+#                          and code at that moment go into the log ("HOST crash:" lines), then QEMU quits
 #        RIG_LOG           console log path (default $RIG_WORK/logs/run-<date>-<pid>.log)
 #        RIG_QUIET         1: do not copy the console to stdout (the log always has it)
 #        RIG_PARALLEL      1: do not serialize with other rig runs (default: a lock in $RIG_WORK)
@@ -131,6 +134,8 @@ case "$STALL" in *[!0-9]*) finish 125 "FAIL step=usage RIG_STALL must be a numbe
 CMD=(qemu-system-x86_64 -accel "$ACCEL" -machine q35,kernel-irqchip=split -cpu "$CPU" -m "$MEM" -smp "$SMP"
 	-nodefaults -display none -monitor "unix:$MON,server=on,wait=off" -serial stdio -no-reboot
 	"${DEVS[@]}" -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND" ${RIG_QEMU_ARGS:-} "$@")
+# With -no-reboot a reset is a shutdown; shutdown=pause keeps the CPUs as they were at the fault.
+[ "${RIG_CRASH_DUMP:-0}" != 1 ] || CMD+=(-action shutdown=pause)
 echo "HOST qemu: timeout -k 5 $TMO ${CMD[*]}" >>"$LOG"
 
 # ---- step: boot and run; every console line is stamped with host seconds since this script started
@@ -167,6 +172,19 @@ if [ "$STALL" -gt 0 ]; then
 			sleep 5
 			size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
 			if [ "$size" = "$last" ]; then quiet=$((quiet + 5)); else quiet=0; fi
+			# RIG_CRASH_DUMP: QEMU paused at L1's reset or power-off. A power-off after the payload's
+			# result is the normal end; anything else is a crash, dumped.
+			if [ "${RIG_CRASH_DUMP:-0}" = 1 ] && python3 "$HERE/hmp.py" "$MON" "info status" 2>/dev/null |
+				grep -q "paused (shutdown)"; then
+				if ! grep -qE 'RIG test-end rc=|RIG fail step=' "$LOG"; then
+					echo "HOST crash: L1 reset itself (QEMU's log says why with -d cpu_reset); L1's vCPUs:" >>"$LOG"
+					cmds=("info cpus" "info registers -a")
+					for c in $(seq 0 $((SMP - 1))); do cmds+=("cpu $c" "x/12i \$pc" "x/16gx \$sp"); done
+					python3 "$HERE/hmp.py" "$MON" "${cmds[@]}" 2>&1 | sed 's/^/HOST crash: /' >>"$LOG"
+				fi
+				python3 "$HERE/hmp.py" "$MON" quit >/dev/null 2>&1
+				break
+			fi
 			# L1's own soft-lockup report (not an L2 guest's, whose lines carry "[check] "): its
 			# CPUs stopped scheduling, so the payload's per-run timeouts cannot fire either. Only
 			# what was written since the last look is searched.
