@@ -1,7 +1,7 @@
 //! Devices for vfiovm: the port-I/O/MMIO bus, legacy PC devices and PCI devices, including the
 //! VFIO passthrough device. This crate does not depend on the VMM: another VMM can use it by
 //! implementing the small traits it asks for ([`exit::ExitSink`], the interrupt traits and
-//! [`vfio::GuestMemoryMapper`]), or, on KVM, by taking this crate's implementations of them from
+//! [`vfio::GuestMemoryMapper`], [`ioevent::IoEventRegistrar`]), or, on KVM, by taking this crate's implementations of them from
 //! the `kvm` module (feature `kvm`).
 //!
 //! # Features
@@ -10,7 +10,8 @@
 //! |---|---|---|
 //! | `legacy` | yes | the PC devices in `legacy` (serial, i8042, RTC, ACPI PM, debug exit) |
 //! | `kvm` | no | `kvm`: GSI routing with irqfds, BAR memory slots, the KVM VFIO device |
-//! | `test-util` | no | the test doubles `vfio::mock` and `interrupt::fake` |
+//! | `virtio` | yes | `virtio`: the virtio 1.x PCI transport, virtio-rng and virtio-blk (pulls in rust-vmm `virtio-queue` and `virtio-bindings`) |
+//! | `test-util` | no | the test doubles `vfio::mock`, `interrupt::fake` and `ioevent::fake` |
 //!
 //! # Foreign types
 //!
@@ -25,12 +26,15 @@ pub mod exit;
 pub use bus::{Bus, BusDevice, BusError, SharedBusDevice};
 pub use exit::{ExitSink, GuestExit};
 pub mod interrupt;
+pub mod ioevent;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 #[cfg(feature = "legacy")]
 pub mod legacy;
 pub mod pci;
 pub mod vfio;
+#[cfg(feature = "virtio")]
+pub mod virtio;
 
 #[cfg(feature = "kvm")]
 pub use kvm_bindings;

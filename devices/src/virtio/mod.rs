@@ -1,0 +1,236 @@
+//! Virtio 1.x devices over PCI (feature `virtio`): the modern PCI transport
+//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng). Register maps:
+//! `docs/devices.md`.
+//!
+//! # Pieces
+//!
+//! | Module | What |
+//! |---|---|
+//! | [`pci`] | [`VirtioPciDevice`]: config space, the BAR with the virtio structures, MSI-X/INTx, the status state machine, ioeventfds |
+//! | [`chain`] | [`Chain`]: a descriptor chain checked against guest RAM, read and written by offset |
+//! | [`rng`] | virtio-rng (type 4) |
+//!
+//! A device implements [`VirtioDevice`] (identity, features, config space) and, once the driver
+//! set DRIVER_OK, hands the transport a [`QueueHandler`] that serves descriptor chains. The
+//! transport owns everything else: feature negotiation, queue setup, the descriptor walk,
+//! the used ring, notification suppression (`VIRTIO_F_RING_EVENT_IDX`) and interrupts.
+//!
+//! # Threads
+//!
+//! Queue work never runs on a vCPU thread. Each device gets one I/O thread, started when the
+//! driver sets DRIVER_OK and stopped and joined when the driver resets the device (writes 0 to
+//! the status) or the device is dropped. The thread is named after the device (the `name`
+//! given to [`VirtioPciDevice::new`], e.g. `virtio-blk0`) so the VMM can tell it apart. It waits
+//! in `epoll_wait` on one `EventFd` per queue (the guest's notify writes, bound with an
+//! ioeventfd when the VMM gives an [`crate::ioevent::IoEventRegistrar`]), a stop `EventFd` and
+//! the INTx resample `EventFd`, pops the available chains, calls the handler and delivers the
+//! completion through [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or
+//! INTx. The handler's I/O is synchronous on that thread. Why one thread per device:
+//! `docs/architecture.md`.
+//!
+//! System calls the I/O thread makes (for a per-thread seccomp filter): `epoll_wait`,
+//! `epoll_ctl` and `epoll_create1` (at start), `read` and `write` (eventfds), `futex` (the
+//! interrupt state's mutex, the stop handshake), `getrandom` (virtio-rng), `pread64`,
+//! `pwrite64`, `fdatasync`, `fallocate` (virtio-blk), `madvise`, `munmap`, `mmap` (allocator),
+//! `close`, `exit`, `sigaltstack`, `rt_sigprocmask` (thread exit), and `write` to stderr (logs).
+//!
+//! # Hostile guests
+//!
+//! Every descriptor chain is walked with a bound (the queue size, per table), every buffer is
+//! checked to lie in guest RAM before it is used, and a readable buffer after a writable one is
+//! refused. A chain that breaks these rules, an available index that runs more than the queue
+//! size ahead, or a ring outside guest RAM put the device in NEEDS_RESET and raise the
+//! configuration interrupt; the I/O thread then serves nothing until the driver resets the
+//! device. A well-formed chain with a bad request (unknown type, a sector past the end) fails
+//! that request with the device's status code. Nothing a guest writes makes the VMM panic.
+
+use std::fmt;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+pub mod chain;
+mod irq;
+pub mod pci;
+pub mod rng;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use chain::{Chain, ChainError, Segment};
+pub use pci::{VirtioPciDevice, VirtioPciError};
+
+pub use virtio_bindings;
+pub use virtio_queue;
+
+/// PCI vendor ID of every virtio device (Red Hat, Inc.).
+pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
+/// A modern virtio device's PCI device ID is this plus its virtio device type.
+pub const VIRTIO_PCI_DEVICE_ID_BASE: u16 = 0x1040;
+/// Subsystem ID of our devices (non-transitional devices use 0x40 or above).
+pub const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x40;
+
+/// Virtio device type: block device.
+pub const VIRTIO_TYPE_BLOCK: u16 = 2;
+/// Virtio device type: entropy source.
+pub const VIRTIO_TYPE_RNG: u16 = 4;
+
+/// Feature bit: the device follows virtio 1.x (mandatory for a modern-only device).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: descriptors may point at indirect descriptor tables.
+pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
+/// Feature bit: `used_event`/`avail_event` notification suppression.
+pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
+/// The transport's own features, offered with every device's.
+pub const TRANSPORT_FEATURES: u64 =
+    VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX;
+
+/// Device status: the guest noticed the device.
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+/// Device status: the guest has a driver for it.
+pub const STATUS_DRIVER: u8 = 2;
+/// Device status: the driver is set up; the device may serve its queues.
+pub const STATUS_DRIVER_OK: u8 = 4;
+/// Device status: feature negotiation is complete (the device keeps it set only if it accepts
+/// the driver's features).
+pub const STATUS_FEATURES_OK: u8 = 8;
+/// Device status: the device hit an error it cannot recover from without a reset.
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+/// Device status: the driver gave up on the device.
+pub const STATUS_FAILED: u8 = 0x80;
+
+/// The guest memory the devices read and write, as a trait object so device code is not
+/// generic over the VMM's memory type. Implemented for every [`GuestMemory`].
+pub trait GuestRam: Send + Sync {
+    /// Whether `[addr, addr + len)` is guest RAM the device may access (`write`: for writing).
+    fn contains(&self, addr: u64, len: u64, write: bool) -> bool;
+    /// Reads `buf.len()` bytes at `addr`; `false` (nothing read) if not all of it is RAM.
+    fn read_at(&self, addr: u64, buf: &mut [u8]) -> bool;
+    /// Writes `buf` at `addr`; `false` (nothing written) if not all of it is RAM.
+    fn write_at(&self, addr: u64, buf: &[u8]) -> bool;
+}
+
+impl<M: GuestMemory + Send + Sync> GuestRam for M {
+    fn contains(&self, addr: u64, len: u64, write: bool) -> bool {
+        let perm = if write {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        match usize::try_from(len) {
+            Ok(0) => true,
+            Ok(len) => {
+                addr.checked_add(len as u64).is_some()
+                    && self.check_range(GuestAddress(addr), len, perm)
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn read_at(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.contains(addr, buf.len() as u64, false)
+            && self.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
+    fn write_at(&self, addr: u64, buf: &[u8]) -> bool {
+        self.contains(addr, buf.len() as u64, true)
+            && self.write_slice(buf, GuestAddress(addr)).is_ok()
+    }
+}
+
+/// Errors a device reports when the driver starts it.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// The device cannot run with what the driver set up.
+    #[error("{device}: cannot start: {why}")]
+    Activate {
+        /// Which device.
+        device: String,
+        /// Why.
+        why: String,
+    },
+    /// Starting the I/O thread failed.
+    #[error("starting the I/O thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The device-specific half of a virtio device; the transport ([`VirtioPciDevice`]) does the
+/// rest. Config accesses arrive on vCPU threads with the transport locked; queue work happens
+/// in the [`QueueHandler`] on the device's I/O thread.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (`VIRTIO_TYPE_*`).
+    fn device_type(&self) -> u16;
+    /// The PCI class code (base class << 16 | subclass << 8 | interface).
+    fn pci_class(&self) -> u32 {
+        0xff_00_00
+    }
+    /// The largest size of each queue (powers of two, 1..=32768); their number is the number
+    /// of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// The device-specific feature bits offered (the transport adds [`TRANSPORT_FEATURES`]).
+    fn features(&self) -> u64;
+    /// Size of the device configuration structure in bytes (at most 4096).
+    fn config_len(&self) -> usize {
+        0
+    }
+    /// A driver read of the device configuration at `offset`; bytes past the structure read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let _ = offset;
+        data.fill(0);
+    }
+    /// A driver write to the device configuration (ignored unless the device has writable
+    /// fields).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// The driver set DRIVER_OK having accepted `features`: return the handler the I/O thread
+    /// runs.
+    fn activate(&mut self, features: u64) -> Result<Box<dyn QueueHandler>, VirtioError>;
+    /// The driver reset the device (the I/O thread is stopped and the handler dropped before
+    /// this is called).
+    fn reset(&mut self) {}
+}
+
+/// What a device does with a well-formed descriptor chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Put the chain on the used ring with this many bytes written into its writable part.
+    Used(u32),
+    /// The chain breaks the device's rules in a way it cannot report in the chain itself (no
+    /// room for a status byte): put the device in NEEDS_RESET.
+    Fault,
+}
+
+/// Serves the chains of a started device, on its I/O thread.
+pub trait QueueHandler: Send {
+    /// Serves one chain popped from queue `queue`.
+    fn process(&mut self, queue: u16, chain: &mut Chain<'_>) -> Completion;
+}
+
+/// A device's name for its logs and its I/O thread: what the VMM passed, cut to the 15
+/// bytes a Linux thread name holds.
+pub(crate) fn thread_name(name: &str) -> String {
+    let mut n = String::new();
+    for c in name.chars() {
+        if n.len() + c.len_utf8() > 15 {
+            break;
+        }
+        n.push(c);
+    }
+    n
+}
+
+/// Feature bits as `0x…` for logs.
+pub(crate) struct Features(pub u64);
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
