@@ -17,9 +17,12 @@
 //!
 //! # Threads
 //!
-//! Queue work never runs on a vCPU thread. Each device gets one I/O thread, started when the
-//! driver sets DRIVER_OK and stopped and joined when the driver resets the device (writes 0 to
-//! the status) or the device is dropped. The thread is named after the device (the `name`
+//! Queue work never runs on a vCPU thread. Each device gets one I/O thread, created with the
+//! device (so by the thread that builds the VM: a thread a vCPU spawned would inherit the vCPU's
+//! seccomp filter) and joined when the device is dropped. It serves the queues from DRIVER_OK
+//! until the driver resets the device (writes 0 to the status); in between it sleeps. A VMM
+//! that confines its threads gives [`VirtioPciDevice::with_thread_start`] a hook, which the
+//! thread runs first. The thread is named after the device (the `name`
 //! given to [`VirtioPciDevice::new`], e.g. `virtio-blk0`) so the VMM can tell it apart. It waits
 //! in `epoll_wait` on one `EventFd` per queue (the guest's notify writes, bound with an
 //! ioeventfd when the VMM gives an [`crate::ioevent::IoEventRegistrar`]), a stop `EventFd` and
@@ -59,6 +62,7 @@ mod tests;
 
 pub use chain::{Chain, ChainError, Segment};
 pub use pci::{VirtioPciDevice, VirtioPciError};
+pub use worker::ThreadStart;
 
 pub use virtio_bindings;
 pub use virtio_queue;

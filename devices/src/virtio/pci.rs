@@ -65,7 +65,7 @@ use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::irq::{IrqState, VIRTIO_MSI_NO_VECTOR};
-use super::worker::{Shared, Worker, WorkerHandle};
+use super::worker::{IoThread, Shared, ThreadStart, Worker};
 use super::{
     thread_name, Features, VirtioDevice, VirtioError, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET, TRANSPORT_FEATURES, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
@@ -187,6 +187,15 @@ pub enum VirtioPciError {
     /// Creating an `EventFd` failed.
     #[error("virtio device: creating an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// Starting the device's I/O thread failed.
+    #[error("virtio device {name}: starting its I/O thread: {source}")]
+    Thread {
+        /// The device (and thread) name.
+        name: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the driver programmed into one queue.
@@ -241,7 +250,7 @@ pub struct VirtioPciDevice<M: GuestMemory> {
     generation: u8,
     queue_select: u16,
     pci_cfg_cap: u16,
-    worker: Option<WorkerHandle>,
+    io: IoThread,
 }
 
 impl<M: GuestMemory> std::fmt::Debug for VirtioPciDevice<M> {
@@ -249,7 +258,7 @@ impl<M: GuestMemory> std::fmt::Debug for VirtioPciDevice<M> {
         f.debug_struct("VirtioPciDevice")
             .field("name", &self.name)
             .field("status", &self.status)
-            .field("running", &self.worker.is_some())
+            .field("running", &self.io.running())
             .finish_non_exhaustive()
     }
 }
@@ -276,6 +285,20 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
         mem: M,
         irq: &dyn InterruptManager,
         ioevents: Option<Arc<dyn IoEventRegistrar>>,
+    ) -> Result<Self, VirtioPciError> {
+        Self::with_thread_start(name, device, mem, irq, ioevents, None)
+    }
+
+    /// Like [`VirtioPciDevice::new`], and the device's I/O thread runs `start` (with its name)
+    /// before anything else: a VMM installs the thread's seccomp filter there. The thread is
+    /// created here, on the caller's thread, and sleeps until the driver starts the device.
+    pub fn with_thread_start(
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        mem: M,
+        irq: &dyn InterruptManager,
+        ioevents: Option<Arc<dyn IoEventRegistrar>>,
+        start: Option<ThreadStart>,
     ) -> Result<Self, VirtioPciError> {
         let name = thread_name(name);
         let sizes = device.queue_max_sizes();
@@ -358,6 +381,10 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(VirtioPciError::EventFd)?;
         let offered = device.features() | TRANSPORT_FEATURES;
+        let io = IoThread::spawn(&name, start).map_err(|source| VirtioPciError::Thread {
+            name: name.clone(),
+            source,
+        })?;
         Ok(VirtioPciDevice {
             irq: Arc::new(Mutex::new(IrqState::new(&name, msix, sizes.len()))),
             name,
@@ -377,7 +404,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             generation: 0,
             queue_select: 0,
             pci_cfg_cap,
-            worker: None,
+            io,
         })
     }
 
@@ -408,7 +435,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
 
     /// Whether the I/O thread runs.
     pub fn running(&self) -> bool {
-        self.worker.is_some()
+        self.io.running()
     }
 
     /// The config space (for tests).
@@ -424,9 +451,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
     /// Stops the I/O thread and waits for it, leaving the device as the driver set it (the VMM
     /// shutting down, before it drops the device; dropping does the same).
     pub fn shutdown(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
+        self.io.stop();
     }
 
     fn needs_reset(&mut self, why: std::fmt::Arguments<'_>) {
@@ -547,27 +572,22 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             mem: self.mem.clone(),
             queues,
             notify: self.notify.clone(),
-            stop: Arc::new(
-                EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::Thread {
-                    name: self.name.clone(),
-                    source,
-                })?,
-            ),
             resample,
             irq: self.irq.clone(),
             shared: self.shared.clone(),
             handler,
         };
-        let handle = worker.spawn().map_err(|source| VirtioError::Thread {
-            name: self.name.clone(),
-            source,
-        })?;
+        self.io
+            .start(worker)
+            .map_err(|source| VirtioError::Thread {
+                name: self.name.clone(),
+                source,
+            })?;
         log::debug!(
             "{}: started with features {}",
             self.name,
             Features(self.driver_features)
         );
-        self.worker = Some(handle);
         Ok(())
     }
 
@@ -816,9 +836,7 @@ fn notify_addr(base: u64, q: usize) -> u64 {
 
 impl<M: GuestMemory> Drop for VirtioPciDevice<M> {
     fn drop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
+        self.io.stop();
         if let (Some(io), Some(base)) = (&self.ioevents, self.notify_bound.take()) {
             for (i, fd) in self.notify.iter().enumerate() {
                 if let Err(e) = io.unregister(fd, notify_addr(base, i), Datamatch::Any) {

@@ -5,13 +5,13 @@
 use std::num::Wrapping;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::Chain;
 use super::irq::IrqState;
@@ -29,38 +29,110 @@ pub(crate) struct Shared {
 const STOP: u64 = 0;
 const RESAMPLE: u64 = u64::MAX;
 
-/// Everything the thread owns.
+/// A hook the I/O thread runs first, with its name, before it serves anything: where a VMM
+/// installs the thread's seccomp filter ([`super::VirtioPciDevice::with_thread_start`]).
+/// `false` ends the thread at once (the hook logs why); the device then fails to start.
+pub type ThreadStart = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Everything one start of the device hands its I/O thread.
 pub(crate) struct Worker<M> {
     pub(crate) name: String,
     pub(crate) mem: M,
     /// The driver's queues (`None`: not enabled), by index.
     pub(crate) queues: Vec<Option<Queue>>,
     pub(crate) notify: Vec<Arc<EventFd>>,
-    pub(crate) stop: Arc<EventFd>,
     pub(crate) resample: Option<RawFd>,
     pub(crate) irq: Arc<Mutex<IrqState>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) handler: Box<dyn QueueHandler>,
 }
 
-/// A running I/O thread.
-pub(crate) struct WorkerHandle {
+type Job = Box<dyn FnOnce(&EventFd) + Send>;
+
+/// A device's I/O thread. It is created with the device, by the thread that builds the VM, and
+/// lives as long as the device: a thread spawned later by a vCPU thread (where DRIVER_OK
+/// arrives) would inherit that vCPU's seccomp filter. Between starts it sleeps on a channel;
+/// each start hands it a [`Worker`], which runs until [`IoThread::stop`].
+pub(crate) struct IoThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<()>,
     stop: Arc<EventFd>,
+    running: bool,
     thread: Option<JoinHandle<()>>,
 }
 
-impl WorkerHandle {
-    /// Signals the thread to stop and waits for it. The thread finishes the chain it is on
-    /// (synchronous I/O) and exits at its next wait.
-    pub(crate) fn stop(mut self) {
-        self.stop_and_join();
+impl IoThread {
+    /// Starts the thread, named `name`; it runs `start` first.
+    pub(crate) fn spawn(name: &str, start: Option<ThreadStart>) -> std::io::Result<Self> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (finished, done) = mpsc::channel();
+        let thread_stop = stop.clone();
+        let thread_name = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || {
+                if let Some(f) = start {
+                    if !f(&thread_name) {
+                        return;
+                    }
+                }
+                while let Ok(job) = rx.recv() {
+                    job(&thread_stop);
+                    if finished.send(()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(IoThread {
+            jobs: Some(jobs),
+            done,
+            stop,
+            running: false,
+            thread: Some(thread),
+        })
     }
 
-    fn stop_and_join(&mut self) {
+    /// Whether a worker runs (from its start until [`IoThread::stop`]).
+    pub(crate) fn running(&self) -> bool {
+        self.running
+    }
+
+    /// Hands the thread a worker to run. Fails only when the thread is gone.
+    pub(crate) fn start<M: GuestMemory + Send + Sync + 'static>(
+        &mut self,
+        worker: Worker<M>,
+    ) -> std::io::Result<()> {
+        self.stop();
+        let gone = || std::io::Error::other("the device's I/O thread has exited");
+        let jobs = self.jobs.as_ref().ok_or_else(gone)?;
+        jobs.send(Box::new(move |stop: &EventFd| worker.run(stop)))
+            .map_err(|_| gone())?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops the running worker and waits until the thread is idle again. The worker finishes
+    /// the chain it is on (synchronous I/O) and returns at its next wait.
+    pub(crate) fn stop(&mut self) {
+        if !std::mem::take(&mut self.running) {
+            return;
+        }
+        if let Err(e) = self.stop.write(1) {
+            log::error!("stopping a virtio I/O thread: {e}");
+        }
+        // Err: the thread is gone (it panicked); nothing to wait for.
+        let _ = self.done.recv();
+        // the worker may have ended on its own (an epoll error) without reading the stop
+        drain_eventfd(&self.stop);
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        self.stop();
+        drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("stopping a virtio I/O thread: {e}");
-            }
             if t.join().is_err() {
                 log::error!("a virtio I/O thread panicked");
             }
@@ -68,27 +140,8 @@ impl WorkerHandle {
     }
 }
 
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
 impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
-    /// Starts the thread.
-    pub(crate) fn spawn(self) -> std::io::Result<WorkerHandle> {
-        let stop = self.stop.clone();
-        let epoll = self.epoll()?;
-        let thread = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || self.run(epoll))?;
-        Ok(WorkerHandle {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn epoll(&self) -> std::io::Result<Epoll> {
+    fn epoll(&self, stop: &EventFd) -> std::io::Result<Epoll> {
         let epoll = Epoll::new()?;
         let add = |fd: RawFd, data: u64| {
             epoll.ctl(
@@ -97,7 +150,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
                 EpollEvent::new(EventSet::IN, data),
             )
         };
-        add(self.stop.as_raw_fd(), STOP)?;
+        add(stop.as_raw_fd(), STOP)?;
         for (i, fd) in self.notify.iter().enumerate() {
             if self.queues.get(i).is_some_and(Option::is_some) {
                 add(fd.as_raw_fd(), i as u64 + 1)?;
@@ -109,8 +162,16 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
         Ok(epoll)
     }
 
-    fn run(mut self, epoll: Epoll) {
-        log::debug!("{}: I/O thread started", self.name);
+    /// Serves the queues until `stop` is signalled.
+    fn run(mut self, stop: &EventFd) {
+        let epoll = match self.epoll(stop) {
+            Ok(e) => e,
+            Err(e) => {
+                self.fault(format_args!("cannot wait for the queues (epoll: {e})"));
+                return;
+            }
+        };
+        log::debug!("{}: I/O thread serving", self.name);
         let mut events = vec![EpollEvent::default(); self.notify.len() + 2];
         loop {
             let n = match epoll.wait(-1, &mut events) {
@@ -124,7 +185,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
             for ev in &events[..n] {
                 match ev.data() {
                     STOP => {
-                        log::debug!("{}: I/O thread stopped", self.name);
+                        drain_eventfd(stop);
+                        log::debug!("{}: I/O thread stopped serving", self.name);
                         return;
                     }
                     RESAMPLE => lock(&self.irq).resample(),

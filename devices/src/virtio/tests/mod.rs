@@ -156,12 +156,35 @@ impl Driver {
 
     /// As [`Driver::new`], with the I/O thread named `name`.
     pub(super) fn named(name: &str, device: Box<dyn VirtioDevice>) -> Self {
+        Self::build(name, device, None)
+    }
+
+    pub(super) fn with_hook(
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        hook: crate::virtio::ThreadStart,
+    ) -> Self {
+        Self::build(name, device, Some(hook))
+    }
+
+    fn build(
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        hook: Option<crate::virtio::ThreadStart>,
+    ) -> Self {
         let mem = mem();
         let irq = FakeInterrupts::new();
         let io = FakeIoEvents::new();
         let registrar: Arc<dyn IoEventRegistrar> = Arc::new(io.clone());
-        let mut dev =
-            VirtioPciDevice::new(name, device, mem.clone(), &irq, Some(registrar)).unwrap();
+        let mut dev = VirtioPciDevice::with_thread_start(
+            name,
+            device,
+            mem.clone(),
+            &irq,
+            Some(registrar),
+            hook,
+        )
+        .unwrap();
         dev.attach_intx(irq.allocate_intx(5).unwrap());
         let gsis = irq.vectors().iter().map(|(g, _)| *g).collect();
         let mut d = Driver {
@@ -304,6 +327,12 @@ impl Driver {
     /// A full bring-up with MSI-X: features, every queue of `sizes` (queue *n* on vector
     /// *n* + 1, config on vector 0), DRIVER_OK.
     pub(super) fn bring_up(&mut self, features: u64, sizes: &[u16]) {
+        self.try_bring_up(features, sizes);
+        assert!(self.dev.running(), "DRIVER_OK did not start the I/O thread");
+    }
+
+    /// [`Driver::bring_up`] without the check that the device started.
+    pub(super) fn try_bring_up(&mut self, features: u64, sizes: &[u16]) {
         self.enable_msix(sizes.len() as u16 + 1);
         assert!(self.negotiate(features | VIRTIO_F_VERSION_1));
         self.write16(common::CONFIG_MSIX_VECTOR, 0);
@@ -311,7 +340,6 @@ impl Driver {
             self.setup_queue(q as u16, s, 0x10000 * (q as u64 + 1), q as u16 + 1);
         }
         self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-        assert!(self.dev.running(), "DRIVER_OK did not start the I/O thread");
     }
 
     /// A notify write for queue `q`, as the guest does it: through the ioeventfd binding

@@ -1,6 +1,8 @@
 //! The transport: identity, capabilities, feature negotiation, queue setup, vectors, the
 //! status state machine, ioeventfd binding, INTx, the PCI configuration access capability.
 
+use std::sync::Mutex;
+
 use super::*;
 use crate::pci::config::{CAPABILITIES_POINTER, STATUS, STATUS_INTERRUPT};
 use crate::virtio::irq::VIRTIO_MSI_NO_VECTOR;
@@ -190,21 +192,32 @@ fn status_state_machine() {
 fn reset_mid_operation_stops_the_thread() {
     let name = "virtio-rst-test";
     let mut d = Driver::named(name, Box::new(Rng::new()));
-    assert_eq!(threads_named(name, 0), 0);
-    d.bring_up(VIRTIO_F_RING_EVENT_IDX, &[16]);
+    // The I/O thread is made with the device (by the thread that builds the VM, never by the
+    // vCPU that sets DRIVER_OK, which would hand it its seccomp filter) and sleeps until then.
     assert_eq!(
         threads_named(name, 1),
         1,
-        "DRIVER_OK starts one named I/O thread"
+        "one named I/O thread from creation"
     );
+    assert!(!d.dev.running());
+    d.bring_up(VIRTIO_F_RING_EVENT_IDX, &[16]);
+    assert!(d.dev.running(), "DRIVER_OK starts serving");
+    assert_eq!(threads_named(name, 1), 1, "on the same thread");
     // Chains in flight when the driver resets.
     for _ in 0..8 {
         d.queues[0].add(&d.mem, &[(0x20_0000, 4096, true)]);
     }
     d.notify(0);
     d.set_status(0);
-    assert!(!d.dev.running());
-    assert_eq!(threads_named(name, 0), 0, "reset joins the I/O thread");
+    assert!(
+        !d.dev.running(),
+        "reset stops serving and waits for the thread"
+    );
+    assert_eq!(
+        threads_named(name, 1),
+        1,
+        "the thread sleeps until the next start"
+    );
     assert_eq!(d.status(), 0);
     d.write16(common::QUEUE_SELECT, 0);
     assert_eq!(d.read16(common::QUEUE_ENABLE), 0);
@@ -230,6 +243,48 @@ fn reset_mid_operation_stops_the_thread() {
         0,
         "dropping the device joins the thread"
     );
+}
+
+#[test]
+fn the_thread_start_hook_runs_first_on_the_io_thread() {
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let hook: crate::virtio::ThreadStart = Arc::new(move |name: &str| {
+        let me = std::thread::current().name().map(str::to_string);
+        tx.lock().unwrap().send((name.to_string(), me)).unwrap();
+        true
+    });
+    let mut d = Driver::with_hook("virtio-hook", Box::new(Rng::new()), hook);
+    let (name, thread) = rx.recv_timeout(WAIT).expect("the hook ran");
+    assert_eq!(name, "virtio-hook");
+    assert_eq!(
+        thread.as_deref(),
+        Some("virtio-hook"),
+        "on the I/O thread itself"
+    );
+    d.bring_up(0, &[16]);
+    d.queues[0].add(&d.mem, &[(0x20_0000, 8, true)]);
+    d.notify(0);
+    assert_eq!(d.queues[0].wait_used(&d.mem).1, 8);
+    assert!(rx.try_recv().is_err(), "once, not per start");
+}
+
+#[test]
+fn a_thread_start_hook_that_fails_leaves_a_device_that_cannot_start() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let hook: crate::virtio::ThreadStart = Arc::new(move |_: &str| {
+        tx.lock().unwrap().send(()).unwrap();
+        false
+    });
+    let mut d = Driver::with_hook("virtio-nohook", Box::new(Rng::new()), hook);
+    rx.recv_timeout(WAIT).expect("the hook ran");
+    // (the thread carries its name from before the hook runs, so 0 means it has gone)
+    assert_eq!(threads_named("virtio-nohook", 0), 0, "the thread ended");
+    d.try_bring_up(0, &[16]);
+    assert!(!d.dev.running());
+    assert_ne!(d.status() & STATUS_NEEDS_RESET, 0, "the driver is told");
 }
 
 #[test]
