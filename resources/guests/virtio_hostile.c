@@ -14,6 +14,7 @@
 #define EXTRA_SECTORS 8              /* the indirect chain is this much longer than the queue */
 #define BIG_SECTORS (VQ_SIZE + EXTRA_SECTORS)
 #define HOSTILE_SECTORS BIG_SECTORS  /* sectors from sector= the cases touch */
+#define CASE_NAME_MAX 32
 
 static uint8_t big[BIG_SECTORS * SECTOR_SIZE] __attribute__((aligned(4096)));
 static uint8_t expect[SECTOR_SIZE];
@@ -49,18 +50,27 @@ static void normal_chain(volatile struct vring_desc *t, unsigned first)
 
 static bool publish(struct vio_dev *d, uint16_t head, struct vio_result *res)
 {
-    return vio_publish_wait(d, 0, head, case_timeout_us, res);
+    return vio_publish_wait(d, 0, head, true, case_timeout_us, res);
 }
 
 /* ---- the cases ------------------------------------------------------------------------------- */
 
-/* a -> b -> a: a loop the device must not follow forever. */
+/* The data of an OUT request is the pattern, so a device that does carry one out writes what
+ * the sector already holds. */
+static void set_write(void)
+{
+    set_hdr(VIRTIO_BLK_T_OUT);
+    memcpy(big, expect, SECTOR_SIZE);
+}
+
+/* a -> b -> a, both device-readable (a write): a loop the device must not follow forever, with
+ * nothing else wrong in it. */
 static bool case_loop(struct vio_dev *d, struct vio_result *res)
 {
     volatile struct vring_desc *t = d->q[0].mem->desc;
-    set_hdr(VIRTIO_BLK_T_IN);
+    set_write();
     set_desc(t, 0, phys(&blk_hdr), sizeof(blk_hdr), VRING_DESC_F_NEXT, 1);
-    set_desc(t, 1, phys(big), SECTOR_SIZE, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 0);
+    set_desc(t, 1, phys(big), SECTOR_SIZE, VRING_DESC_F_NEXT, 0);
     return publish(d, 0, res);
 }
 
@@ -120,7 +130,7 @@ static bool case_zero_len(struct vio_dev *d, struct vio_result *res)
 static bool case_len_4g(struct vio_dev *d, struct vio_result *res)
 {
     volatile struct vring_desc *t = d->q[0].mem->desc;
-    set_hdr(VIRTIO_BLK_T_OUT);
+    set_write();
     normal_chain(t, 0);
     t[1].len = LEN_4G;
     t[1].flags = VRING_DESC_F_NEXT;
@@ -138,7 +148,7 @@ static bool case_split_header(struct vio_dev *d, struct vio_result *res)
     set_desc(t, 1, phys(&blk_hdr) + 8, 8, VRING_DESC_F_NEXT, 2);
     set_desc(t, 2, phys(big), SECTOR_SIZE, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 3);
     set_desc(t, 3, phys(&blk_status), 1, VRING_DESC_F_WRITE, 0);
-    return vio_publish_wait(d, 0, 0, opts.timeout_us, res);
+    return vio_publish_wait(d, 0, 0, true, opts.timeout_us, res);
 }
 
 /* A `next` beyond the queue. */
@@ -171,12 +181,14 @@ static bool case_avail_overrun(struct vio_dev *d, struct vio_result *res)
     return publish(d, 0, res);
 }
 
-/* The status byte in a device-readable descriptor: the device has nowhere to put it. */
+/* A write whose status byte is device-readable too: the device has nowhere to put the status
+ * (the chain itself is well-formed). */
 static bool case_status_not_writable(struct vio_dev *d, struct vio_result *res)
 {
     volatile struct vring_desc *t = d->q[0].mem->desc;
-    set_hdr(VIRTIO_BLK_T_IN);
+    set_write();
     normal_chain(t, 0);
+    t[1].flags = VRING_DESC_F_NEXT;
     t[2].flags = 0;
     return publish(d, 0, res);
 }
@@ -243,7 +255,11 @@ void test_hostile(struct vio_dev *devs, unsigned n)
               d->accepted & VIRTIO_F_EVENT_IDX ? "yes" : "no",
               rt_udivmod64(case_timeout_us, 1000, NULL));
 
+    char only[CASE_NAME_MAX];
+    bool have_only = rt_cmdline_get(vio_boot->cmdline, "case", only, sizeof(only));
     for (unsigned c = 0; c < ARRAY_SIZE(cases); c++) {
+        if (have_only && strcmp(only, cases[c].name))
+            continue;
         if (cases[c].needs_indirect && !vio_indirect(d)) {
             rt_printf("hostile: case=%s skipped=indirect_not_negotiated\n", cases[c].name);
             continue;

@@ -680,8 +680,8 @@ static bool need_notify(const struct vio_dev *d, const struct vio_queue *q, uint
     return !(q->mem->used_flags & 1);
 }
 
-bool vio_publish_wait(struct vio_dev *d, unsigned qi, uint16_t head, uint64_t timeout_us,
-                      struct vio_result *res)
+bool vio_publish_wait(struct vio_dev *d, unsigned qi, uint16_t head, bool force_notify,
+                      uint64_t timeout_us, struct vio_result *res)
 {
     struct vio_queue *q = &d->q[qi];
     volatile struct vq_mem *m = q->mem;
@@ -695,7 +695,8 @@ bool vio_publish_wait(struct vio_dev *d, unsigned qi, uint16_t head, uint64_t ti
     q->avail_shadow = (uint16_t)(old_idx + 1);
     m->avail_idx = q->avail_shadow;
     full_barrier();
-    return vio_wait(d, qi, need_notify(d, q, old_idx, q->avail_shadow), timeout_us, res);
+    bool notify = force_notify || need_notify(d, q, old_idx, q->avail_shadow);
+    return vio_wait(d, qi, notify, timeout_us, res);
 }
 
 bool vio_run(struct vio_dev *d, unsigned qi, const struct vio_buf *bufs, unsigned n, bool indirect,
@@ -721,7 +722,7 @@ bool vio_run(struct vio_dev *d, unsigned qi, const struct vio_buf *bufs, unsigne
         m->desc[0].flags = VRING_DESC_F_INDIRECT;
         m->desc[0].next = 0;
     }
-    bool done = vio_publish_wait(d, qi, 0, timeout_us, res);
+    bool done = vio_publish_wait(d, qi, 0, false, timeout_us, res);
     if (done && res->used_id != 0)
         vio_check(false, d, "used element names a descriptor that was not the head");
     return done;

@@ -177,9 +177,10 @@ uint64_t vio_config_read(const struct vio_dev *d, uint32_t off, unsigned size);
 bool vio_run(struct vio_dev *d, unsigned qi, const struct vio_buf *bufs, unsigned n, bool indirect,
              uint64_t timeout_us, struct vio_result *res);
 /* The lower half, for hand-made chains: puts `head` (already in the descriptor table) into the
- * next avail ring slot, publishes it (avail idx + 1), notifies as 2.7.10 says, and waits. */
-bool vio_publish_wait(struct vio_dev *d, unsigned qi, uint16_t head, uint64_t timeout_us,
-                      struct vio_result *res);
+ * next avail ring slot, publishes it (avail idx + 1), notifies as 2.7.10 says (always with
+ * `force_notify`), and waits. */
+bool vio_publish_wait(struct vio_dev *d, unsigned qi, uint16_t head, bool force_notify,
+                      uint64_t timeout_us, struct vio_result *res);
 /* Waits for the used index to move (or `timeout_us`), counting queue interrupts; notifies
  * first when `notify`. */
 bool vio_wait(struct vio_dev *d, unsigned qi, bool notify, uint64_t timeout_us,
