@@ -65,6 +65,7 @@
 #define MAX_RANGES 64
 
 static unsigned failures;
+bool vio_no_msix;
 
 unsigned vio_failures(void) { return failures; }
 
@@ -437,7 +438,6 @@ static bool msix_setup(struct vio_dev *d, unsigned entries)
 {
     if (!d->msix_cap || !d->msix_table.present || d->msix_vectors < entries)
         return false;
-    interrupts_setup();
     uint32_t address = MSI_ADDRESS_BASE | (lapic_id() << MSI_DEST_SHIFT);
     uint8_t base = (uint8_t)(IRQ_BASE + IRQ_PER_DEVICE * d->index);
     for (unsigned e = 0; e < entries; e++) {
@@ -517,6 +517,8 @@ bool vio_init(struct vio_dev *d, uint64_t wanted, unsigned nqueues, bool verbose
         return false;
     if (nqueues > VIO_MAX_QUEUES)
         nqueues = VIO_MAX_QUEUES;
+    interrupts_setup(); /* vio_wait runs in idt_call, with or without MSI-X */
+    d->wedged = false;
     if (!vio_reset(d)) {
         vio_check(false, d, "reset: status never reads 0");
         return false;
@@ -546,7 +548,7 @@ bool vio_init(struct vio_dev *d, uint64_t wanted, unsigned nqueues, bool verbose
         return false;
     }
 
-    d->use_msix = msix_setup(d, 1 + nqueues);
+    d->use_msix = !vio_no_msix && msix_setup(d, 1 + nqueues);
     d->config_irq = 0;
     d->config_entry = VIRTIO_MSI_NO_VECTOR;
     if (d->use_msix) {
@@ -649,8 +651,10 @@ bool vio_wait(struct vio_dev *d, unsigned qi, bool notify, uint64_t timeout_us,
             break;
     }
     res->waited_us = (uint32_t)w.elapsed_us;
-    if (!used_moved(q))
+    if (!used_moved(q)) {
+        d->wedged = true;
         return false;
+    }
     compiler_barrier();
     volatile struct vring_used_elem *e = &q->mem->used_ring[q->used_seen & (q->size - 1)];
     res->completed = true;
@@ -709,6 +713,10 @@ bool vio_run(struct vio_dev *d, unsigned qi, const struct vio_buf *bufs, unsigne
 
     if (n == 0 || n > max)
         rt_fail("vio_run: bad chain length");
+    if (d->wedged) {
+        memset(res, 0, sizeof(*res));
+        return false;
+    }
     for (unsigned i = 0; i < n; i++) {
         table[i].addr = bufs[i].addr;
         table[i].len = bufs[i].len;

@@ -124,6 +124,7 @@ struct vio_dev {
     unsigned nqueues;    /* set up by the driver */
     struct vio_queue q[VIO_MAX_QUEUES];
     bool ok;             /* usable: modern capabilities found and reachable */
+    bool wedged;         /* a request timed out: vio_run refuses more until vio_init */
 };
 
 /* One buffer of a request: guest-physical address, length, and whether the device writes it. */
@@ -147,6 +148,8 @@ struct vio_result {
 /* Shared state set up by virtio_probe.c before anything else. */
 extern struct acpi_info vio_acpi;
 extern const struct rt_boot *vio_boot;
+/* No MSI-X (vectors left at NO_VECTOR): requests complete by polling the used ring alone. */
+extern bool vio_no_msix;
 
 /* Failed checks so far. */
 unsigned vio_failures(void);
@@ -173,7 +176,9 @@ bool vio_init(struct vio_dev *d, uint64_t wanted, unsigned nqueues, bool verbose
 uint64_t vio_config_read(const struct vio_dev *d, uint32_t off, unsigned size);
 
 /* Places `n` buffers in queue `qi` as one chain (descriptors 0..n-1, or an indirect table when
- * `indirect`), publishes it, notifies and waits up to `timeout_us`. */
+ * `indirect`), publishes it, notifies and waits up to `timeout_us`. After a timeout the device
+ * is `wedged` (a late completion would be mistaken for the next request's): vio_run then
+ * returns false at once until the device is initialised again. */
 bool vio_run(struct vio_dev *d, unsigned qi, const struct vio_buf *bufs, unsigned n, bool indirect,
              uint64_t timeout_us, struct vio_result *res);
 /* The lower half, for hand-made chains: puts `head` (already in the descriptor table) into the

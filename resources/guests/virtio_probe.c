@@ -10,7 +10,7 @@
  *   blk-ro    virtio-blk, every disk: RO offered, a write fails with IOERR, a read works
  *   hostile   malformed chains to the first disk (virtio_hostile.c)
  * `accept=indirect,event_idx` also accepts those ring features when offered, `timeout_ms=` sets
- * the per-request timeout. It checks its own results: each failed check prints "fail: ...", the
+ * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks its own results: each failed check prints "fail: ...", the
  * last lines are "virtio_probe: failures=N", then with failures "error: virtio_probe checks
  * failed" (status 255), else `action=` (default exit:0, status 1). README.md lists the lines. */
 #include "virtio_probe.h"
@@ -431,6 +431,11 @@ void guest_main(const struct rt_boot *boot)
     opts.seed = (uint8_t)cmdline_number("seed", cpu_rdtsc() & 0xff, 0xff);
     if (rt_cmdline_get(boot->cmdline, "accept", arg, sizeof(arg)))
         for_each_word(arg, accept_word, NULL);
+    if (rt_cmdline_get(boot->cmdline, "msix", arg, sizeof(arg))) {
+        if (strcmp(arg, "on") && strcmp(arg, "off"))
+            rt_fail("msix= is on or off");
+        vio_no_msix = !strcmp(arg, "off");
+    }
 
     ndevs = vio_scan(devs, VIO_MAX_DEVICES);
     if (!rt_cmdline_get(boot->cmdline, "test", arg, sizeof(arg)))
