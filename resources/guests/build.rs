@@ -62,6 +62,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "pci_probe", boot: Boot::Pvh, sources: &["pci_probe.c", "pci_probe_irq.c"], doc: "PCI platform checks from inside (`test=enum|bars|move|msix|msi|intx|dma|ext`): enumeration via 0xCF8 and ECAM, BAR sizing and moves, MSI-X/MSI/INTx delivery and masking, DMA and extended config space of the test device." },
     Guest { name: "pci_bench", boot: Boot::Pvh, sources: &["pci_bench.c"], doc: "Benchmark: cycles and ns per PCI config read through 0xCF8/0xCFC and through ECAM (`n=` reads each); also boots under QEMU q35." },
     Guest { name: "pci_hostile", boot: Boot::Pvh, sources: &["pci_hostile.c"], doc: "Hostile guest: pseudo-random writes of every size to every config offset (ECAM and 0xCF8) and every BAR of the test device, then prints `hostile: survived` (exit status 85)." },
+    Guest { name: "virtio_probe", boot: Boot::Pvh, sources: &["virtio_probe.c", "virtio_pci.c", "virtio_hostile.c"], doc: "virtio 1.x PCI driver from the spec (`test=list|rng|blk|blk-read|blk-ro|hostile`): finds every virtio-pci function, negotiates, sets up split virtqueues with MSI-X, reads virtio-rng, round-trips sectors through every virtio-blk disk, sends malformed chains; also boots under QEMU q35 (`qemu-virtio-check.sh`)." },
     Guest { name: "internal_error", boot: Boot::Pvh, sources: &["internal_error.c"], doc: "Teardown tests: the boot vCPU executes a protected-mode `iret` (KVM internal error, status 4, on a host whose KVM emulates every instruction); `aps=spin|halt` wakes the APs into a spin loop or halt first, `bsp=spin` spins instead of crashing." },
 ];
 
@@ -98,6 +99,8 @@ const RT_OTHER: &[&str] = &[
     "rt/pvh.ld",
     "rt/linux64.ld",
     "pci_probe.h",
+    "virtio_pci.h",
+    "virtio_probe.h",
 ];
 
 /// Page the PVH runtime copies its AP real-mode trampoline to (the SIPI vector is its page

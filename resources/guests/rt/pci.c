@@ -52,18 +52,6 @@ uint32_t pci_cf8_address(uint16_t bdf, uint16_t offset)
     return CONFIG_ENABLE | ((uint32_t)bdf << 8) | (offset & 0xfc);
 }
 
-static inline uint16_t mmio_read16(uint64_t addr)
-{
-    uint16_t v;
-    __asm__ volatile("movw %1, %0" : "=r"(v) : "m"(*(volatile uint16_t *)rt_phys(addr)) : "memory");
-    return v;
-}
-
-static inline void mmio_write16(uint64_t addr, uint16_t v)
-{
-    __asm__ volatile("movw %1, %0" : "=m"(*(volatile uint16_t *)rt_phys(addr)) : "r"(v) : "memory");
-}
-
 uint32_t pci_cf8_read(uint16_t bdf, uint16_t offset, unsigned size)
 {
     if (offset > 0xff)

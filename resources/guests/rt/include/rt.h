@@ -92,6 +92,18 @@ static inline void mmio_write32(uint64_t addr, uint32_t v)
     __asm__ volatile("movl %1, %0" : "=m"(*(volatile uint32_t *)rt_phys(addr)) : "r"(v) : "memory");
 }
 
+static inline uint16_t mmio_read16(uint64_t addr)
+{
+    uint16_t v;
+    __asm__ volatile("movw %1, %0" : "=r"(v) : "m"(*(volatile uint16_t *)rt_phys(addr)) : "memory");
+    return v;
+}
+
+static inline void mmio_write16(uint64_t addr, uint16_t v)
+{
+    __asm__ volatile("movw %1, %0" : "=m"(*(volatile uint16_t *)rt_phys(addr)) : "r"(v) : "memory");
+}
+
 static inline uint8_t mmio_read8(uint64_t addr)
 {
     uint8_t v;
