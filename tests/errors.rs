@@ -221,6 +221,7 @@ fn config() -> VmConfig {
         devices: Vec::new(),
         test_pci_device: false,
         verbosity: 0,
+        ..VmConfig::new("")
     }
 }
 

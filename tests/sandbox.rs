@@ -76,7 +76,9 @@ fn seccomp_modes(pid: u32) -> Vec<(String, u32)> {
                 .find_map(|l| l.strip_prefix(name))
                 .map(|v| v.trim().to_string())
         };
-        let Some(name) = field("Name:").filter(|n| n == "vfiovm" || n.starts_with("vcpu")) else {
+        let Some(name) = field("Name:")
+            .filter(|n| n == "vfiovm" || n.starts_with("vcpu") || n.starts_with("virtio-"))
+        else {
             continue;
         };
         if let Some(mode) = field("Seccomp:") {
@@ -123,8 +125,9 @@ fn probe_a_running_vm<T>(
 
 /// The seccomp modes of a running 2-vCPU VM's three threads, once all show `want`.
 fn modes_of_a_running_vm(extra: &[&str], want: u32) -> (Vec<(String, u32)>, ExitStatus, String) {
+    let threads = if extra.contains(&"--rng") { 4 } else { 3 };
     probe_a_running_vm(extra, seccomp_modes, |modes| {
-        modes.len() == 3 && modes.iter().all(|(_, m)| *m == want)
+        modes.len() == threads && modes.iter().all(|(_, m)| *m == want)
     })
 }
 
@@ -142,6 +145,24 @@ fn every_thread_is_filtered_by_default_and_none_with_no_seccomp() {
     assert_eq!(modes.len(), 3, "{modes:?}");
     assert!(modes.iter().all(|(_, m)| *m == 0), "{modes:?}");
     assert_eq!(status.code(), Some(143), "{status:?}: {stderr}");
+}
+
+/// A virtio device's I/O thread (made while the VM is built, so no vCPU filter is inherited)
+/// runs under its own filter from the moment the guest runs, whether or not the guest ever
+/// starts the device.
+#[test]
+fn virtio_io_threads_are_filtered_too() {
+    let (modes, status, stderr) = modes_of_a_running_vm(&["--rng"], 2);
+    let names: Vec<&str> = modes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["vcpu0", "vcpu1", "vfiovm", "virtio-rng"],
+        "{modes:?}"
+    );
+    assert!(modes.iter().all(|(_, m)| *m == 2), "{modes:?}");
+    assert_eq!(status.code(), Some(143), "{status:?}: {stderr}");
+    let (modes, _, _) = modes_of_a_running_vm(&["--rng", "--no-seccomp"], 0);
+    assert_eq!(modes.len(), 4, "{modes:?}");
 }
 
 /// `--test-seccomp-violation=site` kills the process by SIGSYS; with `--no-seccomp` the same

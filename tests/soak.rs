@@ -291,6 +291,7 @@ fn config() -> VmConfig {
         devices: Vec::new(),
         test_pci_device: true,
         verbosity: 0,
+        ..VmConfig::new("")
     }
 }
 

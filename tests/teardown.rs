@@ -371,6 +371,7 @@ fn config(kernel: &str) -> VmConfig {
         devices: Vec::new(),
         test_pci_device: true,
         verbosity: 0,
+        ..VmConfig::new("")
     }
 }
 

@@ -15,6 +15,7 @@ pub mod platform;
 pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 use std::time::Instant;

@@ -20,6 +20,7 @@ use crate::config::VmConfig;
 use crate::event_loop::ConsoleSink;
 use crate::exit::ExitState;
 use crate::memory::GuestMemory;
+use crate::seccomp::DeviceGate;
 use crate::vcpu::IoBuses;
 
 // The GSI layout the ACPI tables describe is the one the KVM interrupt manager routes.
@@ -61,6 +62,9 @@ pub enum PlatformError {
     /// The PCI platform.
     #[error("PCI: {0}")]
     Pci(String),
+    /// A virtio device could not be created or added.
+    #[error("cannot add {0}: {1}")]
+    Virtio(String, String),
 }
 
 /// COM1 as the console: output to stdout, input from stdin.
@@ -94,6 +98,15 @@ pub struct Platform {
     pci: PciPlatform,
     irq: Arc<KvmInterruptManager>,
     stop: Arc<AtomicBool>,
+    device_gate: Arc<DeviceGate>,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        // A VM dropped without running: its virtio I/O threads still wait at the gate, and
+        // dropping their devices joins them.
+        self.device_gate.open(None);
+    }
 }
 
 impl std::fmt::Debug for Platform {
@@ -241,7 +254,14 @@ impl Platform {
                 .map_err(|e| PlatformError::Pci(e.to_string()))?;
             log::info!("PCI test device at {addr}");
         }
+        let device_gate = Arc::new(DeviceGate::default());
+        if let Err(e) = crate::virtio::add_devices(&pci, vm, mem, &irq, &device_gate, config) {
+            // before the devices already made are dropped (joining their threads)
+            device_gate.open(None);
+            return Err(e);
+        }
         Ok(Platform {
+            device_gate,
             pio,
             mmio,
             console,
@@ -257,6 +277,12 @@ impl Platform {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
         }
+    }
+
+    /// Where the virtio devices' I/O threads wait until the VM runs
+    /// ([`crate::vm::Vm::run_sandboxed`] opens it with their seccomp filter).
+    pub fn device_gate(&self) -> &Arc<DeviceGate> {
+        &self.device_gate
     }
 
     /// The PCI platform (to add devices).

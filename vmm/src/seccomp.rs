@@ -6,6 +6,11 @@
 //! - The VMM thread (main: event loop, stopping the vCPUs, teardown), [`ThreadKind::Vmm`]:
 //!   epoll, signalfd, stdin, kicks, teardown; installed once every vCPU thread is spawned.
 //!
+//! - virtio I/O threads (`virtio-*`), [`ThreadKind::Device`]: epoll on the queues' eventfds,
+//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`) and
+//!   irqfd writes. Each is created with its device while the VM is built, waits at the
+//!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
+//!
 //! The VMM spawns no other threads. Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
 //! built (devices open, guest RAM and BARs mapped, DMA mapped, vCPUs created); each vCPU thread
 //! installs its filter and waits at a start gate; the VMM thread installs its own filter and
@@ -24,7 +29,7 @@
 //! are not known when the filters are compiled).
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use seccompiler::{
     apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
@@ -57,6 +62,7 @@ mod nr {
     );
     ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
     ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
     ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
     ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
     ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
@@ -90,6 +96,8 @@ pub enum ThreadKind {
     /// A vCPU thread: `KVM_RUN` and the exit handlers (port I/O and MMIO to devices, PCI config
     /// space, BAR moves, MSI/MSI-X masking).
     Vcpu,
+    /// A virtio device's I/O thread: its queues and its backend's I/O.
+    Device,
 }
 
 impl ThreadKind {
@@ -97,6 +105,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => "VMM thread",
             ThreadKind::Vcpu => "vCPU thread",
+            ThreadKind::Device => "virtio I/O thread",
         }
     }
 }
@@ -312,6 +321,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::KVM_IRQFD(),
                     // A guest moving a passed-through BAR moves its memory slots.
                     nr::KVM_SET_USER_MEMORY_REGION(),
+                    // A guest moving a virtio BAR moves its queue notify ioeventfds.
+                    nr::KVM_IOEVENTFD(),
                     // A passed-through device's interrupt mode follows the guest's MSI/MSI-X
                     // enable bits.
                     nr::VFIO_DEVICE_SET_IRQS(),
@@ -337,6 +348,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::KVM_IRQFD(),
                     nr::KVM_SET_GSI_ROUTING(),
                     nr::KVM_SET_USER_MEMORY_REGION(),
+                    // virtio devices unbind their notify ioeventfds.
+                    nr::KVM_IOEVENTFD(),
                     nr::VFIO_DEVICE_SET_IRQS(),
                     nr::VFIO_DEVICE_RESET(),
                     nr::VFIO_IOMMU_UNMAP_DMA(),
@@ -358,8 +371,76 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_exit_group,
             ]);
         }
+        ThreadKind::Device => {
+            r.any(&[
+                // Waiting on the queues' notify eventfds and the stop eventfd; a new epoll
+                // set per start of the device.
+                libc::SYS_epoll_create1,
+                libc::SYS_epoll_ctl,
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                // virtio-rng
+                libc::SYS_getrandom,
+                // virtio-blk: the image's data, FLUSH, DISCARD and WRITE_ZEROES.
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_preadv,
+                libc::SYS_pwritev,
+                libc::SYS_fdatasync,
+                libc::SYS_fsync,
+                libc::SYS_fallocate,
+            ]);
+        }
     }
     Ok(r)
+}
+
+/// Holds virtio I/O threads back, at their start, until the VM runs: then each installs the
+/// device filter (or none: `--no-seccomp`, or an embedder's [`crate::vm::Vm::run`]) and goes on.
+/// A VM dropped without running opens it with no filter, so the threads can leave.
+#[derive(Debug, Default)]
+pub struct DeviceGate {
+    /// `None` until opened; then the filter to install, if any.
+    state: Mutex<Option<Option<Arc<BpfProgram>>>>,
+    cond: Condvar,
+}
+
+impl DeviceGate {
+    /// Opens the gate: each waiting thread (and each that arrives later) installs `filter`.
+    /// Only the first call counts.
+    pub fn open(&self, filter: Option<Arc<BpfProgram>>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_none() {
+            *s = Some(filter);
+        }
+        self.cond.notify_all();
+    }
+
+    /// On a device's I/O thread, first thing: waits for the gate, installs its filter.
+    /// `false` (with an error logged) when the kernel refused the filter: the thread must end.
+    pub fn enter(&self, thread: &str) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let filter = loop {
+            match &*s {
+                Some(f) => break f.clone(),
+                None => s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        };
+        drop(s);
+        match filter {
+            Some(f) => match apply_filter(&f) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::error!(
+                        "{}",
+                        SeccompError::Install(format!("virtio I/O thread {thread}"), e)
+                    );
+                    false
+                }
+            },
+            None => true,
+        }
+    }
 }
 
 /// Compiles the filter for `kind`; syscalls outside it get `on_violation`.
@@ -397,8 +478,8 @@ impl Gate {
 /// The process's sandbox for one VM run: the compiled filters (none with `--no-seccomp`), the
 /// start gate, and the test hook.
 pub struct Sandbox {
-    /// `(vmm, vcpu)` programs; `None` when seccomp is off.
-    filters: Option<(BpfProgram, BpfProgram)>,
+    /// `(vmm, vcpu, device)` programs; `None` when seccomp is off.
+    filters: Option<(BpfProgram, BpfProgram, Arc<BpfProgram>)>,
     test_violation: Option<ViolationSite>,
     gate: Gate,
 }
@@ -408,7 +489,10 @@ impl std::fmt::Debug for Sandbox {
         f.debug_struct("Sandbox")
             .field(
                 "filter_lengths",
-                &self.filters.as_ref().map(|(a, b)| (a.len(), b.len())),
+                &self
+                    .filters
+                    .as_ref()
+                    .map(|(a, b, c)| (a.len(), b.len(), c.len())),
             )
             .field("test_violation", &self.test_violation)
             .finish()
@@ -422,6 +506,7 @@ impl Sandbox {
             Some((
                 program(ThreadKind::Vmm, SeccompAction::KillProcess)?,
                 program(ThreadKind::Vcpu, SeccompAction::KillProcess)?,
+                Arc::new(program(ThreadKind::Device, SeccompAction::KillProcess)?),
             ))
         } else {
             None
@@ -442,7 +527,7 @@ impl Sandbox {
     /// until the VMM thread has installed its own ([`Sandbox::enter_vmm`]) or given up
     /// ([`Sandbox::release`]). On an error the thread must not run the guest.
     pub fn enter_vcpu(&self, id: u32) -> Result<(), SeccompError> {
-        if let Some((_, vcpu)) = &self.filters {
+        if let Some((_, vcpu, _)) = &self.filters {
             apply_filter(vcpu).map_err(|e| SeccompError::Install(format!("vCPU {id}"), e))?;
         }
         self.gate.wait();
@@ -457,7 +542,7 @@ impl Sandbox {
     /// then [`Sandbox::release`]).
     pub fn enter_vmm(&self) -> Result<(), SeccompError> {
         match &self.filters {
-            Some((vmm, _)) => {
+            Some((vmm, _, _)) => {
                 apply_filter(vmm).map_err(|e| SeccompError::Install("VMM".into(), e))?;
                 log::debug!(
                     "seccomp filter installed on the VMM thread; each vCPU thread installs its own before its first KVM_RUN"
@@ -468,6 +553,11 @@ impl Sandbox {
         self.gate.open();
         self.test_hook(ViolationSite::Vmm, "VMM");
         Ok(())
+    }
+
+    /// The filter virtio I/O threads install ([`DeviceGate::open`]); `None` without seccomp.
+    pub fn device_filter(&self) -> Option<Arc<BpfProgram>> {
+        self.filters.as_ref().map(|(_, _, d)| d.clone())
     }
 
     /// Opens the start gate without the VMM filter (on the way out after an error), so vCPU
@@ -520,6 +610,7 @@ mod tests {
         assert_eq!(nr::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(nr::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(nr::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(nr::KVM_IOEVENTFD(), 0x4040_ae79);
         assert_eq!(nr::KVM_SET_REGS(), 0x4090_ae82);
         assert_eq!(nr::KVM_SET_SREGS(), 0x4138_ae84);
         assert_eq!(nr::KVM_SET_MSRS(), 0x4008_ae89);
@@ -540,8 +631,8 @@ mod tests {
     fn filters_compile_within_the_bpf_limit() {
         let s = Sandbox::new(&SandboxConfig::default()).unwrap();
         assert!(s.enabled());
-        let (vmm, vcpu) = s.filters.as_ref().unwrap();
-        for p in [vmm, vcpu] {
+        let (vmm, vcpu, device) = s.filters.as_ref().unwrap();
+        for p in [vmm, vcpu, &**device] {
             assert!(!p.is_empty() && p.len() < 4096, "{} instructions", p.len());
         }
         let off = Sandbox::new(&SandboxConfig {
@@ -632,6 +723,12 @@ mod tests {
         refused_kvm(add) || refused_kvm(remove)
     }
 
+    fn ioeventfd_round_trip(k: &Kit) -> bool {
+        let at = kvm_ioctls::IoEventAddress::Mmio(0xd000_0000);
+        refused_kvm(k.vm.register_ioevent(&k.evt, &at, kvm_ioctls::NoDatamatch))
+            || refused_kvm(k.vm.unregister_ioevent(&k.evt, &at, kvm_ioctls::NoDatamatch))
+    }
+
     fn irqfd_round_trip(k: &Kit) -> bool {
         refused_kvm(k.vm.register_irqfd(&k.evt, 5)) || refused_kvm(k.vm.unregister_irqfd(&k.evt, 5))
     }
@@ -692,6 +789,7 @@ mod tests {
                 ),
                 ("KVM_IRQFD", irqfd_round_trip(&k)),
                 ("KVM_SET_USER_MEMORY_REGION", slot_round_trip(&k)),
+                ("KVM_IOEVENTFD", ioeventfd_round_trip(&k)),
                 (
                     "VFIO_DEVICE_SET_IRQS",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
@@ -756,6 +854,7 @@ mod tests {
                     refused_kvm(k.vm.set_gsi_routing(&routing())),
                 ),
                 ("KVM_SET_USER_MEMORY_REGION", slot_round_trip(&k)),
+                ("KVM_IOEVENTFD", ioeventfd_round_trip(&k)),
                 (
                     "VFIO_DEVICE_SET_IRQS",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
@@ -786,5 +885,56 @@ mod tests {
             (allowed, refused)
         });
         check(ThreadKind::Vmm, allowed, refused);
+    }
+
+    #[test]
+    fn device_filter_allows_queue_work_and_backend_io_and_nothing_else() {
+        let tmp = TempFile::new().unwrap();
+        let mut k = kit(&tmp);
+        let (allowed, refused) = confined(ThreadKind::Device, move || {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&k.evt);
+            let ev = EpollEvent::new(EventSet::IN, fd as u64);
+            let fresh = Epoll::new();
+            let add = k.epoll.ctl(ControlOperation::Add, fd, ev);
+            let wait = k.epoll.wait(0, &mut [EpollEvent::default()]);
+            let mut rnd = [0u8; 16];
+            // SAFETY: `rnd` is a valid buffer of that length.
+            let got = unsafe { libc::getrandom(rnd.as_mut_ptr().cast(), rnd.len(), 0) };
+            let mut buf = [0u8; 8];
+            let f = &k.file;
+            let fd_file = std::os::fd::AsRawFd::as_raw_fd(f);
+            // SAFETY: plain fallocate on a file of ours.
+            let falloc = unsafe { libc::fallocate(fd_file, 0, 0, 4096) };
+            let allowed: Checks = vec![
+                (
+                    "epoll_create1/epoll_ctl/epoll_wait",
+                    refused_io(fresh) || refused_io(add) || refused_io(wait),
+                ),
+                ("eventfd read/write", eventfd_round_trip(&k)),
+                (
+                    "getrandom",
+                    got < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
+                ),
+                ("pwrite64", refused_io(f.write_at(b"12345678", 0))),
+                ("pread64", refused_io(f.read_at(&mut buf, 0))),
+                ("fdatasync", refused_io(f.sync_data())),
+                (
+                    "fallocate",
+                    falloc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
+                ),
+            ];
+            let refused: Checks = vec![
+                ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
+                ("KVM_IRQFD", irqfd_round_trip(&k)),
+                ("KVM_IOEVENTFD", ioeventfd_round_trip(&k)),
+                ("KVM_SET_USER_MEMORY_REGION", slot_round_trip(&k)),
+                ("openat", refused_io(std::fs::File::open("/dev/null"))),
+                ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
+                ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
+                ("mmap with PROT_EXEC", exec_mapping()),
+            ];
+            (allowed, refused)
+        });
+        check(ThreadKind::Device, allowed, refused);
     }
 }

@@ -344,6 +344,10 @@ impl Vm {
             ))));
         }
 
+        // The virtio I/O threads confine themselves and may serve from here on.
+        self.platform
+            .device_gate()
+            .open(sandbox.as_ref().and_then(|s| s.device_filter()));
         // Shared with the console's writer, so a vCPU blocked on a full stdout stops too.
         let stop = self.platform.stop_flag();
         let mut threads: Vec<VcpuHandle> = Vec::new();

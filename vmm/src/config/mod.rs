@@ -32,10 +32,31 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Devices to pass through (`--device`).
     pub devices: Vec<DeviceConfig>,
+    /// A virtio-rng device (`--rng`).
+    pub rng: bool,
     /// Attach the PCI test device (for the project's own guest tests).
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
+}
+
+impl VmConfig {
+    /// A VM booting `kernel` with every other setting at its command-line default (512 MiB, one
+    /// vCPU, COM1, no devices). Library users start here and set what they need.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            memory: DEFAULT_MEMORY,
+            ram: RamConfig::default(),
+            cpus: 1,
+            devices: Vec::new(),
+            rng: false,
+            test_pci_device: false,
+            verbosity: 0,
+        }
+    }
 }
 
 /// The pages behind guest RAM (`hugepages=` in `--memory`).
@@ -257,6 +278,8 @@ OPTIONS:
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
+    --rng                A virtio-rng device fed from the host's getrandom (the guest's
+                         virtio_rng driver: /dev/hwrng)
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
                          default; turn them off only to debug a SIGSYS, see docs/security.md)
     --user UID:GID       Once the VM is built, drop root and run as this numeric user and
@@ -429,6 +452,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut memory = None;
     let mut cpus = None;
     let mut devices = Vec::new();
+    let mut rng = false;
     let mut test_pci_device = false;
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
@@ -464,6 +488,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--memory" | "-m" => once(&mut memory, parse_memory_arg(&value(&mut it)?)?, &flag)?,
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
             "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
+            "--rng" => rng = true,
             "--test-pci-device" => test_pci_device = true,
             "--no-seccomp" => sandbox.seccomp = false,
             "--user" => once(&mut sandbox.user, parse_user(&value(&mut it)?)?, &flag)?,
@@ -490,6 +515,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             ram: memory.map(|m| m.1).unwrap_or_default(),
             cpus: cpus.unwrap_or(1),
             devices,
+            rng,
             test_pci_device,
             verbosity,
         },

@@ -1,0 +1,66 @@
+//! The virtio devices the command line asks for (`--rng`), built on
+//! [`devices::virtio`] and put on the guest's PCI bus after the test device and before the
+//! passed-through devices.
+//!
+//! Each device's queue notifications are bound to KVM ioeventfds ([`devices::kvm::KvmIoEvents`]),
+//! so a guest's kick never exits to userspace; completions go out through irqfds. Each device
+//! has one I/O thread, created here by the thread that builds the VM; it waits at the
+//! platform's [`DeviceGate`] and installs the virtio seccomp filter before it serves anything
+//! ([`crate::seccomp`]).
+
+use std::sync::{Arc, Mutex};
+
+use devices::ioevent::IoEventRegistrar;
+use devices::kvm::{KvmInterruptManager, KvmIoEvents};
+use devices::pci::PciPlatform;
+use devices::virtio::rng::Rng;
+use devices::virtio::{ThreadStart, VirtioDevice, VirtioPciDevice};
+use kvm_ioctls::VmFd;
+
+use crate::config::VmConfig;
+use crate::memory::GuestMemory;
+use crate::platform::PlatformError;
+use crate::seccomp::DeviceGate;
+
+/// Creates the virtio devices `config` asks for and adds each to `pci` in a free slot.
+pub fn add_devices(
+    pci: &PciPlatform,
+    vm: &Arc<VmFd>,
+    mem: &GuestMemory,
+    irq: &KvmInterruptManager,
+    gate: &Arc<DeviceGate>,
+    config: &VmConfig,
+) -> Result<(), PlatformError> {
+    let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm.clone()));
+    let add = |name: &str, device: Box<dyn VirtioDevice>| -> Result<(), PlatformError> {
+        let thread_gate = gate.clone();
+        let start: ThreadStart = Arc::new(move |thread: &str| thread_gate.enter(thread));
+        let dev = VirtioPciDevice::with_thread_start(
+            name,
+            device,
+            mem.clone(),
+            irq,
+            Some(ioevents.clone()),
+            Some(start),
+        )
+        .map_err(|e| PlatformError::Virtio(name.to_string(), e.to_string()))?;
+        // From here an error drops the device, which joins its thread: let it leave the gate
+        // first.
+        let fail = |e: PlatformError| {
+            gate.open(None);
+            e
+        };
+        let slot = pci
+            .free_slot()
+            .ok_or_else(|| fail(PlatformError::Pci(format!("no free PCI slot for {name}"))))?;
+        let addr = pci
+            .add_device(slot, Arc::new(Mutex::new(dev)))
+            .map_err(|e| fail(PlatformError::Virtio(name.to_string(), e.to_string())))?;
+        log::info!("{name} at {addr}");
+        Ok(())
+    };
+    if config.rng {
+        add("virtio-rng", Box::new(Rng::new()))?;
+    }
+    Ok(())
+}
