@@ -9,6 +9,8 @@
 //! | [`pci`] | [`VirtioPciDevice`]: config space, the BAR with the virtio structures, MSI-X/INTx, the status state machine, ioeventfds |
 //! | [`chain`] | [`Chain`]: a descriptor chain checked against guest RAM, read and written by offset |
 //! | [`rng`] | virtio-rng (type 4) |
+//! | [`net`] | virtio-net (type 1) over a [`tap`] |
+//! | [`queues`] | [`Queues`]: the rings for a handler serving a queue itself (network receive) |
 //!
 //! A device implements [`VirtioDevice`] (identity, features, config space) and, once the driver
 //! set DRIVER_OK, hands the transport a [`QueueHandler`] that serves descriptor chains. The
@@ -26,7 +28,8 @@
 //! given to [`VirtioPciDevice::new`], e.g. `virtio-blk0`) so the VMM can tell it apart. It waits
 //! in `epoll_wait` on one `EventFd` per queue (the guest's notify writes, bound with an
 //! ioeventfd when the VMM gives an [`crate::ioevent::IoEventRegistrar`]), a stop `EventFd` and
-//! the INTx resample `EventFd`, pops the available chains, calls the handler and delivers the
+//! the INTx resample `EventFd` (and, for a device whose backend delivers data on its own
+//! schedule, the descriptors [`QueueHandler::extra_fds`] names), pops the available chains, calls the handler and delivers the
 //! completion through [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or
 //! INTx. The handler's I/O is synchronous on that thread. Why one thread per device:
 //! `docs/architecture.md`.
@@ -34,7 +37,8 @@
 //! System calls the I/O thread makes (for a per-thread seccomp filter): `epoll_wait`,
 //! `epoll_ctl` and `epoll_create1` (at start), `read` and `write` (eventfds), `futex` (the
 //! interrupt state's mutex, the stop handshake), `getrandom` (virtio-rng), `pread64`,
-//! `pwrite64`, `fdatasync`, `fallocate` (virtio-blk), `madvise`, `munmap`, `mmap` (allocator),
+//! `pwrite64`, `fdatasync`, `fallocate` (virtio-blk), `read` and `write` on the tap and
+//! `epoll_ctl` for it (virtio-net), `madvise`, `munmap`, `mmap` (allocator),
 //! `close`, `exit`, `sigaltstack`, `rt_sigprocmask` (thread exit), and `write` to stderr (logs).
 //!
 //! # Hostile guests
@@ -48,6 +52,7 @@
 //! that request with the device's status code. Nothing a guest writes makes the VMM panic.
 
 use std::fmt;
+use std::os::unix::io::RawFd;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
@@ -57,11 +62,16 @@ pub mod pci;
 pub mod rng;
 mod worker;
 
+pub mod net;
+pub mod queues;
+pub mod tap;
+
 #[cfg(test)]
 mod tests;
 
 pub use chain::{Chain, ChainError, Segment};
 pub use pci::{VirtioPciDevice, VirtioPciError};
+pub use queues::{Queues, Ready, RingFault};
 pub use worker::ThreadStart;
 
 pub use virtio_bindings;
@@ -74,6 +84,8 @@ pub const VIRTIO_PCI_DEVICE_ID_BASE: u16 = 0x1040;
 /// Subsystem ID of our devices (non-transitional devices use 0x40 or above).
 pub const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x40;
 
+/// Virtio device type: network card.
+pub const VIRTIO_TYPE_NET: u16 = 1;
 /// Virtio device type: block device.
 pub const VIRTIO_TYPE_BLOCK: u16 = 2;
 /// Virtio device type: entropy source.
@@ -215,6 +227,28 @@ pub enum Completion {
 pub trait QueueHandler: Send {
     /// Serves one chain popped from queue `queue`.
     fn process(&mut self, queue: u16, chain: &mut Chain<'_>) -> Completion;
+
+    // Event-driven queues (a network device's receive queue): see [`queues`]. The defaults
+    // leave every queue to `process` and wait on nothing else.
+
+    /// Whether the handler serves queue `queue` itself, in [`QueueHandler::ready`], instead of
+    /// each available chain going to [`QueueHandler::process`].
+    fn serves_itself(&self, queue: u16) -> bool {
+        let _ = queue;
+        false
+    }
+    /// File descriptors the I/O thread also waits on (a backend's socket or tap), registered
+    /// edge-triggered for input: after [`QueueHandler::ready`] with [`Ready::Fd`] the handler
+    /// reads until it would block, or remembers that it stopped early and resumes on another
+    /// event. Asked once per start of the device.
+    fn extra_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// A queue the handler serves itself was notified, or one of its extra descriptors became
+    /// readable: serve the rings through `queues`. Not called while the device needs a reset.
+    fn ready(&mut self, why: Ready, queues: &mut Queues<'_, '_>) {
+        let _ = (why, queues);
+    }
 }
 
 /// A device's name for its logs and its I/O thread: what the VMM passed, cut to the 15

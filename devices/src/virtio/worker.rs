@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::Chain;
 use super::irq::IrqState;
+use super::queues::{Queues, Ready, Rings};
 use super::{Completion, GuestRam, QueueHandler};
 use crate::interrupt::drain_eventfd;
 use crate::pci::platform::lock;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
 
 const STOP: u64 = 0;
 const RESAMPLE: u64 = u64::MAX;
+/// Epoll data of the handler's extra descriptor *i*: `EXTRA + i` (queue *n* is `n + 1`).
+const EXTRA: u64 = 1 << 32;
 
 /// A hook the I/O thread runs first, with its name, before it serves anything: where a VMM
 /// installs the thread's seccomp filter ([`super::VirtioPciDevice::with_thread_start`]).
@@ -159,6 +162,14 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
         if let Some(fd) = self.resample {
             add(fd, RESAMPLE)?;
         }
+        for (i, fd) in self.handler.extra_fds().into_iter().enumerate() {
+            let ev = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(ev, EXTRA + i as u64),
+            )?;
+        }
         Ok(epoll)
     }
 
@@ -172,7 +183,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
             }
         };
         log::debug!("{}: I/O thread serving", self.name);
-        let mut events = vec![EpollEvent::default(); self.notify.len() + 2];
+        let mut events = vec![EpollEvent::default(); self.notify.len() + 4];
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -190,12 +201,15 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
                         return;
                     }
                     RESAMPLE => lock(&self.irq).resample(),
+                    d if d >= EXTRA => self.ready(Ready::Fd((d - EXTRA) as usize)),
                     d => {
                         let q = (d - 1) as usize;
                         if let Some(fd) = self.notify.get(q) {
                             drain_eventfd(fd);
                         }
-                        if !self.shared.needs_reset.load(Ordering::Acquire) {
+                        if self.handler.serves_itself(q as u16) {
+                            self.ready(Ready::Queue(q as u16));
+                        } else if !self.shared.needs_reset.load(Ordering::Acquire) {
                             self.serve(q);
                         }
                     }
@@ -212,6 +226,36 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
         );
         self.shared.needs_reset.store(true, Ordering::Release);
         lock(&self.irq).signal_config();
+    }
+
+    /// Lets the handler serve its own queues ([`QueueHandler::ready`]), then raises the
+    /// interrupts its completions call for.
+    fn ready(&mut self, why: Ready) {
+        if self.shared.needs_reset.load(Ordering::Acquire) {
+            return;
+        }
+        let mut rings = Rings {
+            mem: &self.mem,
+            queues: &mut self.queues,
+        };
+        let nq = rings.queues.len();
+        let mut queues = Queues::new(&mut rings, nq);
+        self.handler.ready(why, &mut queues);
+        let (completed, error) = queues.finish();
+        if let Some(e) = error {
+            self.fault(format_args!("{e}"));
+            return;
+        }
+        for (q, done) in completed.into_iter().enumerate() {
+            let Some(Some(queue)) = self.queues.get_mut(q).filter(|_| done) else {
+                continue;
+            };
+            match queue.needs_notification(&self.mem) {
+                Ok(true) => lock(&self.irq).signal_queue(q),
+                Ok(false) => {}
+                Err(e) => self.fault(format_args!("queue {q}: {}", ServeError::Ring(e))),
+            }
+        }
     }
 
     /// Serves queue `q` until its available ring is empty.

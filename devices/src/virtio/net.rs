@@ -1,0 +1,541 @@
+//! virtio-net (device type 1): an Ethernet card whose wire is a [`Tap`](super::tap::Tap) (or
+//! any [`NetBackend`]).
+//!
+//! # Queues
+//!
+//! | Index | Queue | Served |
+//! |---|---|---|
+//! | 0 ([`RX_QUEUE`]) | receiveq1: buffers the driver lends for frames to the guest | when the backend is readable, or the driver adds buffers after the device ran out ([`QueueHandler::ready`]) |
+//! | 1 ([`TX_QUEUE`]) | transmitq1: frames from the guest | per chain, on the driver's notify |
+//!
+//! No control queue, one queue pair.
+//!
+//! # Device configuration ([`CONFIG_LEN`] bytes)
+//!
+//! | Offset | Field | Width | Value |
+//! |---|---|---|---|
+//! | 0x00 | `mac` | 6 | the MAC address (`VIRTIO_NET_F_MAC`); read-only |
+//! | 0x06 | `status` | 2 | `VIRTIO_NET_S_LINK_UP` (`VIRTIO_NET_F_STATUS`) |
+//! | 0x08 | `max_virtqueue_pairs` | 2 | 1 |
+//!
+//! # Frames
+//!
+//! Every chain starts with the 12-byte `virtio_net_hdr_v1` ([`NET_HDR_LEN`]). The tap speaks
+//! the same header (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` 12), so it passes through unchanged in
+//! both directions: the guest's checksum and segmentation requests reach the host kernel,
+//! and the kernel's reach the guest. On receive the device sets `num_buffers` (1 without
+//! `VIRTIO_NET_F_MRG_RXBUF`) and, unless the driver took `VIRTIO_NET_F_GUEST_CSUM`, clears
+//! the checksum and segmentation fields. At activation [`NetBackend::set_offload`] tells the
+//! tap which offloads the driver accepted (`GUEST_CSUM` → `TUN_F_CSUM`, `GUEST_TSO4/6` →
+//! `TUN_F_TSO4/6`, `GUEST_ECN` → `TUN_F_TSO_ECN`), so bulk TCP reaches the guest unsegmented.
+//!
+//! # Hostile drivers
+//!
+//! A transmit chain with a device-writable buffer, shorter than the header, or longer than
+//! the header plus [`MAX_FRAME_LEN`] is dropped (completed with length 0, counted in
+//! [`NetStats`]). A receive chain with less than [`NET_HDR_LEN`] writable bytes is completed
+//! with length 0 and counted; a frame larger than the receive chain (without
+//! `VIRTIO_NET_F_MRG_RXBUF`) is dropped and the chain kept for the next one. Malformed rings
+//! put the device in NEEDS_RESET (the transport's rule).
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::queues::{Queues, Ready, RingFault};
+use super::{Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_NET};
+
+/// The receive queue's index.
+pub const RX_QUEUE: u16 = 0;
+/// The transmit queue's index.
+pub const TX_QUEUE: u16 = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// The virtio-net header of every frame (virtio 1.x: `virtio_net_hdr_v1`, with `num_buffers`).
+pub const NET_HDR_LEN: usize = 12;
+/// Offset of `num_buffers` in the header.
+const NUM_BUFFERS: usize = 10;
+/// Longest frame (without the header): a 64 KiB IP packet with an Ethernet and a VLAN header.
+pub const MAX_FRAME_LEN: usize = 65535 + 14 + 4;
+/// Size of the device configuration.
+pub const CONFIG_LEN: usize = 10;
+
+/// Feature bits (`VIRTIO_NET_F_*`).
+pub mod features {
+    /// The device completes partial checksums of transmitted frames.
+    pub const CSUM: u64 = 1 << 0;
+    /// The driver takes received frames with partial checksums.
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// The device has a MAC address in its configuration.
+    pub const MAC: u64 = 1 << 5;
+    /// The driver takes TCPv4 segments larger than the MTU.
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// The driver takes TCPv6 segments larger than the MTU.
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    /// The driver takes large TCP segments with ECN.
+    pub const GUEST_ECN: u64 = 1 << 9;
+    /// The device segments TCPv4 for the driver.
+    pub const HOST_TSO4: u64 = 1 << 11;
+    /// The device segments TCPv6 for the driver.
+    pub const HOST_TSO6: u64 = 1 << 12;
+    /// The device segments TCP with ECN.
+    pub const HOST_ECN: u64 = 1 << 13;
+    /// A received frame may span several receive chains (`num_buffers`).
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    /// The configuration has a link status.
+    pub const STATUS: u64 = 1 << 16;
+    /// Everything offered.
+    pub const OFFERED: u64 = CSUM
+        | GUEST_CSUM
+        | MAC
+        | GUEST_TSO4
+        | GUEST_TSO6
+        | GUEST_ECN
+        | HOST_TSO4
+        | HOST_TSO6
+        | HOST_ECN
+        | MRG_RXBUF
+        | STATUS;
+}
+
+/// `status` bit: the link is up.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// The offloads (`TUN_F_*`) a tap may use towards a driver that accepted `features`.
+pub fn tap_offloads(features: u64) -> u32 {
+    use features::*;
+    if features & GUEST_CSUM == 0 {
+        return 0;
+    }
+    let mut o = libc::TUN_F_CSUM;
+    if features & GUEST_TSO4 != 0 {
+        o |= libc::TUN_F_TSO4;
+    }
+    if features & GUEST_TSO6 != 0 {
+        o |= libc::TUN_F_TSO6;
+    }
+    if features & GUEST_ECN != 0 && o & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0 {
+        o |= libc::TUN_F_TSO_ECN;
+    }
+    o
+}
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// A MAC address that does not parse or cannot be a card's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    /// Not six hex bytes separated by colons.
+    #[error("'{0}' is not a MAC address: write six hex bytes separated by colons, e.g. 52:54:00:12:34:56")]
+    Syntax(String),
+    /// The group bit (bit 0 of the first byte) is set.
+    #[error("'{0}' is a multicast address (bit 0 of the first byte is set): a card needs a unicast one, e.g. 52:54:00:12:34:56")]
+    Multicast(String),
+    /// All zeros.
+    #[error("'{0}' is the all-zero address: give a real one, e.g. 52:54:00:12:34:56")]
+    Zero(String),
+}
+
+impl MacAddr {
+    /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`); refuses multicast and all-zero addresses.
+    pub fn parse(s: &str) -> Result<MacAddr, MacError> {
+        let sep = if s.contains('-') { '-' } else { ':' };
+        let parts: Vec<&str> = s.split(sep).collect();
+        let mut b = [0u8; 6];
+        if parts.len() != 6 {
+            return Err(MacError::Syntax(s.to_string()));
+        }
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(MacError::Syntax(s.to_string()));
+            }
+            b[i] = u8::from_str_radix(p, 16).map_err(|_| MacError::Syntax(s.to_string()))?;
+        }
+        if b[0] & 1 != 0 {
+            return Err(MacError::Multicast(s.to_string()));
+        }
+        if b == [0; 6] {
+            return Err(MacError::Zero(s.to_string()));
+        }
+        Ok(MacAddr(b))
+    }
+
+    /// A locally administered address `52:54:00:xx:xx:xx` derived from `seed` (a tap name):
+    /// the same seed gives the same address on every run (FNV-1a of the bytes).
+    pub fn from_seed(seed: &str) -> MacAddr {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in seed.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let x = h.to_le_bytes();
+        MacAddr([0x52, 0x54, 0x00, x[0], x[1], x[2] ^ x[3]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// Where frames go and come from: a descriptor that reads and writes one frame (with its
+/// 12-byte virtio-net header) per call, non-blocking.
+pub trait NetBackend: Send + Sync {
+    /// The descriptor (readable when a frame waits).
+    fn fd(&self) -> RawFd;
+    /// The offloads (`TUN_F_*`) the guest accepted; a backend without offloads ignores them.
+    fn set_offload(&self, tun_flags: u32) -> io::Result<()>;
+}
+
+impl NetBackend for super::tap::Tap {
+    fn fd(&self) -> RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
+
+    fn set_offload(&self, tun_flags: u32) -> io::Result<()> {
+        super::tap::Tap::set_offload(self, tun_flags)
+    }
+}
+
+/// Counters of one device, shared with its I/O thread.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Frames the guest sent that reached the backend.
+    pub tx_frames: AtomicU64,
+    /// Transmit chains dropped: malformed (writable buffers, shorter than the header, longer
+    /// than a frame) or refused by the backend.
+    pub tx_dropped: AtomicU64,
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Frames from the backend dropped: larger than the receive buffer.
+    pub rx_dropped: AtomicU64,
+    /// Receive chains returned empty because they could not hold the header.
+    pub rx_bad_buffers: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The virtio-net device.
+pub struct Net {
+    backend: Arc<dyn NetBackend>,
+    mac: MacAddr,
+    stats: Arc<NetStats>,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("mac", &self.mac)
+            .field("fd", &self.backend.fd())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// A card with address `mac` on `backend`.
+    pub fn new(backend: Arc<dyn NetBackend>, mac: MacAddr) -> Self {
+        Net {
+            backend,
+            mac,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<NetStats> {
+        self.stats.clone()
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        c[..6].copy_from_slice(&self.mac.0);
+        c[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u16 {
+        VIRTIO_TYPE_NET
+    }
+
+    fn pci_class(&self) -> u32 {
+        0x02_00_00 // network controller, Ethernet
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        features::OFFERED
+    }
+
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = offset
+                .checked_add(i as u64)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| c.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, features: u64) -> Result<Box<dyn QueueHandler>, VirtioError> {
+        let offload = tap_offloads(features);
+        self.backend
+            .set_offload(offload)
+            .map_err(|e| VirtioError::Activate {
+                device: "virtio-net".into(),
+                why: format!("setting the tap's offloads ({offload:#x}): {e}"),
+            })?;
+        Ok(Box::new(NetHandler {
+            backend: self.backend.clone(),
+            stats: self.stats.clone(),
+            mrg_rxbuf: features & features::MRG_RXBUF != 0,
+            guest_csum: features & features::GUEST_CSUM != 0,
+            tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            rx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            rx_pending: None,
+            warned: false,
+        }))
+    }
+}
+
+/// `read(2)` of one frame into `buf`.
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, a live mutable buffer.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `write(2)` of one frame from `buf`.
+fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`, a live buffer.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// What became of the frame waiting for the guest.
+enum Delivery {
+    /// In the guest's buffers (or dropped): take the next.
+    Done,
+    /// Not enough buffers: wait for the driver to add some.
+    Starved,
+}
+
+struct NetHandler {
+    backend: Arc<dyn NetBackend>,
+    stats: Arc<NetStats>,
+    mrg_rxbuf: bool,
+    guest_csum: bool,
+    tx_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+    /// Length (header included) of the frame in `rx_buf` still to be delivered.
+    rx_pending: Option<usize>,
+    warned: bool,
+}
+
+impl NetHandler {
+    fn warn_once(&mut self, what: fmt::Arguments<'_>) {
+        if !std::mem::replace(&mut self.warned, true) {
+            log::warn!("virtio-net: {what} (further such problems are only counted)");
+        }
+    }
+
+    fn transmit(&mut self, chain: &Chain<'_>) {
+        let len = chain.readable_len();
+        if chain.writable_len() != 0
+            || len < NET_HDR_LEN as u64
+            || len > (NET_HDR_LEN + MAX_FRAME_LEN) as u64
+        {
+            bump(&self.stats.tx_dropped);
+            return;
+        }
+        let len = len as usize;
+        if !chain.read_at(0, &mut self.tx_buf[..len]) {
+            bump(&self.stats.tx_dropped);
+            return;
+        }
+        // num_buffers means nothing on transmit; the tap skips it anyway.
+        self.tx_buf[NUM_BUFFERS..NET_HDR_LEN].fill(0);
+        match write_fd(self.backend.fd(), &self.tx_buf[..len]) {
+            Ok(_) => bump(&self.stats.tx_frames),
+            Err(e) => {
+                bump(&self.stats.tx_dropped);
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    self.warn_once(format_args!("the backend refused a frame: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Reads frames from the backend into the receive queue until the backend has none left
+    /// or the driver's buffers run out.
+    fn receive(&mut self, queues: &mut Queues<'_, '_>) -> Result<(), RingFault> {
+        loop {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match read_fd(self.backend.fd(), &mut self.rx_buf) {
+                    Ok(n) if n < NET_HDR_LEN => continue,
+                    Ok(n) => {
+                        self.rx_pending = Some(n);
+                        n
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.warn_once(format_args!("reading the backend: {e}"));
+                        return Ok(());
+                    }
+                },
+            };
+            if !self.guest_csum {
+                // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+                self.rx_buf[..NUM_BUFFERS].fill(0);
+            }
+            let d = if self.mrg_rxbuf {
+                self.deliver_merged(len, queues)?
+            } else {
+                self.deliver_one(len, queues)?
+            };
+            match d {
+                Delivery::Done => self.rx_pending = None,
+                Delivery::Starved => {
+                    if !queues.enable_notification(RX_QUEUE)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pops receive chains until one can take the header; chains that cannot are completed
+    /// empty.
+    fn pop_rx<'r>(&mut self, queues: &mut Queues<'_, 'r>) -> Result<Option<Chain<'r>>, RingFault> {
+        while let Some(chain) = queues.pop(RX_QUEUE)? {
+            if chain.writable_len() >= NET_HDR_LEN as u64 {
+                return Ok(Some(chain));
+            }
+            bump(&self.stats.rx_bad_buffers);
+            queues.add_used(RX_QUEUE, chain.head(), 0)?;
+        }
+        Ok(None)
+    }
+
+    fn deliver_one(
+        &mut self,
+        len: usize,
+        queues: &mut Queues<'_, '_>,
+    ) -> Result<Delivery, RingFault> {
+        let Some(chain) = self.pop_rx(queues)? else {
+            return Ok(Delivery::Starved);
+        };
+        if chain.writable_len() < len as u64 {
+            bump(&self.stats.rx_dropped);
+            queues.put_back(RX_QUEUE, 1);
+            return Ok(Delivery::Done);
+        }
+        self.rx_buf[NUM_BUFFERS..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+        if !chain.write_at(0, &self.rx_buf[..len]) {
+            bump(&self.stats.rx_dropped);
+            queues.add_used(RX_QUEUE, chain.head(), 0)?;
+            return Ok(Delivery::Done);
+        }
+        queues.add_used(RX_QUEUE, chain.head(), len as u32)?;
+        bump(&self.stats.rx_frames);
+        Ok(Delivery::Done)
+    }
+
+    fn deliver_merged<'r>(
+        &mut self,
+        len: usize,
+        queues: &mut Queues<'_, 'r>,
+    ) -> Result<Delivery, RingFault> {
+        let Some(first) = self.pop_rx(queues)? else {
+            return Ok(Delivery::Starved);
+        };
+        let mut room = first.writable_len();
+        let mut chains = vec![first];
+        // Each pop takes an available entry, so this ends within a queue's worth of chains.
+        while room < len as u64 {
+            match queues.pop(RX_QUEUE)? {
+                Some(c) => {
+                    room += c.writable_len();
+                    chains.push(c);
+                }
+                None => {
+                    queues.put_back(RX_QUEUE, chains.len() as u16);
+                    return Ok(Delivery::Starved);
+                }
+            }
+        }
+        let count = chains.len() as u16;
+        self.rx_buf[NUM_BUFFERS..NET_HDR_LEN].copy_from_slice(&count.to_le_bytes());
+        let (mut at, mut ok) = (0usize, true);
+        let mut used = Vec::with_capacity(chains.len());
+        for c in &chains {
+            let n = (len - at).min(usize::try_from(c.writable_len()).unwrap_or(usize::MAX));
+            ok &= c.write_at(0, &self.rx_buf[at..at + n]);
+            used.push((c.head(), n as u32));
+            at += n;
+        }
+        for (head, n) in used {
+            queues.add_used(RX_QUEUE, head, if ok { n } else { 0 })?;
+        }
+        bump(if ok {
+            &self.stats.rx_frames
+        } else {
+            &self.stats.rx_dropped
+        });
+        Ok(Delivery::Done)
+    }
+}
+
+impl QueueHandler for NetHandler {
+    fn process(&mut self, queue: u16, chain: &mut Chain<'_>) -> Completion {
+        if queue == TX_QUEUE {
+            self.transmit(chain);
+        }
+        Completion::Used(0)
+    }
+
+    fn serves_itself(&self, queue: u16) -> bool {
+        queue == RX_QUEUE
+    }
+
+    fn extra_fds(&self) -> Vec<RawFd> {
+        vec![self.backend.fd()]
+    }
+
+    fn ready(&mut self, _why: Ready, queues: &mut Queues<'_, '_>) {
+        // A notify of the receive queue (buffers added) and a readable backend both mean:
+        // move frames while there are frames and buffers.
+        let _ = self.receive(queues);
+    }
+}

@@ -1,0 +1,552 @@
+//! virtio-net through the transport, as a guest driver uses it: frames between guest buffers
+//! and a backend (a datagram socket pair, which keeps frame boundaries as a tap does, or a
+//! real tap where one can be made), the header both ways, `num_buffers`, offload negotiation,
+//! and what a hostile driver can put on the queues.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use super::*;
+use crate::virtio::net::{
+    features as f, tap_offloads, MacAddr, Net, NetBackend, NetStats, CONFIG_LEN, NET_HDR_LEN,
+    RX_QUEUE, TX_QUEUE,
+};
+use crate::virtio::pci::DEVICE_CFG_OFFSET;
+use crate::virtio::tap::Tap;
+use crate::virtio::VIRTIO_F_RING_EVENT_IDX;
+
+/// One end of a socket pair as the device's backend; the test holds the other.
+struct PairBackend {
+    sock: UnixDatagram,
+    offload: Mutex<Vec<u32>>,
+}
+
+impl NetBackend for PairBackend {
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+    fn set_offload(&self, tun_flags: u32) -> std::io::Result<()> {
+        self.offload.lock().unwrap().push(tun_flags);
+        Ok(())
+    }
+}
+
+struct Rig {
+    d: Driver,
+    peer: UnixDatagram,
+    backend: Arc<PairBackend>,
+    stats: Arc<NetStats>,
+}
+
+const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+/// Guest buffers start here (the rings are below 0x30000).
+const BUF: u64 = 0x10_0000;
+
+fn rig(features: u64) -> Rig {
+    let (a, peer) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let backend = Arc::new(PairBackend {
+        sock: a,
+        offload: Mutex::new(Vec::new()),
+    });
+    let net = Net::new(backend.clone(), MAC);
+    let stats = net.stats();
+    let mut d = Driver::named("virtio-net-test", Box::new(net));
+    d.bring_up(features, &[256, 256]);
+    Rig {
+        d,
+        peer,
+        backend,
+        stats,
+    }
+}
+
+fn hdr(flags: u8, gso: u8, num_buffers: u16) -> [u8; NET_HDR_LEN] {
+    let mut h = [0u8; NET_HDR_LEN];
+    h[0] = flags;
+    h[1] = gso;
+    h[2..4].copy_from_slice(&14u16.to_le_bytes()); // hdr_len
+    h[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
+    h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+    h[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    h
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+}
+
+fn stat(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn read_guest(d: &Driver, addr: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    d.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+    v
+}
+
+/// Nothing more from the device on the backend.
+fn assert_backend_quiet(r: &Rig) {
+    r.peer
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    assert!(r.peer.recv(&mut b).is_err(), "the backend got a frame");
+    r.peer.set_read_timeout(Some(WAIT)).unwrap();
+}
+
+#[test]
+fn identity_config_and_features() {
+    let mut d = Driver::named(
+        "virtio-net-test",
+        Box::new(Net::new(
+            Arc::new(PairBackend {
+                sock: UnixDatagram::pair().unwrap().0,
+                offload: Mutex::new(Vec::new()),
+            }),
+            MAC,
+        )),
+    );
+    assert_eq!(d.cfg_read16(2), 0x1041);
+    assert_eq!(d.cfg_read32(8) >> 8, 0x02_00_00, "Ethernet controller");
+    let offered = d.device_features();
+    for bit in [
+        f::CSUM,
+        f::GUEST_CSUM,
+        f::MAC,
+        f::STATUS,
+        f::MRG_RXBUF,
+        f::HOST_TSO4,
+        f::HOST_TSO6,
+        f::GUEST_TSO4,
+        f::GUEST_TSO6,
+        f::GUEST_ECN,
+        f::HOST_ECN,
+        VIRTIO_F_VERSION_1,
+    ] {
+        assert_ne!(offered & bit, 0, "bit {bit:#x} offered");
+    }
+    let mut cfg = [0u8; CONFIG_LEN];
+    d.dev.bar_read(0, DEVICE_CFG_OFFSET, &mut cfg);
+    assert_eq!(&cfg[..6], &MAC.0);
+    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), 1, "link up");
+    assert_eq!(u16::from_le_bytes([cfg[8], cfg[9]]), 1, "one queue pair");
+    // The MAC is read-only with VERSION_1.
+    d.dev.bar_write(0, DEVICE_CFG_OFFSET, &[0xee; 6]);
+    d.dev.bar_read(0, DEVICE_CFG_OFFSET, &mut cfg);
+    assert_eq!(&cfg[..6], &MAC.0);
+}
+
+#[test]
+fn mac_addresses() {
+    assert_eq!(MacAddr::parse("52:54:00:12:34:56").unwrap(), MAC);
+    assert_eq!(MacAddr::parse("52-54-00-12-34-56").unwrap(), MAC);
+    assert_eq!(MAC.to_string(), "52:54:00:12:34:56");
+    for bad in [
+        "",
+        "52:54:00:12:34",
+        "52:54:00:12:34:56:78",
+        "5254.0012.3456",
+        "52:54:00:12:34:5g",
+        "052:54:00:12:34:56",
+    ] {
+        assert!(
+            matches!(
+                MacAddr::parse(bad),
+                Err(crate::virtio::net::MacError::Syntax(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert!(MacAddr::parse("01:00:5e:00:00:01")
+        .unwrap_err()
+        .to_string()
+        .contains("multicast"));
+    assert!(MacAddr::parse("00:00:00:00:00:00")
+        .unwrap_err()
+        .to_string()
+        .contains("all-zero"));
+    let a = MacAddr::from_seed("tap0");
+    assert_eq!(a, MacAddr::from_seed("tap0"), "stable");
+    assert_ne!(a, MacAddr::from_seed("tap1"));
+    assert_eq!(&a.0[..3], &[0x52, 0x54, 0x00]);
+}
+
+#[test]
+fn transmitted_frame_reaches_the_backend_with_its_header() {
+    let mut r = rig(f::CSUM | f::HOST_TSO4);
+    let h = hdr(1, 1, 7); // NEEDS_CSUM, GSO TCPv4; num_buffers is cleared on the way out
+    let fr = frame(1500, 3);
+    r.d.mem.write_slice(&h, GuestAddress(BUF)).unwrap();
+    r.d.mem
+        .write_slice(&fr, GuestAddress(BUF + 0x1000))
+        .unwrap();
+    // Header and frame in separate descriptors, as Linux does.
+    let head = r.d.queues[1].add(
+        &r.d.mem,
+        &[
+            (BUF, NET_HDR_LEN as u32, false),
+            (BUF + 0x1000, 1500, false),
+        ],
+    );
+    r.d.notify(TX_QUEUE);
+    assert_eq!(r.d.queues[1].wait_used(&r.d.mem), (u32::from(head), 0));
+    let mut got = vec![0u8; 4096];
+    let n = r.peer.recv(&mut got).unwrap();
+    assert_eq!(n, NET_HDR_LEN + 1500);
+    assert_eq!(
+        &got[..10],
+        &h[..10],
+        "the header goes to the tap as the guest wrote it"
+    );
+    assert_eq!(&got[10..12], &[0, 0]);
+    assert_eq!(&got[NET_HDR_LEN..n], &fr[..]);
+    assert_eq!(stat(&r.stats.tx_frames), 1);
+    assert_eq!(r.d.wait_deliveries(1), vec![(r.d.gsis[2], Driver::msg(2))]);
+}
+
+#[test]
+fn received_frame_reaches_a_guest_buffer_with_num_buffers_one() {
+    let mut r = rig(f::GUEST_CSUM);
+    assert_eq!(*r.backend.offload.lock().unwrap(), vec![libc::TUN_F_CSUM]);
+    for i in 0..2 {
+        r.d.queues[0].add(&r.d.mem, &[(BUF + 0x1000 * i, 1526, true)]);
+    }
+    r.d.notify(RX_QUEUE);
+    let mut out = hdr(2, 0, 0).to_vec(); // DATA_VALID
+    out.extend(frame(100, 9));
+    r.peer.send(&out).unwrap();
+    let (id, len) = r.d.queues[0].wait_used(&r.d.mem);
+    assert_eq!((id, len), (0, 112));
+    let got = read_guest(&r.d, BUF, 112);
+    assert_eq!(
+        got[0], 2,
+        "the tap's flags reach a guest that took GUEST_CSUM"
+    );
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+    assert_eq!(&got[NET_HDR_LEN..], &out[NET_HDR_LEN..]);
+    assert_eq!(r.d.wait_deliveries(1), vec![(r.d.gsis[1], Driver::msg(1))]);
+    // A second frame takes the second buffer.
+    r.peer.send(&out[..60]).unwrap();
+    assert_eq!(r.d.queues[0].wait_used(&r.d.mem), (1, 60));
+    assert_eq!(stat(&r.stats.rx_frames), 2);
+}
+
+#[test]
+fn a_frame_waits_for_the_driver_to_add_buffers() {
+    let mut r = rig(0);
+    let mut out = hdr(2, 1, 0).to_vec();
+    out.extend(frame(200, 1));
+    r.peer.send(&out).unwrap();
+    r.peer.send(&out[..80]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(r.d.queues[0].used_idx(&r.d.mem), 0);
+    r.d.queues[0].add(&r.d.mem, &[(BUF, 2048, true)]);
+    r.d.notify(RX_QUEUE);
+    assert_eq!(r.d.queues[0].wait_used(&r.d.mem), (0, 212));
+    let got = read_guest(&r.d, BUF, 212);
+    assert_eq!(
+        &got[..10],
+        &[0; 10],
+        "no GUEST_CSUM: flags and GSO fields cleared"
+    );
+    assert_eq!(&got[NET_HDR_LEN..], &out[NET_HDR_LEN..]);
+    // The second frame is still queued in the backend; one more buffer brings it in.
+    r.d.queues[0].add(&r.d.mem, &[(BUF + 0x1000, 2048, true)]);
+    r.d.notify(RX_QUEUE);
+    assert_eq!(r.d.queues[0].wait_used(&r.d.mem), (1, 80));
+}
+
+#[test]
+fn mergeable_buffers_split_a_frame_and_count_them() {
+    let mut r = rig(f::MRG_RXBUF | VIRTIO_F_RING_EVENT_IDX);
+    // Two buffers of 64 bytes cannot hold 162 bytes: the frame waits for more.
+    for i in 0..2 {
+        r.d.queues[0].add(&r.d.mem, &[(BUF + 0x1000 * i, 64, true)]);
+    }
+    r.d.notify(RX_QUEUE);
+    let mut out = hdr(0, 0, 0).to_vec();
+    out.extend(frame(150, 5));
+    r.peer.send(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        r.d.queues[0].used_idx(&r.d.mem),
+        0,
+        "two buffers hold 128 of 162 bytes"
+    );
+    for i in 2..4 {
+        r.d.queues[0].add(&r.d.mem, &[(BUF + 0x1000 * i, 64, true)]);
+    }
+    r.d.notify(RX_QUEUE);
+    let used: Vec<_> = (0..3).map(|_| r.d.queues[0].wait_used(&r.d.mem)).collect();
+    assert_eq!(used, vec![(0, 64), (1, 64), (2, 34)]);
+    let first = read_guest(&r.d, BUF, 64);
+    assert_eq!(u16::from_le_bytes([first[10], first[11]]), 3, "num_buffers");
+    let mut all = first[NET_HDR_LEN..].to_vec();
+    all.extend(read_guest(&r.d, BUF + 0x1000, 64));
+    all.extend(read_guest(&r.d, BUF + 0x2000, 34));
+    assert_eq!(all, out[NET_HDR_LEN..]);
+    assert_eq!(stat(&r.stats.rx_frames), 1);
+}
+
+#[test]
+fn offloads_follow_what_the_driver_accepted() {
+    assert_eq!(tap_offloads(0), 0);
+    assert_eq!(
+        tap_offloads(f::GUEST_TSO4),
+        0,
+        "TSO without checksum offload is not used"
+    );
+    assert_eq!(tap_offloads(f::GUEST_CSUM), libc::TUN_F_CSUM);
+    assert_eq!(
+        tap_offloads(f::GUEST_CSUM | f::GUEST_TSO4 | f::GUEST_TSO6 | f::GUEST_ECN),
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN
+    );
+    assert_eq!(tap_offloads(f::GUEST_CSUM | f::GUEST_ECN), libc::TUN_F_CSUM);
+    let r = rig(f::GUEST_CSUM | f::GUEST_TSO6);
+    assert_eq!(
+        *r.backend.offload.lock().unwrap(),
+        vec![libc::TUN_F_CSUM | libc::TUN_F_TSO6]
+    );
+}
+
+// ---- hostile drivers ---------------------------------------------------------------------
+
+#[test]
+fn malformed_transmit_chains_are_dropped_and_counted() {
+    let mut r = rig(0);
+    let m = r.d.mem.clone();
+    m.write_slice(&hdr(0, 0, 0), GuestAddress(BUF)).unwrap();
+    let cases: [&[(u64, u32, bool)]; 5] = [
+        &[(BUF, 0, false)],                                            // zero length
+        &[(BUF, 5, false)],                                            // shorter than the header
+        &[(BUF, NET_HDR_LEN as u32, false), (BUF + 0x1000, 64, true)], // a writable buffer
+        &[(BUF, 64, true)],                                            // only writable
+        &[(BUF, NET_HDR_LEN as u32 + 70000, false)],                   // longer than any frame
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        r.d.queues[1].add(&m, c);
+        r.d.notify(TX_QUEUE);
+        assert_eq!(r.d.queues[1].wait_used(&m).1, 0, "case {i}");
+    }
+    assert_eq!(stat(&r.stats.tx_dropped), 5);
+    assert_eq!(stat(&r.stats.tx_frames), 0);
+    assert_backend_quiet(&r);
+    // A good frame still goes through, and the device never asked for a reset.
+    r.d.queues[1].add(&m, &[(BUF, NET_HDR_LEN as u32 + 60, false)]);
+    r.d.notify(TX_QUEUE);
+    r.d.queues[1].wait_used(&m);
+    let mut b = [0u8; 128];
+    assert_eq!(r.peer.recv(&mut b).unwrap(), NET_HDR_LEN + 60);
+    assert_eq!(r.d.status() & crate::virtio::STATUS_NEEDS_RESET, 0);
+}
+
+#[test]
+fn receive_buffers_too_small_for_the_header_or_the_frame() {
+    let mut r = rig(0);
+    let m = r.d.mem.clone();
+    // 8 bytes: no room for the header; returned empty. 100 bytes: too small for the first
+    // frame (dropped), kept for the second.
+    r.d.queues[0].add(&m, &[(BUF, 8, true)]);
+    r.d.queues[0].add(&m, &[(BUF + 0x1000, 100, true)]);
+    r.d.notify(RX_QUEUE);
+    let mut big = hdr(0, 0, 0).to_vec();
+    big.extend(frame(1000, 0));
+    r.peer.send(&big).unwrap();
+    assert_eq!(r.d.queues[0].wait_used(&m), (0, 0));
+    r.peer.send(&big[..90]).unwrap();
+    assert_eq!(r.d.queues[0].wait_used(&m), (1, 90));
+    assert_eq!(stat(&r.stats.rx_bad_buffers), 1);
+    assert_eq!(stat(&r.stats.rx_dropped), 1);
+    assert_eq!(stat(&r.stats.rx_frames), 1);
+    // A readable-only chain on the receive queue is refused too (no writable bytes).
+    r.d.queues[0].add(&m, &[(BUF, 64, false)]);
+    r.d.notify(RX_QUEUE);
+    r.peer.send(&big[..40]).unwrap();
+    assert_eq!(r.d.queues[0].wait_used(&m), (2, 0));
+    assert_eq!(r.d.status() & crate::virtio::STATUS_NEEDS_RESET, 0);
+}
+
+#[test]
+fn a_broken_receive_ring_needs_a_reset() {
+    let mut r = rig(0);
+    r.d.queues[0].set_avail_idx(&r.d.mem, 300); // queue size 256
+    r.d.notify(RX_QUEUE);
+    r.peer.send(&[0u8; 60]).unwrap();
+    assert!(
+        r.d.wait_status(crate::virtio::STATUS_NEEDS_RESET),
+        "the device did not ask for a reset"
+    );
+    assert!(r
+        .d
+        .wait_deliveries(1)
+        .contains(&(r.d.gsis[0], Driver::msg(0))));
+}
+
+// ---- a real tap ------------------------------------------------------------------------------
+
+/// `SIOCETHTOOL` with an `ethtool_value` (ETHTOOL_GTXCSUM, ETHTOOL_GTSO): the tap's own view
+/// of the offloads TUNSETOFFLOAD gave it.
+fn ethtool_get(name: &str, cmd: u32) -> u32 {
+    #[repr(C)]
+    struct Value {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct Req {
+        name: [u8; 16],
+        data: *mut Value,
+        _pad: [u8; 16],
+    }
+    let mut v = Value { cmd, data: 0 };
+    let mut req = Req {
+        name: [0; 16],
+        data: &mut v,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // SAFETY: `req` is a live ifreq whose data pointer points to `v`, which lives across the
+    // call; SIOCETHTOOL reads the command there and writes the value back.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    assert_eq!(
+        rc,
+        0,
+        "SIOCETHTOOL {cmd:#x} on {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    v.data
+}
+
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_GTSO: u32 = 0x1e;
+
+/// A tap of our own, or `None` (printed) where this host cannot make one.
+fn test_tap(tag: &str) -> Option<Tap> {
+    let name = format!("vfnt{tag}{}", std::process::id() % 100_000);
+    match Tap::open(&name) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create a tap here ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn tap_offloads_are_set_at_activation() {
+    let Some(tap) = test_tap("o") else { return };
+    let name = tap.name().to_string();
+    assert_eq!(
+        ethtool_get(&name, ETHTOOL_GTXCSUM),
+        0,
+        "no offloads before the driver"
+    );
+    assert_eq!(ethtool_get(&name, ETHTOOL_GTSO), 0);
+    let mut d = Driver::named("virtio-net-tap", Box::new(Net::new(Arc::new(tap), MAC)));
+    d.bring_up(
+        f::GUEST_CSUM | f::GUEST_TSO4 | f::GUEST_TSO6 | f::MRG_RXBUF,
+        &[256, 256],
+    );
+    assert_eq!(ethtool_get(&name, ETHTOOL_GTXCSUM), 1, "TUN_F_CSUM");
+    assert_eq!(ethtool_get(&name, ETHTOOL_GTSO), 1, "TUN_F_TSO4|TSO6");
+    // A driver that takes only checksum offload turns segmentation off again.
+    d.set_status(0);
+    d.mem
+        .write_slice(&vec![0u8; 0x30000], GuestAddress(0x10000))
+        .unwrap();
+    d.bring_up(f::GUEST_CSUM, &[256, 256]);
+    assert_eq!(ethtool_get(&name, ETHTOOL_GTXCSUM), 1);
+    assert_eq!(ethtool_get(&name, ETHTOOL_GTSO), 0);
+}
+
+#[test]
+fn a_real_tap_carries_frames_to_the_host() {
+    let Some(tap) = test_tap("t") else { return };
+    let name = tap.name().to_string();
+    // An AF_PACKET socket on the tap sees what the guest transmits.
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )
+    };
+    assert!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let c = std::ffi::CString::new(name.clone()).unwrap();
+    // SAFETY: `c` is a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0);
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", &name, "up"])
+        .status();
+    if !matches!(up, Ok(s) if s.success()) {
+        eprintln!("SKIPPED: cannot bring {name} up with ip(8): {up:?}");
+        return;
+    }
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = index as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: SO_RCVTIMEO reads a timeval of the size passed.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let mut d = Driver::named("virtio-net-tap", Box::new(Net::new(Arc::new(tap), MAC)));
+    d.bring_up(f::CSUM, &[256, 256]);
+    // A broadcast frame of an unused EtherType, with our MAC as the source.
+    let mut fr = vec![0xffu8; 6];
+    fr.extend(MAC.0);
+    fr.extend([0x88, 0xb5]); // local experimental EtherType
+    fr.extend(b"vfiovm virtio-net test frame".iter());
+    fr.resize(64, 0xab);
+    d.mem.write_slice(&hdr(0, 0, 0), GuestAddress(BUF)).unwrap();
+    d.mem
+        .write_slice(&fr, GuestAddress(BUF + NET_HDR_LEN as u64))
+        .unwrap();
+    d.queues[1].add(&d.mem, &[(BUF, (NET_HDR_LEN + fr.len()) as u32, false)]);
+    d.notify(TX_QUEUE);
+    d.queues[1].wait_used(&d.mem);
+    let mut b = [0u8; 2048];
+    loop {
+        // SAFETY: the kernel writes at most `b.len()` bytes into `b`.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), b.as_mut_ptr().cast(), b.len(), 0) };
+        assert!(
+            n > 0,
+            "the frame never reached the host: {}",
+            std::io::Error::last_os_error()
+        );
+        if b[..n as usize] == fr[..] {
+            break;
+        }
+    }
+}
