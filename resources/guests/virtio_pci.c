@@ -115,11 +115,6 @@ const char *vio_type_name(uint16_t type)
     }
 }
 
-/* Orders this CPU's earlier memory accesses before its later ones, loads after stores too
- * (x86 only reorders those): for the event index check after publishing. */
-static inline void full_barrier(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memory", "cc"); }
-static inline void compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
-
 /* ---- BAR placement --------------------------------------------------------------------------- */
 
 struct range {

@@ -145,6 +145,12 @@ struct vio_result {
 
 #define VIRTIO_MSI_NO_VECTOR 0xffff
 
+/* Orders this CPU's earlier memory accesses before its later ones, loads after stores too
+ * (x86 only reorders those): for the event index check after publishing. compiler_barrier only
+ * keeps the compiler from moving ring writes across it. */
+static inline void full_barrier(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memory", "cc"); }
+static inline void compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
+
 /* Shared state set up by virtio_probe.c before anything else. */
 extern struct acpi_info vio_acpi;
 extern const struct rt_boot *vio_boot;

@@ -9,6 +9,8 @@
  *   blk-read  virtio-blk, every disk: read sector N, print its CRC-32 and first bytes
  *   blk-ro    virtio-blk, every disk: RO offered, a write fails with IOERR, a read works
  *   hostile   malformed chains to the first disk (virtio_hostile.c)
+ *   net       the first virtio-net card: ARP and ICMP echo both ways (virtio_net.c; ip=,
+ *             peer=, pings=, net_ms=)
  * `accept=indirect,event_idx` also accepts those ring features when offered, `timeout_ms=` sets
  * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks its own results: each failed check prints "fail: ...", the
  * last lines are "virtio_probe: failures=N", then with failures "error: virtio_probe checks
@@ -62,6 +64,8 @@ static uint32_t crc32(const uint8_t *p, size_t n)
 
 static unsigned queues_for(uint16_t type)
 {
+    if (type == VIRTIO_ID_NET)
+        return 2;
     return type == VIRTIO_ID_RNG || type == VIRTIO_ID_BLOCK ? 1 : 0;
 }
 
@@ -352,10 +356,12 @@ struct test {
 };
 
 static void run_hostile(void) { test_hostile(devs, ndevs); }
+static void run_net(void) { test_net(devs, ndevs); }
 
 static const struct test tests[] = {
     { "list", test_list },         { "rng", test_rng },         { "blk", test_blk },
     { "blk-read", test_blk_read }, { "blk-ro", test_blk_ro },   { "hostile", run_hostile },
+    { "net", run_net },
 };
 
 static uint64_t cmdline_number(const char *key, uint64_t fallback, uint64_t max)

@@ -66,4 +66,7 @@ extern volatile uint8_t blk_status;
 /* virtio_hostile.c */
 void test_hostile(struct vio_dev *devs, unsigned n);
 
+/* virtio_net.c: ARP and ICMP echo on the first virtio-net card (ip=, peer=, pings=, net_ms=) */
+void test_net(struct vio_dev *devs, unsigned n);
+
 #endif

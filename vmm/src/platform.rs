@@ -65,6 +65,9 @@ pub enum PlatformError {
     /// A virtio device could not be created or added.
     #[error("cannot add {0}: {1}")]
     Virtio(String, String),
+    /// A `--net` tap could not be opened or used.
+    #[error("--net {0}: {1}")]
+    Net(String, #[source] devices::virtio::tap::TapError),
 }
 
 /// COM1 as the console: output to stdout, input from stdin.

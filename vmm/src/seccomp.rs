@@ -7,8 +7,9 @@
 //!   epoll, signalfd, stdin, kicks, teardown; installed once every vCPU thread is spawned.
 //!
 //! - virtio I/O threads (`virtio-*`), [`ThreadKind::Device`]: epoll on the queues' eventfds,
-//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`) and
-//!   irqfd writes. Each is created with its device while the VM is built, waits at the
+//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`;
+//!   virtio-net's frames are `read`/`write` on its tap, allowed for every thread) and irqfd
+//!   writes. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
 //!
 //! The VMM spawns no other threads. Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
@@ -50,6 +51,7 @@ mod nr {
     use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
     const VFIO: u32 = VFIO_TYPE as u32;
+    const TUN: u32 = b'T' as u32;
 
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -77,6 +79,8 @@ mod nr {
     ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
     ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
     ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
+
+    ioctl_iow_nr!(TUNSETOFFLOAD, TUN, 208, libc::c_uint);
 
     /// Terminal attributes (`tcgetattr`/`tcsetattr(TCSANOW)`), for restoring a raw-mode stdin.
     pub fn TCGETS() -> u64 {
@@ -326,6 +330,9 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     // A passed-through device's interrupt mode follows the guest's MSI/MSI-X
                     // enable bits.
                     nr::VFIO_DEVICE_SET_IRQS(),
+                    // A guest starting a virtio-net card tells its tap which offloads the
+                    // driver takes.
+                    nr::TUNSETOFFLOAD(),
                 ],
             )?;
             r.any(&[
@@ -381,6 +388,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_epoll_pwait,
                 // virtio-rng
                 libc::SYS_getrandom,
+                // virtio-net needs nothing more: its tap is read and written with read(2)
+                // and write(2), and added to the epoll set with epoll_ctl.
                 // virtio-blk: the image's data, FLUSH, DISCARD and WRITE_ZEROES.
                 libc::SYS_pread64,
                 libc::SYS_pwrite64,
@@ -585,7 +594,9 @@ impl Sandbox {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
+    use std::os::unix::net::UnixDatagram;
     use std::sync::Arc;
 
     use kvm_bindings::{kvm_userspace_memory_region, KvmIrqRouting};
@@ -625,6 +636,8 @@ mod tests {
         assert_eq!(nr::VFIO_DEVICE_RESET(), 0x3b6f);
         assert_eq!(nr::VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
         assert_eq!((nr::TCGETS(), nr::TCSETS()), (0x5401, 0x5402));
+        assert_eq!(nr::TUNSETOFFLOAD(), libc::TUNSETOFFLOAD);
+        assert_eq!(nr::TUNSETOFFLOAD(), 0x4004_54d0);
     }
 
     #[test]
@@ -654,6 +667,8 @@ mod tests {
         /// A regular file (for pread/pwrite).
         file: std::fs::File,
         epoll: Epoll,
+        /// A datagram socket pair (for frames, as virtio-net moves them on a tap).
+        pair: (UnixDatagram, UnixDatagram),
     }
 
     fn kit(tmp: &TempFile) -> Kit {
@@ -668,6 +683,7 @@ mod tests {
             evt: EventFd::new(EFD_NONBLOCK).unwrap(),
             file: tmp.as_file().try_clone().unwrap(),
             epoll: Epoll::new().unwrap(),
+            pair: UnixDatagram::pair().unwrap(),
         }
     }
 
@@ -794,6 +810,7 @@ mod tests {
                     "VFIO_DEVICE_SET_IRQS",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
                 ),
+                ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),
                 ("eventfd read/write", eventfd_round_trip(&k)),
                 ("pwrite64", refused_io(k.file.write_at(b"12345678", 0))),
                 ("pread64", refused_io(k.file.read_at(&mut buf, 0))),
@@ -905,6 +922,19 @@ mod tests {
             let fd_file = std::os::fd::AsRawFd::as_raw_fd(f);
             // SAFETY: plain fallocate on a file of ours.
             let falloc = unsafe { libc::fallocate(fd_file, 0, 0, 4096) };
+            // virtio-net: one frame each way on a datagram pair, as on a tap.
+            let frames = {
+                let (a, b) = (k.pair.0.as_raw_fd(), k.pair.1.as_raw_fd());
+                let (out, mut inp) = ([7u8; 60], [0u8; 64]);
+                // SAFETY: write(2) reads `out`, read(2) fills `inp`; both live buffers of the
+                // lengths passed.
+                let w = unsafe { libc::write(a, out.as_ptr().cast(), out.len()) };
+                let w_err = std::io::Error::last_os_error().raw_os_error();
+                // SAFETY: as above.
+                let r = unsafe { libc::read(b, inp.as_mut_ptr().cast(), inp.len()) };
+                let r_err = std::io::Error::last_os_error().raw_os_error();
+                (w < 0 && w_err == Some(REFUSED)) || (r < 0 && r_err == Some(REFUSED))
+            };
             let allowed: Checks = vec![
                 (
                     "epoll_create1/epoll_ctl/epoll_wait",
@@ -922,6 +952,7 @@ mod tests {
                     "fallocate",
                     falloc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
                 ),
+                ("write/read of frames (virtio-net's tap)", frames),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
@@ -931,6 +962,8 @@ mod tests {
                 ("openat", refused_io(std::fs::File::open("/dev/null"))),
                 ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
+                // The tap's offloads are set where the driver starts the card (a vCPU).
+                ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),
                 ("mmap with PROT_EXEC", exec_mapping()),
             ];
             (allowed, refused)

@@ -1,4 +1,4 @@
-//! The virtio devices the command line asks for (`--rng`), built on
+//! The virtio devices the command line asks for (`--rng`, `--net`), built on
 //! [`devices::virtio`] and put on the guest's PCI bus after the test device and before the
 //! passed-through devices.
 //!
@@ -7,17 +7,23 @@
 //! has one I/O thread, created here by the thread that builds the VM; it waits at the
 //! platform's [`DeviceGate`] and installs the virtio seccomp filter before it serves anything
 //! ([`crate::seccomp`]).
+//!
+//! A `--net` tap is opened here, while the VM is built (before any filter and before
+//! `--user` drops root); an error names the flag's value and the fix, and what was already
+//! made is dropped with the half-built VM.
 
 use std::sync::{Arc, Mutex};
 
 use devices::ioevent::IoEventRegistrar;
 use devices::kvm::{KvmInterruptManager, KvmIoEvents};
 use devices::pci::PciPlatform;
+use devices::virtio::net::{MacAddr, Net};
 use devices::virtio::rng::Rng;
+use devices::virtio::tap::Tap;
 use devices::virtio::{ThreadStart, VirtioDevice, VirtioPciDevice};
 use kvm_ioctls::VmFd;
 
-use crate::config::VmConfig;
+use crate::config::{NetBackendConfig, NetConfig, VmConfig};
 use crate::memory::GuestMemory;
 use crate::platform::PlatformError;
 use crate::seccomp::DeviceGate;
@@ -62,5 +68,24 @@ pub fn add_devices(
     if config.rng {
         add("virtio-rng", Box::new(Rng::new()))?;
     }
+    for (i, net) in config.net.iter().enumerate() {
+        let (tap, mac) = open_net(net)?;
+        log::info!("virtio-net{i}: tap {} mac {mac}", tap.name());
+        add(
+            &format!("virtio-net{i}"),
+            Box::new(Net::new(Arc::new(tap), mac)),
+        )?;
+    }
     Ok(())
+}
+
+/// Opens a `--net` card's tap; its MAC is the one given or one derived from the tap's name.
+fn open_net(net: &NetConfig) -> Result<(Tap, MacAddr), PlatformError> {
+    let (arg, tap) = match &net.backend {
+        NetBackendConfig::Tap(name) => (format!("tap={name}"), Tap::open(name)),
+        NetBackendConfig::Fd(fd) => (format!("fd={fd}"), Tap::from_fd(*fd)),
+    };
+    let tap = tap.map_err(|e| PlatformError::Net(arg, e))?;
+    let mac = net.mac.unwrap_or_else(|| MacAddr::from_seed(tap.name()));
+    Ok((tap, mac))
 }

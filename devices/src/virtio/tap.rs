@@ -177,22 +177,25 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Takes `fd`, a tap the caller opened (an inherited `fd=N`): checks with TUNGETIFF that
+    /// Uses `fd`, a tap the caller opened (an inherited `fd=N`): checks with TUNGETIFF that
     /// it is a tap with `IFF_NO_PI` and `IFF_VNET_HDR`, makes it non-blocking and sets the
-    /// header size. The descriptor is owned (closed) by the `Tap` from here, also on error.
-    ///
-    /// # Safety
-    /// `fd` must not be owned by anything else in this process (nothing else closes it).
-    pub unsafe fn from_raw_fd(fd: RawFd) -> Result<Tap, TapError> {
-        // SAFETY: F_GETFD only asks whether `fd` is open.
-        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    /// header size. The `Tap` works on its own duplicate (close-on-exec); `fd` itself is left
+    /// open and untouched otherwise, so a wrong number never closes someone else's descriptor.
+    pub fn from_fd(fd: RawFd) -> Result<Tap, TapError> {
+        if fd < 0 {
             return Err(TapError::BadFd(fd));
         }
-        // SAFETY: `fd` is open and, by the caller's promise, ours alone.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor (or fails with EBADF); no memory is
+        // passed.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if dup < 0 {
+            return Err(TapError::BadFd(fd));
+        }
+        // SAFETY: `dup` was just created for us and nothing else knows it.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
         let mut req = IfReq::new("", 0);
         // SAFETY: `req` is a live `struct ifreq` the kernel writes.
-        unsafe { ioctl_ptr(fd, libc::TUNGETIFF, &mut req) }.map_err(|_| TapError::NotTapFd(fd))?;
+        unsafe { ioctl_ptr(dup, libc::TUNGETIFF, &mut req) }.map_err(|_| TapError::NotTapFd(fd))?;
         let name = req.name();
         let flags = i32::from(req.flags) & 0xffff;
         let mut missing = Vec::new();
@@ -214,9 +217,9 @@ impl Tap {
             });
         }
         // SAFETY: F_GETFL/F_SETFL on our open descriptor.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let fl = unsafe { libc::fcntl(dup, libc::F_GETFL) };
         // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+        if fl < 0 || unsafe { libc::fcntl(dup, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
             return Err(TapError::Io {
                 name,
                 what: "making it non-blocking",
@@ -301,15 +304,100 @@ mod tests {
     }
 
     #[test]
+    fn error_messages_name_the_fix() {
+        let io = |what| TapError::Io {
+            name: "vm0".into(),
+            what,
+            source: io::Error::from_raw_os_error(libc::ENOMEM),
+        };
+        for (e, want) in [
+            (
+                TapError::NoTunDevice,
+                "cannot open /dev/net/tun: it does not exist: load the tun module (modprobe tun)",
+            ),
+            (
+                TapError::Permission("vm0".into()),
+                "tap 'vm0': permission denied: run with CAP_NET_ADMIN, or create the tap beforehand for this user (ip tuntap add vm0 mode tap user $(id -u) vnet_hdr)",
+            ),
+            (
+                TapError::Busy("vm0".into()),
+                "tap 'vm0' is busy: another process has it open; stop it or use another tap",
+            ),
+            (
+                TapError::NotTapName("lo".into()),
+                "'lo' exists and is not a tap interface: pick a free name or a tap (ip -d link show lo)",
+            ),
+            (
+                io("TUNSETVNETHDRSZ"),
+                "tap 'vm0': TUNSETVNETHDRSZ: Cannot allocate memory (os error 12)",
+            ),
+        ] {
+            assert_eq!(e.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_tap() {
+        match Tap::open("lo") {
+            Err(TapError::NotTapName(n)) => assert_eq!(n, "lo"),
+            Err(e @ (TapError::Permission(_) | TapError::NoTunDevice)) => {
+                eprintln!("SKIPPED: cannot open {TUN_PATH} here ({e})")
+            }
+            r => panic!("lo as a tap: {r:?}"),
+        }
+    }
+
+    #[test]
     fn a_descriptor_that_is_not_a_tap_is_refused() {
         let f = std::fs::File::open("/dev/null").unwrap();
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-        // SAFETY: `fd` was just released by its File; the Tap (or the error path) owns it.
-        let e = unsafe { Tap::from_raw_fd(fd) }.unwrap_err();
+        let fd = f.as_raw_fd();
+        let e = Tap::from_fd(fd).unwrap_err();
         assert!(matches!(e, TapError::NotTapFd(n) if n == fd), "{e}");
         assert!(e.to_string().contains("is not a tap"), "{e}");
-        // SAFETY: -1 is never open; nothing is taken.
-        let e = unsafe { Tap::from_raw_fd(-1) }.unwrap_err();
-        assert!(matches!(e, TapError::BadFd(-1)), "{e}");
+        // SAFETY: F_GETFD only asks whether the descriptor is open: it still is.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+        assert!(matches!(Tap::from_fd(-1), Err(TapError::BadFd(-1))));
+    }
+
+    #[test]
+    fn an_inherited_tap_descriptor_is_checked() {
+        let name = format!("vfntfd{}", std::process::id() % 100_000);
+        let tap = match Tap::open(&name) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("SKIPPED: cannot create a tap here ({e})");
+                return;
+            }
+        };
+        let again = Tap::from_fd(tap.as_raw_fd()).unwrap();
+        assert_eq!(again.name(), name);
+        assert_ne!(again.as_raw_fd(), tap.as_raw_fd(), "a duplicate");
+        // A tun (no Ethernet frames) and a tap without IFF_VNET_HDR are refused by name.
+        for (flags, missing) in [
+            (
+                libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+                "IFF_TAP",
+            ),
+            (libc::IFF_TAP | libc::IFF_NO_PI, "IFF_VNET_HDR"),
+        ] {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(TUN_PATH)
+                .unwrap();
+            let mut req = IfReq::new(&format!("vfntx{}", std::process::id() % 100_000), flags);
+            // SAFETY: `req` is a live `struct ifreq`.
+            unsafe { ioctl_ptr(f.as_raw_fd(), libc::TUNSETIFF, &mut req) }.unwrap();
+            let e = Tap::from_fd(f.as_raw_fd()).unwrap_err();
+            assert!(
+                matches!(&e, TapError::FdFlags { missing: m, .. } if m == missing),
+                "{e}"
+            );
+            assert!(e
+                .to_string()
+                .contains("attach it with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR"));
+        }
+        // The same name twice: the first holder keeps it.
+        assert!(matches!(Tap::open(&name), Err(TapError::Busy(_))));
     }
 }

@@ -6,6 +6,10 @@
 
 use std::path::PathBuf;
 
+mod virtio;
+
+pub use virtio::{NetBackendConfig, NetConfig};
+
 /// Smallest guest RAM we accept: room for the boot structures, a small kernel and a stack.
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Default guest RAM.
@@ -34,6 +38,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// A virtio-rng device (`--rng`).
     pub rng: bool,
+    /// virtio-net cards (`--net`), in order.
+    pub net: Vec<NetConfig>,
     /// Attach the PCI test device (for the project's own guest tests).
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
@@ -53,6 +59,7 @@ impl VmConfig {
             cpus: 1,
             devices: Vec::new(),
             rng: false,
+            net: Vec::new(),
             test_pci_device: false,
             verbosity: 0,
         }
@@ -224,7 +231,9 @@ pub enum ConfigError {
     #[error("option '{0}' needs a value (see vfiovm --help)")]
     MissingValue(String),
     /// A flag given twice that may only appear once.
-    #[error("option '{0}' given more than once: give it once (only --device and -v repeat)")]
+    #[error(
+        "option '{0}' given more than once: give it once (only --device, --net and -v repeat)"
+    )]
     Repeated(String),
     /// `--kernel` is required.
     #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF)")]
@@ -244,6 +253,9 @@ pub enum ConfigError {
     /// A `--device` value that does not parse.
     #[error("invalid --device '{0}': {1} (syntax: {syntax})", syntax = DeviceConfig::SYNTAX)]
     BadDevice(String, String),
+    /// A `--net` value that does not parse.
+    #[error("invalid --net '{0}': {1} (syntax: {syntax})", syntax = NetConfig::SYNTAX)]
+    BadNet(String, String),
     /// `--test-seccomp-violation` with a value other than `vmm` or `vcpu`.
     #[error("invalid --test-seccomp-violation '{0}': use vmm or vcpu")]
     BadViolationSite(String),
@@ -280,6 +292,10 @@ OPTIONS:
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
                          virtio_rng driver: /dev/hwrng)
+    --net tap=NAME[,mac=MAC]|fd=N[,mac=MAC]
+                         A virtio-net card on a tap (repeatable): the tap NAME (created if
+                         missing; needs CAP_NET_ADMIN unless it belongs to you) or an open tap
+                         descriptor N; MAC defaults to 52:54:00:xx:xx:xx from the tap's name
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
                          default; turn them off only to debug a SIGSYS, see docs/security.md)
     --user UID:GID       Once the VM is built, drop root and run as this numeric user and
@@ -453,6 +469,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut cpus = None;
     let mut devices = Vec::new();
     let mut rng = false;
+    let mut net = Vec::new();
     let mut test_pci_device = false;
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
@@ -489,6 +506,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
             "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
             "--rng" => rng = true,
+            "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--test-pci-device" => test_pci_device = true,
             "--no-seccomp" => sandbox.seccomp = false,
             "--user" => once(&mut sandbox.user, parse_user(&value(&mut it)?)?, &flag)?,
@@ -516,6 +534,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             cpus: cpus.unwrap_or(1),
             devices,
             rng,
+            net,
             test_pci_device,
             verbosity,
         },
@@ -740,6 +759,35 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn net_cards_repeat_in_order() {
+        let vm = run(&[
+            "--kernel",
+            "k",
+            "--net",
+            "tap=tap0",
+            "--net=fd=7,mac=52:54:00:00:00:09",
+        ]);
+        assert_eq!(
+            vm.net,
+            vec![
+                NetConfig {
+                    backend: NetBackendConfig::Tap("tap0".into()),
+                    mac: None
+                },
+                NetConfig {
+                    backend: NetBackendConfig::Fd(7),
+                    mac: Some(devices::virtio::net::MacAddr([0x52, 0x54, 0, 0, 0, 9]))
+                },
+            ]
+        );
+        assert!(run(&["--kernel", "k"]).net.is_empty());
+        assert!(matches!(
+            parse_args(args(&["--kernel", "k", "--net", "fd=x"])),
+            Err(ConfigError::BadNet(..))
+        ));
     }
 
     #[test]
