@@ -313,11 +313,79 @@ impl VirtioDevice for Net {
             stats: self.stats.clone(),
             mrg_rxbuf: features & features::MRG_RXBUF != 0,
             guest_csum: features & features::GUEST_CSUM != 0,
-            tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
-            rx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            tx_buf: FrameBuf::new().map_err(|e| VirtioError::Activate {
+                device: "virtio-net".into(),
+                why: format!("mapping a frame buffer: {e}"),
+            })?,
+            rx_buf: FrameBuf::new().map_err(|e| VirtioError::Activate {
+                device: "virtio-net".into(),
+                why: format!("mapping a frame buffer: {e}"),
+            })?,
             rx_pending: None,
             warned: false,
         }))
+    }
+}
+
+/// Room for one frame and its header, mapped on its own (`mmap`/`munmap`) rather than taken
+/// from the allocator. It is made on the vCPU thread that starts the device and dropped on the
+/// I/O thread: a heap block of that size freed there can make glibc shrink the other thread's
+/// heap, which first reads `/proc/sys/vm/overcommit_memory` (an `openat` no seccomp filter
+/// allows). A mapping of its own is simply unmapped.
+struct FrameBuf {
+    ptr: std::ptr::NonNull<u8>,
+}
+
+/// Its size: a header and the longest frame, rounded up to whole pages.
+const FRAME_BUF_LEN: usize = (NET_HDR_LEN + MAX_FRAME_LEN + 4095) & !4095;
+
+// SAFETY: the mapping is owned by the FrameBuf alone and only reached through `&self`/`&mut
+// self`, like a Vec's buffer.
+unsafe impl Send for FrameBuf {}
+
+impl FrameBuf {
+    fn new() -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping at an address the kernel picks; no existing
+        // memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                FRAME_BUF_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::NonNull::new(p.cast())
+            .map(|ptr| FrameBuf { ptr })
+            .ok_or_else(|| io::Error::other("mmap returned null"))
+    }
+}
+
+impl std::ops::Deref for FrameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live, readable and writable mapping of FRAME_BUF_LEN bytes
+        // (zero-filled at first), owned by self for its lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), FRAME_BUF_LEN) }
+    }
+}
+
+impl std::ops::DerefMut for FrameBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), FRAME_BUF_LEN) }
+    }
+}
+
+impl Drop for FrameBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no reference to it outlives self.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), FRAME_BUF_LEN) };
     }
 }
 
@@ -354,8 +422,8 @@ struct NetHandler {
     stats: Arc<NetStats>,
     mrg_rxbuf: bool,
     guest_csum: bool,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    tx_buf: FrameBuf,
+    rx_buf: FrameBuf,
     /// Length (header included) of the frame in `rx_buf` still to be delivered.
     rx_pending: Option<usize>,
     warned: bool,

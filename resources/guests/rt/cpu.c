@@ -6,7 +6,7 @@
 #define DEFAULT_TSC_MHZ 3000
 #define CPUID_FREQ_LEAF 0x16
 
-static uint64_t tsc_mhz(void)
+uint64_t rt_tsc_mhz(void)
 {
     static uint64_t mhz;
     uint32_t r[4];
@@ -25,7 +25,7 @@ static uint64_t tsc_mhz(void)
 
 void rt_delay_us(uint64_t us)
 {
-    uint64_t start = cpu_rdtsc(), cycles = us * tsc_mhz();
+    uint64_t start = cpu_rdtsc(), cycles = us * rt_tsc_mhz();
 
     while (cpu_rdtsc() - start < cycles)
         cpu_pause();

@@ -136,6 +136,8 @@ NORETURN void cpu_halt_forever(void);
 
 /* Busy-wait for about `us` microseconds (TSC based; see cpu.c for the frequency used). */
 void rt_delay_us(uint64_t us);
+/* The TSC rate rt_delay_us assumes (CPUID leaf 0x16, else 3000 MHz): for deadlines. */
+uint64_t rt_tsc_mhz(void);
 
 /* ---- Serial console (COM1) and formatted output ---------------------------------------------- */
 
