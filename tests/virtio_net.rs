@@ -360,7 +360,7 @@ fn the_mac_given_is_the_guests() {
             "--net",
             &net,
             "--cmdline",
-            "test=net pings=0 net_ms=3000",
+            "test=net pings=0 net_ms=3000 accept=event_idx,indirect",
         ]),
         None,
         limit,

@@ -9,7 +9,7 @@
 //! device (no registrar, a test) must have the same effect: the device signals the same
 //! `EventFd` itself.
 //!
-//! The KVM implementation is [`crate::kvm::KvmIoEvents`] (feature `kvm`).
+//! The KVM implementation is `crate::kvm::KvmIoEvents` (feature `kvm`).
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -50,7 +50,7 @@ pub enum IoEventError {
 }
 
 /// Binds `EventFd`s to guest physical MMIO addresses. Implemented by the VMM over its
-/// hypervisor ([`crate::kvm::KvmIoEvents`] on KVM).
+/// hypervisor (`crate::kvm::KvmIoEvents` on KVM, feature `kvm`).
 pub trait IoEventRegistrar: Send + Sync {
     /// From now on a guest write to `addr` that `datamatch` accepts signals `fd` instead of
     /// exiting to the VMM.
