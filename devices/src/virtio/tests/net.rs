@@ -550,3 +550,190 @@ fn a_real_tap_carries_frames_to_the_host() {
         }
     }
 }
+
+/// A network namespace for one test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Option<Netns> {
+        let name = format!("vfiovm-ut-{tag}{}", std::process::id() % 100_000);
+        match std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+        {
+            Ok(o) if o.status.success() => Some(Netns(name)),
+            r => {
+                eprintln!("SKIPPED: cannot create a network namespace here: {r:?}");
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace (what it creates — a tap, a socket — stays
+    /// there).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns(2) on a namespace descriptor we hold; it moves only this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn sum16(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+/// The guest sends a UDP datagram whose checksum is left for the device to complete
+/// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, as Linux does with `VIRTIO_NET_F_CSUM`): the host's socket
+/// gets it, so the tap took the header's word for it. The same frame without the flag has a
+/// wrong checksum and the host drops it. The other way, with `VIRTIO_NET_F_GUEST_CSUM` the
+/// host's datagram reaches the guest with its checksum still to be completed, as the header
+/// says (`TUN_F_CSUM` on the tap).
+#[test]
+fn a_real_tap_honours_the_checksum_offload_header() {
+    let Some(ns) = Netns::new("c") else { return };
+    let tap = match ns.run(|| Tap::open("vfntc0")) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create a tap here ({e})");
+            return;
+        }
+    };
+    ns.ip(&["addr", "add", "10.9.9.1/24", "dev", "vfntc0"]);
+    ns.ip(&["link", "set", "vfntc0", "up"]);
+    let link = ns.ip(&["-o", "link", "show", "vfntc0"]);
+    let host_mac: Vec<u8> = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    let sock = ns.run(|| {
+        let s = std::net::UdpSocket::bind("10.9.9.1:7777").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s
+    });
+    let mut d = Driver::named("virtio-net-tap", Box::new(Net::new(Arc::new(tap), MAC)));
+    d.bring_up(f::CSUM | f::GUEST_CSUM, &[256, 256]);
+
+    let payload = b"checksum left to the host";
+    let udp_len = 8 + payload.len();
+    let (src, dst) = ([10u8, 9, 9, 2], [10u8, 9, 9, 1]);
+    let mut fr = host_mac.clone();
+    fr.extend(MAC.0);
+    fr.extend([0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip.extend(src);
+    ip.extend(dst);
+    let c = !fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    fr.extend(&ip);
+    // The UDP checksum field holds only the pseudo-header sum, as a driver leaves it.
+    let pseudo = sum16(&src) + sum16(&dst) + 17 + udp_len as u32;
+    fr.extend(5555u16.to_be_bytes());
+    fr.extend(7777u16.to_be_bytes());
+    fr.extend((udp_len as u16).to_be_bytes());
+    fr.extend(fold(pseudo).to_be_bytes());
+    fr.extend(payload);
+
+    let mut send = |flags: u8| {
+        let mut h = [0u8; NET_HDR_LEN];
+        h[0] = flags;
+        h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start: the UDP header
+        h[8..10].copy_from_slice(&6u16.to_le_bytes()); // csum_offset: its checksum field
+        d.mem.write_slice(&h, GuestAddress(BUF)).unwrap();
+        d.mem.write_slice(&fr, GuestAddress(BUF + 0x1000)).unwrap();
+        d.queues[1].add(
+            &d.mem,
+            &[
+                (BUF, NET_HDR_LEN as u32, false),
+                (BUF + 0x1000, fr.len() as u32, false),
+            ],
+        );
+        d.notify(TX_QUEUE);
+        d.queues[1].wait_used(&d.mem);
+    };
+    let mut got = [0u8; 64];
+    send(0);
+    assert!(
+        sock.recv(&mut got).is_err(),
+        "a partial checksum without NEEDS_CSUM must be dropped by the host"
+    );
+    send(1); // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    let n = sock
+        .recv(&mut got)
+        .expect("the host did not get the datagram");
+    assert_eq!(&got[..n], payload);
+
+    // Host to guest.
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.9.9.2",
+        "lladdr",
+        &MAC.to_string(),
+        "dev",
+        "vfntc0",
+    ]);
+    for i in 0..16 {
+        d.queues[0].add(&d.mem, &[(BUF + 0x4000 + 0x1000 * i, 2048, true)]);
+    }
+    d.notify(RX_QUEUE);
+    sock.send_to(b"from the host", "10.9.9.2:5555").unwrap();
+    // The host's own IPv6 chatter on a new link may come first.
+    let got = loop {
+        let (id, len) = d.queues[0].wait_used(&d.mem);
+        let got = read_guest(&d, BUF + 0x4000 + 0x1000 * u64::from(id), len as usize);
+        if got.ends_with(b"from the host") {
+            break got;
+        }
+    };
+    let h = &got[..NET_HDR_LEN];
+    assert_eq!(h[0] & 1, 1, "NEEDS_CSUM from the tap: {h:?}");
+    assert_eq!(u16::from_le_bytes([h[6], h[7]]), 34, "csum_start");
+    assert_eq!(u16::from_le_bytes([h[8], h[9]]), 6, "csum_offset");
+    assert_eq!(u16::from_le_bytes([h[10], h[11]]), 1, "num_buffers");
+    assert_eq!(
+        &got[NET_HDR_LEN..NET_HDR_LEN + 6],
+        &MAC.0[..],
+        "to the guest's MAC"
+    );
+    assert!(got.ends_with(b"from the host"));
+}
