@@ -487,6 +487,7 @@ impl NetHandler {
                 // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
                 self.rx_buf[..NUM_BUFFERS].fill(0);
             }
+            let published = queues.avail_idx(RX_QUEUE)?;
             let d = if self.mrg_rxbuf {
                 self.deliver_merged(len, queues)?
             } else {
@@ -495,7 +496,10 @@ impl NetHandler {
             match d {
                 Delivery::Done => self.rx_pending = None,
                 Delivery::Starved => {
-                    if !queues.enable_notification(RX_QUEUE)? {
+                    // Re-arm the driver's notify, then try again only if it published chains
+                    // meanwhile: the ones put back are no more room than before.
+                    queues.enable_notification(RX_QUEUE)?;
+                    if queues.avail_idx(RX_QUEUE)? == published {
                         return Ok(());
                     }
                 }

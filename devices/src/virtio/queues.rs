@@ -50,6 +50,7 @@ pub(crate) trait RingOps<'r> {
     fn put_back(&mut self, q: u16, n: u16);
     fn add_used(&mut self, q: u16, head: u16, len: u32) -> Result<(), ServeError>;
     fn enable_notification(&mut self, q: u16) -> Result<bool, ServeError>;
+    fn avail_idx(&mut self, q: u16) -> Result<u16, ServeError>;
 }
 
 /// A started device's rings, lent to its handler during
@@ -126,6 +127,17 @@ impl<'a, 'r> Queues<'a, 'r> {
         self.check(r)
     }
 
+    /// The driver's available index of queue `q` (how many chains it has published, mod
+    /// 2^16): a handler that put chains back compares it before and after re-arming
+    /// notifications to tell new chains from the ones it already found too few.
+    pub fn avail_idx(&mut self, q: u16) -> Result<u16, RingFault> {
+        if self.error.is_some() {
+            return Err(RingFault);
+        }
+        let r = self.ops.avail_idx(q);
+        self.check(r)
+    }
+
     /// The queues with completions, and the first ring error (worker side).
     pub(crate) fn finish(self) -> (Vec<bool>, Option<ServeError>) {
         (self.completed, self.error)
@@ -186,6 +198,17 @@ impl<'r, M: GuestMemory + Send + Sync> RingOps<'r> for Rings<'r, M> {
         match self.queue(q) {
             Some(queue) => queue.enable_notification(mem).map_err(ServeError::Ring),
             None => Ok(false),
+        }
+    }
+
+    fn avail_idx(&mut self, q: u16) -> Result<u16, ServeError> {
+        let mem = self.mem;
+        match self.queue(q) {
+            Some(queue) => queue
+                .avail_idx(mem, Ordering::Acquire)
+                .map(|w| w.0)
+                .map_err(ServeError::Ring),
+            None => Ok(0),
         }
     }
 }

@@ -737,3 +737,46 @@ fn a_real_tap_honours_the_checksum_offload_header() {
     );
     assert!(got.ends_with(b"from the host"));
 }
+
+/// With mergeable buffers, chains that add no room (zero-length writable buffers) cannot hold
+/// a frame however many there are: the device waits for more instead of retrying them forever,
+/// and delivers once a real buffer arrives.
+#[test]
+fn mergeable_chains_without_room_do_not_spin_the_device() {
+    let mut r = rig(f::MRG_RXBUF);
+    let m = r.d.mem.clone();
+    r.d.queues[0].add(&m, &[(BUF, 64, true)]);
+    for _ in 0..8 {
+        r.d.queues[0].add(&m, &[(BUF + 0x1000, 0, true)]);
+    }
+    r.d.notify(RX_QUEUE);
+    let mut out = hdr(0, 0, 0).to_vec();
+    out.extend(frame(200, 7));
+    r.peer.send(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(r.d.queues[0].used_idx(&m), 0);
+    // The I/O thread is not stuck: a reset stops it at once.
+    let start = Instant::now();
+    r.d.set_status(0);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the I/O thread was busy"
+    );
+    assert!(!r.d.dev.running());
+    // The frame the device held is gone with the reset. Up again, with room this time.
+    r.d.mem
+        .write_slice(&vec![0u8; 0x30000], GuestAddress(0x10000))
+        .unwrap();
+    r.d.bring_up(f::MRG_RXBUF, &[256, 256]);
+    r.d.queues[0].add(&m, &[(BUF, 64, true)]);
+    for _ in 0..3 {
+        r.d.queues[0].add(&m, &[(BUF + 0x1000, 0, true)]);
+    }
+    r.d.queues[0].add(&m, &[(BUF + 0x2000, 4096, true)]);
+    r.d.notify(RX_QUEUE);
+    r.peer.send(&out).unwrap();
+    let used: Vec<_> = (0..5).map(|_| r.d.queues[0].wait_used(&m)).collect();
+    assert_eq!(used, vec![(0, 64), (1, 0), (2, 0), (3, 0), (4, 148)]);
+    let first = read_guest(&r.d, BUF, 64);
+    assert_eq!(u16::from_le_bytes([first[10], first[11]]), 5, "num_buffers");
+}
