@@ -29,10 +29,10 @@
 //! in `epoll_wait` on one `EventFd` per queue (the guest's notify writes, bound with an
 //! ioeventfd when the VMM gives an [`crate::ioevent::IoEventRegistrar`]), a stop `EventFd` and
 //! the INTx resample `EventFd` (and, for a device whose backend delivers data on its own
-//! schedule, the descriptors [`QueueHandler::extra_fds`] names), pops the available chains, calls the handler and delivers the
-//! completion through [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or
-//! INTx. The handler's I/O is synchronous on that thread. Why one thread per device:
-//! `docs/architecture.md`.
+//! schedule, the descriptors [`QueueHandler::extra_fds`] names), pops the available chains,
+//! calls the handler and delivers the completion through
+//! [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or INTx. The handler's
+//! I/O is synchronous on that thread. Why one thread per device: `docs/architecture.md`.
 //!
 //! System calls the I/O thread makes (for a per-thread seccomp filter): `epoll_wait`,
 //! `epoll_ctl` and `epoll_create1` (at start), `read` and `write` (eventfds), `futex` (the
