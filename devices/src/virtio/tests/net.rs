@@ -780,3 +780,27 @@ fn mergeable_chains_without_room_do_not_spin_the_device() {
     let first = read_guest(&r.d, BUF, 64);
     assert_eq!(u16::from_le_bytes([first[10], first[11]]), 5, "num_buffers");
 }
+
+/// Frames that reached the backend before the driver started the card wait there and arrive
+/// once it has buffers (the tap is watched from the start, and readable already then).
+#[test]
+fn frames_sent_before_the_driver_starts_arrive_after() {
+    let (a, peer) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let backend = Arc::new(PairBackend {
+        sock: a,
+        offload: Mutex::new(Vec::new()),
+    });
+    let mut d = Driver::named("virtio-net-test", Box::new(Net::new(backend, MAC)));
+    let mut out = hdr(0, 0, 0).to_vec();
+    out.extend(frame(60, 4));
+    peer.send(&out).unwrap();
+    d.bring_up(0, &[256, 256]);
+    d.queues[0].add(&d.mem, &[(BUF, 2048, true)]);
+    d.notify(RX_QUEUE);
+    assert_eq!(d.queues[0].wait_used(&d.mem), (0, 72));
+    assert_eq!(
+        read_guest(&d, BUF + NET_HDR_LEN as u64, 60),
+        out[NET_HDR_LEN..]
+    );
+}
