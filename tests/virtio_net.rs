@@ -195,6 +195,21 @@ fn ping_guest(sock: &OwnedFd, count: u16, timeout: Duration) -> Vec<u16> {
     answered
 }
 
+/// The `Seccomp:` field of the thread named `name` in process `pid`.
+fn thread_seccomp(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .and_then(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()))
+        })
+}
+
 fn csum(b: &[u8]) -> u16 {
     let mut sum: u32 = b
         .chunks(2)
@@ -245,8 +260,9 @@ fn the_guest_answers_pings_through_a_tap() {
     });
     let ready = rx
         .iter()
-        .take_while(|_| true)
         .find(|l| l.starts_with("net: ready") || l.contains("error"));
+    // The card's I/O thread serves the guest under its seccomp filter (mode 2).
+    let io_thread_seccomp = thread_seccomp(child.id(), "virtio-net0");
     let answered = if ready
         .as_deref()
         .is_some_and(|l| l.starts_with("net: ready"))
@@ -271,6 +287,11 @@ fn the_guest_answers_pings_through_a_tap() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     let ctx = format!("status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(answered, vec![1, 2, 3], "host pings answered\n{ctx}");
+    assert_eq!(
+        io_thread_seccomp.as_deref(),
+        Some("2"),
+        "virtio-net0's Seccomp:\n{ctx}"
+    );
     assert_eq!(status.code(), Some(STATUS_OK), "{ctx}");
     assert!(!stderr.contains("panicked"), "{ctx}");
     let dev = stdout
