@@ -69,12 +69,12 @@ pub fn add_devices(
         add("virtio-rng", Box::new(Rng::new()))?;
     }
     for (i, net) in config.net.iter().enumerate() {
+        let name = format!("virtio-net{i}");
         let (tap, mac) = open_net(net)?;
-        log::info!("virtio-net{i}: tap {} mac {mac}", tap.name());
-        add(
-            &format!("virtio-net{i}"),
-            Box::new(Net::new(Arc::new(tap), mac)),
-        )?;
+        log::info!("{name}: tap {} mac {mac}", tap.name());
+        let card = Net::new(Arc::new(tap), mac)
+            .map_err(|e| PlatformError::Virtio(name.clone(), e.to_string()))?;
+        add(&name, Box::new(card))?;
     }
     Ok(())
 }

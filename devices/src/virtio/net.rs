@@ -8,7 +8,9 @@
 //! | 0 ([`RX_QUEUE`]) | receiveq1: buffers the driver lends for frames to the guest | when the backend is readable, or the driver adds buffers after the device ran out ([`QueueHandler::ready`]) |
 //! | 1 ([`TX_QUEUE`]) | transmitq1: frames from the guest | per chain, on the driver's notify |
 //!
-//! No control queue, one queue pair.
+//! No control queue, one queue pair. The I/O thread waits on the tap (edge-triggered) besides
+//! the notifies, and moves at most [`RX_BUDGET`] frames per wake-up; with more waiting it
+//! signals an eventfd of its own and comes back after the other events.
 //!
 //! # Device configuration ([`CONFIG_LEN`] bytes)
 //!
@@ -44,6 +46,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
 use super::queues::{Queues, Ready, RingFault};
 use super::{Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_NET};
 
@@ -61,6 +65,9 @@ const NUM_BUFFERS: usize = 10;
 pub const MAX_FRAME_LEN: usize = 65535 + 14 + 4;
 /// Size of the device configuration.
 pub const CONFIG_LEN: usize = 10;
+/// Most frames moved to the guest per wake-up of the I/O thread: after that it lets the
+/// other events (transmit notifies, a stop) in first and comes back through its own eventfd.
+pub const RX_BUDGET: u32 = 64;
 
 /// Feature bits (`VIRTIO_NET_F_*`).
 pub mod features {
@@ -232,6 +239,9 @@ pub struct Net {
     backend: Arc<dyn NetBackend>,
     mac: MacAddr,
     stats: Arc<NetStats>,
+    /// Written by the I/O thread when it stops receiving with frames possibly left (the
+    /// budget): its next wake-up resumes. Made here, before any seccomp filter (`eventfd2`).
+    resume: Arc<EventFd>,
 }
 
 impl fmt::Debug for Net {
@@ -244,13 +254,14 @@ impl fmt::Debug for Net {
 }
 
 impl Net {
-    /// A card with address `mac` on `backend`.
-    pub fn new(backend: Arc<dyn NetBackend>, mac: MacAddr) -> Self {
-        Net {
+    /// A card with address `mac` on `backend`. Fails only if no eventfd can be made.
+    pub fn new(backend: Arc<dyn NetBackend>, mac: MacAddr) -> io::Result<Self> {
+        Ok(Net {
             backend,
             mac,
             stats: Arc::default(),
-        }
+            resume: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+        })
     }
 
     /// Its counters.
@@ -322,6 +333,7 @@ impl VirtioDevice for Net {
                 why: format!("mapping a frame buffer: {e}"),
             })?,
             rx_pending: None,
+            resume: self.resume.clone(),
             warned: false,
         }))
     }
@@ -426,6 +438,7 @@ struct NetHandler {
     rx_buf: FrameBuf,
     /// Length (header included) of the frame in `rx_buf` still to be delivered.
     rx_pending: Option<usize>,
+    resume: Arc<EventFd>,
     warned: bool,
 }
 
@@ -466,7 +479,15 @@ impl NetHandler {
     /// Reads frames from the backend into the receive queue until the backend has none left
     /// or the driver's buffers run out.
     fn receive(&mut self, queues: &mut Queues<'_, '_>) -> Result<(), RingFault> {
+        let mut moved = 0u32;
         loop {
+            if moved == RX_BUDGET {
+                // The tap is edge-triggered: nothing would wake us for what is left.
+                if let Err(e) = self.resume.write(1) {
+                    self.warn_once(format_args!("cannot schedule the rest of the frames: {e}"));
+                }
+                return Ok(());
+            }
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match read_fd(self.backend.fd(), &mut self.rx_buf) {
@@ -494,7 +515,10 @@ impl NetHandler {
                 self.deliver_one(len, queues)?
             };
             match d {
-                Delivery::Done => self.rx_pending = None,
+                Delivery::Done => {
+                    self.rx_pending = None;
+                    moved += 1;
+                }
                 Delivery::Starved => {
                     // Re-arm the driver's notify, then try again only if it published chains
                     // meanwhile: the ones put back are no more room than before.
@@ -602,12 +626,19 @@ impl QueueHandler for NetHandler {
     }
 
     fn extra_fds(&self) -> Vec<RawFd> {
-        vec![self.backend.fd()]
+        vec![
+            self.backend.fd(),
+            std::os::fd::AsRawFd::as_raw_fd(&*self.resume),
+        ]
     }
 
-    fn ready(&mut self, _why: Ready, queues: &mut Queues<'_, '_>) {
-        // A notify of the receive queue (buffers added) and a readable backend both mean:
-        // move frames while there are frames and buffers.
+    fn ready(&mut self, why: Ready, queues: &mut Queues<'_, '_>) {
+        if why == Ready::Fd(1) {
+            // Reset the counter; being woken was the point.
+            let _ = self.resume.read();
+        }
+        // A notify of the receive queue (buffers added), a readable backend and a resume all
+        // mean: move frames while there are frames and buffers, up to the budget.
         let _ = self.receive(queues);
     }
 }
