@@ -180,10 +180,14 @@ fn run_loader(g: &mut Guest) -> Result<Loaded, String> {
         let sig = String::from_utf8_lossy(&t[..4.min(remaining)]).into_owned();
         if remaining >= 64 && sig == "FACS" && (64..=remaining).contains(&len) {
             loaded.installed.push((sig, value));
-        } else if remaining >= 36 && (36..=remaining).contains(&len) && sum(&t[..len]) == 0 {
-            if sig != "RSDT" && sig != "XSDT" {
-                loaded.installed.push((sig, value));
-            }
+        } else if remaining >= 36
+            && (36..=remaining).contains(&len)
+            && sum(&t[..len]) == 0
+            && sig != "RSDT"
+            && sig != "XSDT"
+        {
+            // RSDT and XSDT are recognised and skipped: OVMF builds its own.
+            loaded.installed.push((sig, value));
         }
     }
     Ok(loaded)
