@@ -12,7 +12,7 @@
 //!
 //! # Wiring it up (what the VMM does)
 //!
-//! A VMM on KVM takes the trait implementations from [`crate::kvm`] and writes no glue; the
+//! A VMM on KVM takes the trait implementations from the `kvm` module (feature `kvm`) and writes no glue; the
 //! whole sequence (the core of `examples/minimal_vmm.rs`, which runs it in the nested rig):
 //!
 //! ```no_run
