@@ -36,10 +36,15 @@
 //! when a read-array command follows programming (OVMF ends every buffer it programs with
 //! 0xFF), on [`CfiFlash::flush`] and on drop. Syncing after each programmed byte would cost a
 //! disk flush per byte (OVMF programs ~16 KB on a first boot).
+//!
+//! [`CfiFlash::open`] takes an exclusive `flock` on the image for the device's lifetime, so a
+//! second vfiovm given the same VARS file fails with [`FlashError::Locked`] instead of both
+//! writing it. (QEMU locks its images with OFD byte-range locks, which `flock` does not see.)
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::bus::BusDevice;
@@ -112,6 +117,15 @@ pub enum FlashError {
         /// The path.
         path: PathBuf,
     },
+    /// Another process (or another open of the file) holds the image's lock.
+    #[error(
+        "flash image {path} is in use by another VM (it holds a lock on the file): give each VM \
+         its own copy of the VARS file"
+    )]
+    Locked {
+        /// The path.
+        path: PathBuf,
+    },
     /// A length that is zero or not a multiple of the 4 KiB block size.
     #[error("flash size {len} is invalid: it must be a non-zero multiple of 4096 bytes")]
     InvalidLength {
@@ -168,6 +182,19 @@ fn check_len(len: u64) -> Result<(), FlashError> {
         return Err(FlashError::InvalidLength { len });
     }
     Ok(())
+}
+
+/// Takes an exclusive advisory lock (`flock`) on the image, so a second VM opening it fails
+/// instead of both writing it. The lock goes with the file's last descriptor.
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    // SAFETY: flock takes a descriptor and flags by value and touches no memory; `file` owns the
+    // descriptor and outlives the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The CFI query structure for a flash of `len` bytes in 4 KiB blocks (JEDEC JESD68 layout,
@@ -246,6 +273,14 @@ impl CfiFlash {
             path: path.clone(),
             source,
         };
+        match lock_exclusive(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Err(FlashError::Locked { path });
+            }
+            // A file system without flock (some network file systems): go on unlocked.
+            Err(e) => log::warn!("flash: cannot lock {}: {e}", path.display()),
+        }
         let meta = file.metadata().map_err(|e| io("stat", e))?;
         if !meta.is_file() {
             return Err(io(

@@ -338,6 +338,18 @@ fn open_errors_name_cause_and_fix() {
         );
     }
 
+    // A second open of an image in use.
+    let img = TempImage::new(OVMF_VARS_2M_LEN as usize, 0xff);
+    let first = CfiFlash::open(&img.0, OVMF_VARS_2M_LEN).unwrap();
+    let e = CfiFlash::open(&img.0, OVMF_VARS_2M_LEN).unwrap_err();
+    assert!(matches!(e, FlashError::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("its own copy"), "{e}");
+    drop(first);
+    assert!(
+        CfiFlash::open(&img.0, OVMF_VARS_2M_LEN).is_ok(),
+        "the lock goes with the device"
+    );
+
     // A directory is no image.
     let e = CfiFlash::open(std::env::temp_dir(), OVMF_VARS_2M_LEN).unwrap_err();
     assert!(matches!(e, FlashError::Io { .. }), "{e}");
