@@ -323,6 +323,14 @@ impl CfiFlash {
         &self.data
     }
 
+    /// Puts the device in its power-on state (a guest reset that keeps the VM): read-array
+    /// mode, status ready, the backing file synced. The array keeps its contents.
+    pub fn reset(&mut self) {
+        self.sync();
+        self.mode = Mode::ReadArray;
+        self.status = STATUS_READY;
+    }
+
     /// Syncs what was written to the backing file to disk (nothing without a file).
     pub fn flush(&mut self) -> Result<(), FlashError> {
         let Some(b) = self.backing.as_mut() else {

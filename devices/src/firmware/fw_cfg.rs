@@ -448,6 +448,13 @@ impl<M: GuestMemory> FwCfg<M> {
         self.add_file(BOOTORDER_FILE, data)
     }
 
+    /// Puts the registers in their power-on state (a guest reset that keeps the VM): key
+    /// 0x0000 selected at offset 0, the DMA address cleared. Items stay.
+    pub fn reset(&mut self) {
+        self.select(keys::SIGNATURE);
+        self.dma_addr = 0;
+    }
+
     /// The guest memory DMA reaches.
     pub fn memory(&self) -> &M {
         &self.mem

@@ -354,3 +354,17 @@ fn open_errors_name_cause_and_fix() {
     let e = CfiFlash::open(std::env::temp_dir(), OVMF_VARS_2M_LEN).unwrap_err();
     assert!(matches!(e, FlashError::Io { .. }), "{e}");
 }
+
+#[test]
+fn reset_returns_to_read_array_with_status_ready() {
+    let mut f = patterned(BLOCK);
+    wr(&mut f, 0, 0x50);
+    wr(&mut f, 0, 0x20);
+    f.reset();
+    assert_eq!(rd(&mut f, 5), 0xa5, "read array");
+    wr(&mut f, 0, 0x70);
+    assert_eq!(rd(&mut f, 0), 0x80, "ready");
+    // The half-finished erase was dropped: a 0xD0 now is an unknown command.
+    wr(&mut f, 0, 0xd0);
+    assert_eq!(f.data()[5], 0xa5);
+}

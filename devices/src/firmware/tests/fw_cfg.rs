@@ -398,3 +398,19 @@ fn works_over_guest_memory_with_a_hole() {
         .unwrap();
     assert_eq!(got, [1; 16]);
 }
+
+#[test]
+fn reset_selects_the_signature_and_clears_the_dma_address() {
+    let mut dev = fw_cfg_with_ram();
+    dev.add_cpu_count(2).unwrap();
+    let mut g = Guest::new(dev);
+    g.select(keys::NB_CPUS);
+    g.write_descriptor(RAM_START, dma::READ, 4, RAM_START + 0x100);
+    g.dev.write(0x510, 4, &1u32.to_be_bytes());
+    g.dev.reset();
+    assert_eq!(g.read_data(4), b"QEMU");
+    // The high half written before the reset is gone: the descriptor below 4 GiB runs.
+    g.dev.write(0x510, 8, &(RAM_START as u32).to_be_bytes());
+    assert_eq!(g.control_at(RAM_START), 0);
+    assert_eq!(g.dev.item(keys::NB_CPUS), Some(&[2u8, 0][..]), "items stay");
+}
