@@ -22,9 +22,10 @@
 //! Anything else returns to read-array mode (logged once). Program overwrites bytes as QEMU's
 //! flash does (a real part can only clear bits; OVMF writes the values it computed). The
 //! status register reads 0x80 (ready) at start and after every program or erase; an erase
-//! sequence broken by another byte than 0xD0 or 0xFF sets 0x30 (command sequence error), a
-//! failed write to the backing file sets 0x10. In status mode every byte of a wide read holds
-//! the status.
+//! sequence broken by another byte than 0xD0 or 0xFF sets 0x30 (command sequence error); a
+//! program past the end, or one whose write to the backing file (or a sync) fails, sets 0x10,
+//! an erase past the end or whose write fails 0x20. In status mode every byte of a wide read
+//! holds the status.
 //!
 //! OVMF's probe (`QemuFlashDetected`): it reads a byte that is not 0x00, 0x50 or 0x70, writes
 //! 0x50 and must read that byte back (a RAM would read 0x50), then writes 0x70 and must read
