@@ -1,6 +1,6 @@
 //! Virtio 1.x devices over PCI (feature `virtio`): the modern PCI transport
-//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng). Register maps:
-//! `docs/devices.md`.
+//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng) and [`blk::Block`]
+//! (virtio-blk on a raw image). Register maps: `docs/devices.md`.
 //!
 //! # Pieces
 //!
@@ -9,6 +9,7 @@
 //! | [`pci`] | [`VirtioPciDevice`]: config space, the BAR with the virtio structures, MSI-X/INTx, the status state machine, ioeventfds |
 //! | [`chain`] | [`Chain`]: a descriptor chain checked against guest RAM, read and written by offset |
 //! | [`rng`] | virtio-rng (type 4) |
+//! | [`blk`] | virtio-blk (type 2) |
 //!
 //! A device implements [`VirtioDevice`] (identity, features, config space) and, once the driver
 //! set DRIVER_OK, hands the transport a [`QueueHandler`] that serves descriptor chains. The
@@ -48,6 +49,7 @@ use std::fmt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
+pub mod blk;
 pub mod chain;
 mod irq;
 pub mod pci;
