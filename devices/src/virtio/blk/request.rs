@@ -86,7 +86,8 @@ impl BlockHandler {
 
     fn read(&mut self, chain: &Chain<'_>, sector: u64) -> Outcome {
         let len = chain.writable_len() - 1;
-        if len % SECTOR_SIZE != 0 {
+        // Device-readable data after the header: the driver mixed up the directions.
+        if chain.readable_len() != HEADER || len % SECTOR_SIZE != 0 {
             return Outcome::status(S_IOERR);
         }
         let Some(start) = self.range(sector, len) else {
@@ -118,7 +119,8 @@ impl BlockHandler {
 
     fn write(&mut self, chain: &Chain<'_>, sector: u64) -> Outcome {
         let len = chain.readable_len() - HEADER;
-        if len % SECTOR_SIZE != 0 {
+        // Device-writable data besides the status byte: the driver mixed up the directions.
+        if chain.writable_len() != 1 || len % SECTOR_SIZE != 0 {
             return Outcome::status(S_IOERR);
         }
         let Some(start) = self.range(sector, len) else {
