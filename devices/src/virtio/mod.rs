@@ -16,6 +16,43 @@
 //! transport owns everything else: feature negotiation, queue setup, the descriptor walk,
 //! the used ring, notification suppression (`VIRTIO_F_RING_EVENT_IDX`) and interrupts.
 //!
+//! # Using it (a VMM on KVM)
+//!
+//! ```no_run
+//! # #[cfg(feature = "kvm")]
+//! # mod doc {
+//! use std::sync::{Arc, Mutex};
+//! use vfiovm_devices::ioevent::IoEventRegistrar;
+//! use vfiovm_devices::kvm::{KvmInterruptManager, KvmIoEvents};
+//! use vfiovm_devices::kvm_ioctls::VmFd;
+//! use vfiovm_devices::pci::PciPlatform;
+//! use vfiovm_devices::virtio::blk::{Block, BlockConfig};
+//! use vfiovm_devices::virtio::rng::Rng;
+//! use vfiovm_devices::virtio::VirtioPciDevice;
+//! use vfiovm_devices::vm_memory::GuestMemoryMmap;
+//!
+//! fn add_virtio(
+//!     vm: Arc<VmFd>,
+//!     mem: &GuestMemoryMmap,
+//!     irq: &KvmInterruptManager, // the one the platform has too
+//!     platform: &PciPlatform,
+//! ) -> Result<(), Box<dyn std::error::Error>> {
+//!     // Queue notifies become KVM ioeventfds: no exit to the VMM.
+//!     let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm));
+//!     let rng = VirtioPciDevice::new("virtio-rng", Box::new(Rng::new()), mem.clone(), irq, Some(ioevents.clone()))?;
+//!     platform.add_device(platform.free_slot().ok_or("no free PCI slot")?, Arc::new(Mutex::new(rng)))?;
+//!     // --disk path=disk.raw,readonly=on: a typed error if missing, not raw, or locked.
+//!     let disk = Block::open(&BlockConfig::parse("path=disk.raw,readonly=on")?)?;
+//!     let blk = VirtioPciDevice::new("virtio-blk0", Box::new(disk), mem.clone(), irq, Some(ioevents))?;
+//!     platform.add_device(platform.free_slot().ok_or("no free PCI slot")?, Arc::new(Mutex::new(blk)))?;
+//!     // The I/O threads start when the guest's drivers set DRIVER_OK, and stop when they reset
+//!     // the devices or the devices are dropped (PciPlatform::remove_device, or the platform
+//!     // going away); VirtioPciDevice::shutdown stops one explicitly.
+//!     Ok(())
+//! }
+//! # }
+//! ```
+//!
 //! # Threads
 //!
 //! Queue work never runs on a vCPU thread. Each device gets one I/O thread, started when the

@@ -22,6 +22,7 @@ use crate::pci::{BarAccess, PciDevice};
 
 mod blk;
 mod hostile;
+mod platform;
 mod rng;
 mod transport;
 
