@@ -8,13 +8,15 @@
 # virtio_probe` (honours CARGO_TARGET_DIR), or from $VIRTIO_PROBE if set. Without --accel it uses
 # KVM when /dev/kvm is usable and a first boot works there, else TCG. Each check boots QEMU q35
 # once, with the debug-exit device at port 0xf4 (as vfiovm), and asserts on the guest's output
-# lines (README.md, "virtio_probe output") and exit status. The hostile check prints what QEMU
-# did with each malformed request, QEMU's own error messages included.
+# lines (README.md, "virtio_probe output") and exit status. The hostile checks print what QEMU
+# did with each malformed request, QEMU's own error messages included, and compare it with the
+# reference recorded in virtio_hostile.qemu.txt (a difference is reported, not failed).
 #
 # Exit status: 0 every check passed, 1 a check failed, 2 usage error, 77 SKIPPED because
 # qemu-system-x86_64 is not installed (a skip is never a pass: callers must treat 77 as such).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/../.."
 
 QEMU=${QEMU:-qemu-system-x86_64}
 accel=
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --list) printf '%s\n' "${checks[@]}"; exit 0 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "qemu-virtio-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -211,6 +213,21 @@ check_blk_ro() {
   [ "$(sector_crc32 "$work/h.img" 8)" = "$before" ] || fail "the read-only image changed"
 }
 
+# Compares the hostile lines of a run with the recorded reference (virtio_hostile.qemu.txt, the
+# section "== APPEND"): a difference is printed, not failed (another QEMU version may differ).
+reference=resources/guests/virtio_hostile.qemu.txt
+compare_reference() { # NAME APPEND
+  local want=$work/$1.want got=$work/$1.got
+  awk -v h="== $2" '$0 == h { on = 1; next } /^== / { on = 0 } on && /^hostile: /' "$reference" >"$want"
+  grep '^hostile: ' "$log" >"$got"
+  if cmp -s "$want" "$got"; then
+    echo "  same lines as the recorded QEMU reference ($reference)"
+  else
+    echo "  NOTE: not the lines recorded in $reference (< recorded, > this run):"
+    diff "$want" "$got" | sed 's/^/    /'
+  fi
+}
+
 hostile_common() { # NAME APPEND
   new_image "$work/a.img"
   # shellcheck disable=SC2046
@@ -222,6 +239,7 @@ hostile_common() { # NAME APPEND
   expect_no_fail_lines
   echo "  what QEMU did (its messages start with qemu-system-x86_64:):"
   grep -E '^(hostile: |qemu-system-x86_64: [^w])' "$log" | sed 's/^/    /'
+  compare_reference "$1" "$2"
 }
 
 check_hostile() { hostile_common hostile "test=hostile"; }
