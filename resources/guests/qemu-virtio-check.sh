@@ -3,12 +3,15 @@
 # modern only), the reference that vfiovm's own virtio devices are compared with.
 #
 #   bash resources/guests/qemu-virtio-check.sh [--accel kvm|tcg] [--only NAME] [--keep] [--list]
+#                                              [--timeout SECONDS]
 #
 # Builds nothing itself: the guest image comes from `cargo run -p vfiovm-guests --bin guest-path
 # virtio_probe` (honours CARGO_TARGET_DIR), or from $VIRTIO_PROBE if set. Without --accel it uses
 # KVM when /dev/kvm is usable and a first boot works there, else TCG. Each check boots QEMU q35
-# once, with the debug-exit device at port 0xf4 (as vfiovm), and asserts on the guest's output
-# lines (README.md, "virtio_probe output") and exit status. The hostile checks print what QEMU
+# once (at most --timeout seconds: 300 with KVM, 900 with TCG by default; a nested KVM on a
+# busy host needs a minute for the hostile checks), with the debug-exit device at port 0xf4
+# (as vfiovm), and asserts on the guest's output lines (README.md, "virtio_probe output") and
+# exit status. The hostile checks print what QEMU
 # did with each malformed request, QEMU's own error messages included, and compare it with the
 # reference recorded in virtio_hostile.qemu.txt (a difference is reported, not failed).
 #
@@ -20,6 +23,7 @@ cd "$(dirname "$self")/../.."
 
 QEMU=${QEMU:-qemu-system-x86_64}
 accel=
+boot_limit=
 only=
 keep=0
 checks=(list rng blk ring-features polling blk-read blk-ro hostile hostile-ring-features)
@@ -28,8 +32,9 @@ while [ $# -gt 0 ]; do
     --accel) accel=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --timeout) boot_limit=$2; shift 2 ;;
     --list) printf '%s\n' "${checks[@]}"; exit 0 ;;
-    -h|--help) sed -n '2,18p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "qemu-virtio-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,8 +70,8 @@ boot() {
   local name=$1 append=$2
   shift 2
   log=$work/$name.log
-  local limit=60
-  [ "$accel" = tcg ] && limit=300
+  local limit=$boot_limit
+  [ -z "$limit" ] && { limit=300; [ "$accel" = tcg ] && limit=900; }
   timeout "$limit" "$QEMU" -accel "$accel" -M q35 -m 256 -smp 1 -nodefaults -display none \
     -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4 \
     -kernel "$guest" -append "$append" "$@" >"$log" 2>&1 </dev/null
@@ -263,9 +268,10 @@ for c in "${checks[@]}"; do
   [ -n "$only" ] && [ "$only" != "$c" ] && continue
   check_ok=1
   echo "check $c"
+  start=$SECONDS
   "check_${c//-/_}"
   if [ "$check_ok" = 1 ]; then
-    echo "  ok"
+    echo "  ok ($((SECONDS - start)) s)"
     passed=$((passed + 1))
   else
     echo "  guest output ($log):"

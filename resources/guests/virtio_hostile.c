@@ -251,7 +251,8 @@ static void indirect_read(struct vio_dev *d)
     volatile struct vq_mem *m = d->q[0].mem;
     set_hdr(VIRTIO_BLK_T_IN);
     normal_chain(m->indirect, 0);
-    set_desc(m->desc, 0, phys(m->indirect), 3 * sizeof(struct vring_desc), VRING_DESC_F_INDIRECT, 0);
+    set_desc(m->desc, 0, phys(m->indirect), 3 * sizeof(struct vring_desc),
+             VRING_DESC_F_INDIRECT, 0);
 }
 
 static bool case_indirect_nested(struct vio_dev *d, struct vio_result *res)
@@ -259,7 +260,8 @@ static bool case_indirect_nested(struct vio_dev *d, struct vio_result *res)
     volatile struct vq_mem *m = d->q[0].mem;
     indirect_read(d);
     /* The table's first entry points at the table itself, as another indirect table. */
-    set_desc(m->indirect, 0, phys(m->indirect), 3 * sizeof(struct vring_desc), VRING_DESC_F_INDIRECT, 0);
+    set_desc(m->indirect, 0, phys(m->indirect), 3 * sizeof(struct vring_desc),
+             VRING_DESC_F_INDIRECT, 0);
     return publish(d, 0, res);
 }
 

@@ -10,9 +10,10 @@
  *   blk-ro    virtio-blk, every disk: RO offered, a write fails with IOERR, a read works
  *   hostile   malformed chains to the first disk (virtio_hostile.c)
  * `accept=indirect,event_idx` also accepts those ring features when offered, `timeout_ms=` sets
- * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks its own results: each failed check prints "fail: ...", the
- * last lines are "virtio_probe: failures=N", then with failures "error: virtio_probe checks
- * failed" (status 255), else `action=` (default exit:0, status 1). README.md lists the lines. */
+ * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks
+ * its own results: each failed check prints "fail: ...", the last lines are
+ * "virtio_probe: failures=N", then with failures "error: virtio_probe checks failed" (status
+ * 255), else `action=` (default exit:0, status 1). README.md lists the lines. */
 #include "virtio_probe.h"
 
 #define DEFAULT_TIMEOUT_MS 2000
