@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=1; shift ;;
     --timeout) boot_limit=$2; shift 2 ;;
     --list) printf '%s\n' "${checks[@]}"; exit 0 ;;
-    -h|--help) sed -n '2,20p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "qemu-virtio-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
