@@ -62,6 +62,7 @@
 /* After the used index moved, how long to wait for the queue interrupt that should follow. */
 #define IRQ_GRACE_US 200000
 #define CONFIG_GENERATION_TRIES 100
+#define MAX_INTERRUPTS_PER_WAIT 100000
 #define MAX_RANGES 64
 
 static unsigned failures;
@@ -666,11 +667,17 @@ bool vio_wait(struct vio_dev *d, unsigned qi, bool notify, uint64_t timeout_us,
     uint32_t irqs0 = vio_queue_irqs(d, qi);
 
     memset(res, 0, sizeof(*res));
-    for (;;) {
+    /* Time advances only in whole steps of wait_body, so interrupts coming faster than a step
+     * would stop the clock: their number is bounded too. */
+    for (uint32_t interrupts = 0;; interrupts++) {
         int v = idt_call(wait_body, &w);
         check_vector(v);
         if (v == IDT_NO_INTERRUPT || used_moved(q) || w.elapsed_us >= w.timeout_us)
             break;
+        if (interrupts == MAX_INTERRUPTS_PER_WAIT) {
+            vio_check(false, d, "interrupt storm while waiting for a request");
+            break;
+        }
     }
     res->waited_us = (uint32_t)w.elapsed_us;
     if (!used_moved(q)) {
