@@ -26,7 +26,8 @@ accel=
 boot_limit=
 only=
 keep=0
-checks=(list rng blk ring-features polling blk-read blk-ro hostile hostile-ring-features)
+checks=(list rng blk ring-features polling no-msix-transitional blk-read blk-ro hostile
+  hostile-ring-features)
 while [ $# -gt 0 ]; do
   case "$1" in
     --accel) accel=$2; shift 2 ;;
@@ -93,8 +94,9 @@ expect_no_fail_lines() {
 
 # Disks: 1 MiB raw images, one with known data at sector 100 (for blk-read).
 rng_dev() { echo "-device virtio-rng-pci,disable-legacy=on,addr=0x3"; }
-disk_dev() { # disk_dev ID FILE SLOT SERIAL [drive options]
-  echo "-drive file=$2,if=none,id=$1,format=raw${5:+,$5} -device virtio-blk-pci,drive=$1,disable-legacy=on,addr=$3,serial=$4"
+disk_dev() { # disk_dev ID FILE SLOT SERIAL [DRIVE_OPTIONS [DEVICE_OPTIONS]]
+  echo "-drive file=$2,if=none,id=$1,format=raw${5:+,$5}" \
+    "-device virtio-blk-pci,drive=$1,disable-legacy=on,addr=$3,serial=$4${6:+,$6}"
 }
 new_image() {
   rm -f "$1"
@@ -187,6 +189,23 @@ check_polling() {
   expect_status 1
   expect_match "virtio: 00:03\.0 init .* msix=no"
   expect_line "rng: dev=00:03.0 bytes=8192 differ=yes nonzero=yes irqs=0 config_irqs=0"
+  expect_line "blk: dev=00:04.0 irqs=0 config_irqs=0"
+  expect_line "blk: roundtrip ok disks=1"
+  expect_no_fail_lines
+}
+
+# A transitional virtio-rng (legacy I/O BAR too, device 0x1005) driven through its modern
+# capabilities, and a disk without MSI-X (vectors=0): completion by polling.
+check_no_msix_transitional() {
+  new_image "$work/a.img"
+  # shellcheck disable=SC2046
+  boot no-msix-transitional "test=rng,blk" -device virtio-rng-pci,addr=0x3 \
+    $(disk_dev d0 "$work/a.img" 0x4 abc "" vectors=0)
+  expect_status 1
+  expect_match "virtio: 00:03\.0 type=4 name=rng device=0x1005 rev=0 .* modern=yes"
+  expect_match "virtio: 00:04\.0 type=2 name=blk device=0x1042 .* msix=none modern=yes"
+  expect_match "virtio: 00:04\.0 init .* msix=no"
+  expect_line "rng: ok"
   expect_line "blk: dev=00:04.0 irqs=0 config_irqs=0"
   expect_line "blk: roundtrip ok disks=1"
   expect_no_fail_lines
