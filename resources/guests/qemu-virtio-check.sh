@@ -232,6 +232,7 @@ check_blk_ro() {
   expect_match "blk-ro: dev=00:04\.0 capacity=2048 blk_size=512 seg_max=[0-9]+ size_max=0 ro=1 flush=1 features=0x100000274"
   expect_line "blk-ro: dev=00:04.0 op=write sector=8 sectors=1 status=1 used_len=1 irqs=1"
   expect_line "blk-ro: dev=00:04.0 op=read sector=8 sectors=1 status=0 used_len=513 irqs=1"
+  expect_line "blk-ro: dev=00:04.0 unchanged=yes"
   expect_line "blk-ro: ok"
   expect_no_fail_lines
   [ "$(sector_crc32 "$work/h.img" 8)" = "$before" ] || fail "the read-only image changed"
