@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+pub use devices::virtio::blk::BlockConfig;
+
 /// Smallest guest RAM we accept: room for the boot structures, a small kernel and a stack.
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Default guest RAM.
@@ -32,6 +34,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Devices to pass through (`--device`).
     pub devices: Vec<DeviceConfig>,
+    /// virtio-blk disks (`--disk`), in the order given.
+    pub disks: Vec<BlockConfig>,
     /// A virtio-rng device (`--rng`).
     pub rng: bool,
     /// Attach the PCI test device (for the project's own guest tests).
@@ -52,6 +56,7 @@ impl VmConfig {
             ram: RamConfig::default(),
             cpus: 1,
             devices: Vec::new(),
+            disks: Vec::new(),
             rng: false,
             test_pci_device: false,
             verbosity: 0,
@@ -224,7 +229,9 @@ pub enum ConfigError {
     #[error("option '{0}' needs a value (see vfiovm --help)")]
     MissingValue(String),
     /// A flag given twice that may only appear once.
-    #[error("option '{0}' given more than once: give it once (only --device and -v repeat)")]
+    #[error(
+        "option '{0}' given more than once: give it once (only --device, --disk and -v repeat)"
+    )]
     Repeated(String),
     /// `--kernel` is required.
     #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF)")]
@@ -250,6 +257,9 @@ pub enum ConfigError {
     /// `--user` does not parse.
     #[error("invalid --user '{0}': give a numeric UID:GID, e.g. 65534:65534")]
     BadUser(String),
+    /// A `--disk` value that does not parse.
+    #[error("invalid --disk '{0}': {1}")]
+    BadDisk(String, String),
     /// A positional argument where none is expected.
     #[error("unexpected argument '{0}' (options start with --; see vfiovm --help)")]
     Unexpected(String),
@@ -278,6 +288,8 @@ OPTIONS:
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
+    --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
+                         path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
                          virtio_rng driver: /dev/hwrng)
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
@@ -452,6 +464,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut memory = None;
     let mut cpus = None;
     let mut devices = Vec::new();
+    let mut disks = Vec::new();
     let mut rng = false;
     let mut test_pci_device = false;
     let mut verbosity = 0u8;
@@ -488,6 +501,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--memory" | "-m" => once(&mut memory, parse_memory_arg(&value(&mut it)?)?, &flag)?,
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
             "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
+            "--disk" => {
+                let v = value(&mut it)?;
+                disks.push(
+                    BlockConfig::parse(&v).map_err(|e| ConfigError::BadDisk(v, e.to_string()))?,
+                );
+            }
             "--rng" => rng = true,
             "--test-pci-device" => test_pci_device = true,
             "--no-seccomp" => sandbox.seccomp = false,
@@ -515,6 +534,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             ram: memory.map(|m| m.1).unwrap_or_default(),
             cpus: cpus.unwrap_or(1),
             devices,
+            disks,
             rng,
             test_pci_device,
             verbosity,
@@ -712,6 +732,30 @@ mod tests {
         // The test hook is not advertised.
         assert!(HELP.contains("--no-seccomp"));
         assert!(!HELP.contains("--test-seccomp-violation"));
+    }
+
+    #[test]
+    fn disk_syntax() {
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "a.raw",
+            "--disk=path=b.raw,readonly=on,id=two",
+        ]);
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.disks[0].path, PathBuf::from("a.raw"));
+        assert!(c.disks[1].readonly && c.disks[1].id.as_deref() == Some("two"));
+        for bad in [
+            "",
+            "path=a,color=red",
+            "readonly=on",
+            "path=a,serial=has space",
+        ] {
+            let e = parse_args(args(&["--kernel", "k", "--disk", bad])).unwrap_err();
+            assert!(matches!(e, ConfigError::BadDisk(..)), "{bad}: {e}");
+            assert!(e.to_string().starts_with("invalid --disk '"), "{e}");
+        }
     }
 
     #[test]

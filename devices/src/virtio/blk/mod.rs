@@ -171,30 +171,54 @@ impl BlockConfig {
     pub const SYNTAX: &'static str =
         "path=<raw image>[,readonly=on|off][,direct=on|off][,serial=<up to 20 bytes>][,id=<name>]";
 
-    /// Parses `path=…,readonly=on,…` (a bare first item is the path).
+    /// Parses `path=…,readonly=on,…` (a bare first item is the path). Each option at most
+    /// once; the serial printable ASCII of at most 20 bytes; the id letters, digits, `-`, `_`
+    /// and `.`.
     pub fn parse(s: &str) -> Result<Self, BlockError> {
         let mut c = BlockConfig::default();
-        let on_off = |k: &str, v: &str| match v {
+        let bad = |item: &str, why: &str| BlockError::BadOption(format!("{item}: {why}"));
+        let on_off = |item: &str, v: &str| match v {
             "on" | "true" => Ok(true),
             "off" | "false" => Ok(false),
-            _ => Err(BlockError::BadOption(format!("{k}={v}"))),
+            _ => Err(bad(item, "takes on or off")),
         };
+        let mut seen: Vec<&str> = Vec::new();
         for (i, item) in s.split(',').enumerate() {
-            match item.split_once('=') {
-                Some(("path", v)) => c.path = v.into(),
-                Some(("readonly", v)) => c.readonly = on_off("readonly", v)?,
-                Some(("direct", v)) => c.direct = on_off("direct", v)?,
-                Some(("serial", v)) => c.serial = Some(v.to_string()),
-                Some(("id", v)) => c.id = Some(v.to_string()),
-                None if i == 0 && !item.is_empty() => c.path = item.into(),
-                _ => return Err(BlockError::BadOption(item.to_string())),
+            let (k, v) = match item.split_once('=') {
+                Some(kv) => kv,
+                None if i == 0 && !item.is_empty() => ("path", item),
+                None => return Err(bad(item, "not key=value")),
+            };
+            if seen.contains(&k) {
+                return Err(bad(item, "given twice"));
+            }
+            seen.push(k);
+            match k {
+                "path" if v.is_empty() => return Err(bad(item, "empty path")),
+                "path" => c.path = v.into(),
+                "readonly" => c.readonly = on_off(item, v)?,
+                "direct" => c.direct = on_off(item, v)?,
+                "serial" => {
+                    if v.len() > ID_BYTES {
+                        return Err(BlockError::SerialTooLong(v.to_string()));
+                    }
+                    if !v.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(bad(item, "printable ASCII without blanks only"));
+                    }
+                    c.serial = Some(v.to_string());
+                }
+                "id" => {
+                    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
+                    if v.is_empty() || !v.bytes().all(ok) {
+                        return Err(bad(item, "letters, digits, '-', '_' and '.' only"));
+                    }
+                    c.id = Some(v.to_string());
+                }
+                _ => return Err(bad(item, "unknown option")),
             }
         }
         if c.path.as_os_str().is_empty() {
-            return Err(BlockError::BadOption(s.to_string()));
-        }
-        if c.serial.as_ref().is_some_and(|s| s.len() > ID_BYTES) {
-            return Err(BlockError::SerialTooLong(c.serial.unwrap_or_default()));
+            return Err(bad(s, "no path"));
         }
         Ok(c)
     }

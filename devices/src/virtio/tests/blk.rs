@@ -392,6 +392,25 @@ fn opening_refuses_missing_foreign_and_locked_images() {
 }
 
 #[test]
+fn open_errors_name_the_cause() {
+    // A directory cannot be opened for writing: the generic error with the path and the OS's
+    // reason.
+    let dir = std::env::temp_dir();
+    let e = Block::open(&BlockConfig::parse(dir.to_str().unwrap()).unwrap()).unwrap_err();
+    assert!(matches!(e, BlockError::Open { .. }), "{e}");
+    assert!(e.to_string().starts_with("opening disk image "), "{e}");
+    // O_DIRECT refused by the file system: no file system here is sure to refuse it, so the
+    // message is checked as the VMM prints it.
+    let e = BlockError::DirectUnsupported {
+        path: "/mnt/x.raw".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "disk image /mnt/x.raw: the file system does not support direct I/O; use direct=off"
+    );
+}
+
+#[test]
 fn option_parsing() {
     let c = BlockConfig::parse("path=/a.raw,readonly=on,direct=off,serial=S1,id=disk0").unwrap();
     assert_eq!(
@@ -411,6 +430,19 @@ fn option_parsing() {
     assert!(BlockConfig::parse("path=/a,readonly=maybe").is_err());
     assert!(BlockConfig::parse("path=/a,colour=blue").is_err());
     assert!(BlockConfig::parse("readonly=on").is_err());
+    for bad in [
+        "",
+        "path=",
+        "path=a,path=b",
+        "path=a,serial=123456789012345678901",
+        "path=a,serial=has space",
+        "path=a,id=",
+        "path=a,id=a/b",
+        "path=a,direct",
+        "path=a,readonly=on,readonly=off",
+    ] {
+        assert!(BlockConfig::parse(bad).is_err(), "{bad}");
+    }
     assert!(matches!(
         BlockConfig::parse("path=/a,serial=123456789012345678901"),
         Err(BlockError::SerialTooLong(_))
