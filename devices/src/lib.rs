@@ -9,6 +9,7 @@
 //! | Feature | Default | What it adds |
 //! |---|---|---|
 //! | `legacy` | yes | the PC devices in `legacy` (serial, i8042, RTC, ACPI PM, debug exit) |
+//! | `firmware` | yes | `firmware`: fw_cfg (with DMA), the ACPI table-loader writer, the CFI flash OVMF keeps its variables in |
 //! | `kvm` | no | `kvm`: GSI routing with irqfds, BAR memory slots, the KVM VFIO device |
 //! | `virtio` | yes | `virtio`: the virtio 1.x PCI transport, virtio-rng and virtio-blk (pulls in rust-vmm `virtio-queue` and `virtio-bindings`) |
 //! | `test-util` | no | the test doubles `vfio::mock`, `interrupt::fake` and `ioevent::fake` |
@@ -25,6 +26,8 @@ pub mod exit;
 
 pub use bus::{Bus, BusDevice, BusError, SharedBusDevice};
 pub use exit::{ExitSink, GuestExit};
+#[cfg(feature = "firmware")]
+pub mod firmware;
 pub mod interrupt;
 pub mod ioevent;
 #[cfg(feature = "kvm")]

@@ -15,10 +15,13 @@
 #define BIG_SECTORS (VQ_SIZE + EXTRA_SECTORS)
 #define HOSTILE_SECTORS BIG_SECTORS  /* sectors from sector= the cases touch */
 #define CASE_NAME_MAX 32
+#define UNKNOWN_REQUEST_TYPE 0x55
+#define BAD_QUEUE_INDEX 0xffff
 
 static uint8_t big[BIG_SECTORS * SECTOR_SIZE] __attribute__((aligned(4096)));
 static uint8_t expect[SECTOR_SIZE];
 static uint64_t case_timeout_us;
+static uint64_t capacity;
 
 static uint64_t phys(volatile const void *p) { return (uintptr_t)p; }
 
@@ -193,6 +196,99 @@ static bool case_status_not_writable(struct vio_dev *d, struct vio_result *res)
     return publish(d, 0, res);
 }
 
+/* A header descriptor of 8 bytes: type and reserved, no sector. */
+static bool case_header_too_short(struct vio_dev *d, struct vio_result *res)
+{
+    volatile struct vring_desc *t = d->q[0].mem->desc;
+    set_hdr(VIRTIO_BLK_T_IN);
+    normal_chain(t, 0);
+    t[0].len = 8;
+    return publish(d, 0, res);
+}
+
+/* Well-formed chains with bad contents: the device should answer with a status, not break. */
+static bool case_data_not_sector_multiple(struct vio_dev *d, struct vio_result *res)
+{
+    volatile struct vring_desc *t = d->q[0].mem->desc;
+    set_hdr(VIRTIO_BLK_T_IN);
+    normal_chain(t, 0);
+    t[1].len = 100;
+    return publish(d, 0, res);
+}
+
+static bool case_sector_beyond_capacity(struct vio_dev *d, struct vio_result *res)
+{
+    set_hdr(VIRTIO_BLK_T_IN);
+    blk_hdr.sector = capacity;
+    normal_chain(d->q[0].mem->desc, 0);
+    return publish(d, 0, res);
+}
+
+static bool case_unknown_type(struct vio_dev *d, struct vio_result *res)
+{
+    set_hdr(UNKNOWN_REQUEST_TYPE);
+    normal_chain(d->q[0].mem->desc, 0);
+    return publish(d, 0, res);
+}
+
+/* A valid request published, but the notification names a queue that does not exist. */
+static bool case_notify_bad_queue(struct vio_dev *d, struct vio_result *res)
+{
+    struct vio_queue *q = &d->q[0];
+    set_hdr(VIRTIO_BLK_T_IN);
+    normal_chain(q->mem->desc, 0);
+    q->mem->avail_ring[q->avail_shadow & (q->size - 1)] = 0;
+    q->avail_shadow++;
+    q->mem->avail_idx = q->avail_shadow;
+    mmio_write16(q->notify_addr, BAD_QUEUE_INDEX);
+    return vio_wait(d, 0, false, case_timeout_us, res);
+}
+
+/* Indirect tables that break 2.7.5.3: INDIRECT inside a table, INDIRECT together with NEXT,
+ * a table length that is not a multiple of 16, a table outside RAM. */
+static void indirect_read(struct vio_dev *d)
+{
+    volatile struct vq_mem *m = d->q[0].mem;
+    set_hdr(VIRTIO_BLK_T_IN);
+    normal_chain(m->indirect, 0);
+    set_desc(m->desc, 0, phys(m->indirect), 3 * sizeof(struct vring_desc),
+             VRING_DESC_F_INDIRECT, 0);
+}
+
+static bool case_indirect_nested(struct vio_dev *d, struct vio_result *res)
+{
+    volatile struct vq_mem *m = d->q[0].mem;
+    indirect_read(d);
+    /* The table's first entry points at the table itself, as another indirect table. */
+    set_desc(m->indirect, 0, phys(m->indirect), 3 * sizeof(struct vring_desc),
+             VRING_DESC_F_INDIRECT, 0);
+    return publish(d, 0, res);
+}
+
+static bool case_indirect_and_next(struct vio_dev *d, struct vio_result *res)
+{
+    volatile struct vq_mem *m = d->q[0].mem;
+    indirect_read(d);
+    m->desc[0].flags = VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT;
+    m->desc[0].next = 1;
+    set_desc(m->desc, 1, phys(&blk_status), 1, VRING_DESC_F_WRITE, 0);
+    return publish(d, 0, res);
+}
+
+static bool case_indirect_bad_len(struct vio_dev *d, struct vio_result *res)
+{
+    indirect_read(d);
+    d->q[0].mem->desc[0].len = 3 * sizeof(struct vring_desc) - 4;
+    return publish(d, 0, res);
+}
+
+static bool case_indirect_outside_ram(struct vio_dev *d, struct vio_result *res)
+{
+    indirect_read(d);
+    d->q[0].mem->desc[0].addr = FAR_ADDRESS;
+    return publish(d, 0, res);
+}
+
 struct hostile_case {
     const char *name;
     bool (*run)(struct vio_dev *d, struct vio_result *res);
@@ -212,6 +308,15 @@ static const struct hostile_case cases[] = {
     { "head_out_of_range", case_head_out_of_range, false, false },
     { "avail_overrun", case_avail_overrun, false, false },
     { "status_not_writable", case_status_not_writable, false, false },
+    { "header_too_short", case_header_too_short, false, false },
+    { "data_not_sector_multiple", case_data_not_sector_multiple, false, false },
+    { "sector_beyond_capacity", case_sector_beyond_capacity, false, false },
+    { "unknown_type", case_unknown_type, false, false },
+    { "notify_bad_queue", case_notify_bad_queue, false, false },
+    { "indirect_nested", case_indirect_nested, true, false },
+    { "indirect_and_next", case_indirect_and_next, true, false },
+    { "indirect_bad_len", case_indirect_bad_len, true, false },
+    { "indirect_outside_ram", case_indirect_outside_ram, true, false },
 };
 
 /* ---- driver -------------------------------------------------------------------------------- */
@@ -242,7 +347,7 @@ void test_hostile(struct vio_dev *devs, unsigned n)
     case_timeout_us = opts.timeout_us / 4;
     if (!vio_init(d, blk_wanted(), 1, true))
         return;
-    uint64_t capacity = vio_config_read(d, VIRTIO_BLK_CFG_CAPACITY, 8);
+    capacity = vio_config_read(d, VIRTIO_BLK_CFG_CAPACITY, 8);
     if (opts.sector >= capacity || HOSTILE_SECTORS > capacity - opts.sector) {
         vio_check(false, d, "the disk is too small for sector= + the hostile cases");
         return;

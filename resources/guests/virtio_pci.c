@@ -62,6 +62,7 @@
 /* After the used index moved, how long to wait for the queue interrupt that should follow. */
 #define IRQ_GRACE_US 200000
 #define CONFIG_GENERATION_TRIES 100
+#define MAX_INTERRUPTS_PER_WAIT 100000
 #define MAX_RANGES 64
 
 static unsigned failures;
@@ -254,7 +255,8 @@ static void walk_caps(struct vio_dev *d)
 /* Sizes and places the BARs that the regions use; resolves each region's address. */
 static void place_regions(struct vio_dev *d)
 {
-    struct vio_region *regions[] = { &d->common, &d->notify, &d->isr, &d->device_cfg, &d->msix_table };
+    struct vio_region *regions[] = { &d->common, &d->notify, &d->isr, &d->device_cfg,
+                                     &d->msix_table };
     bool needed[6] = { false };
 
     for (unsigned r = 0; r < ARRAY_SIZE(regions); r++)
@@ -324,7 +326,8 @@ unsigned vio_scan(struct vio_dev *devs, unsigned max)
         walk_caps(d);
         place_regions(d);
         uint16_t cmd = pci_read16(bdf, PCI_COMMAND);
-        pci_write16(bdf, PCI_COMMAND, cmd | PCI_CMD_MEMORY | PCI_CMD_BUS_MASTER | PCI_CMD_INTX_DISABLE);
+        pci_write16(bdf, PCI_COMMAND,
+                    cmd | PCI_CMD_MEMORY | PCI_CMD_BUS_MASTER | PCI_CMD_INTX_DISABLE);
         d->ok = d->common.present && d->notify.present && d->common.length >= COMMON_LEN;
 
         rt_printf("virtio: %s type=%u name=%s device=0x%04x rev=%u", vio_bdf(bdf), type,
@@ -349,12 +352,26 @@ unsigned vio_scan(struct vio_dev *devs, unsigned max)
 
 /* ---- common configuration ---------------------------------------------------------------------- */
 
-static uint8_t common_read8(const struct vio_dev *d, uint32_t off) { return mmio_read8(d->common.addr + off); }
-static uint16_t common_read16(const struct vio_dev *d, uint32_t off) { return mmio_read16(d->common.addr + off); }
-static uint32_t common_read32(const struct vio_dev *d, uint32_t off) { return mmio_read32(d->common.addr + off); }
-static void common_write8(const struct vio_dev *d, uint32_t off, uint8_t v) { mmio_write8(d->common.addr + off, v); }
-static void common_write16(const struct vio_dev *d, uint32_t off, uint16_t v) { mmio_write16(d->common.addr + off, v); }
-static void common_write32(const struct vio_dev *d, uint32_t off, uint32_t v) { mmio_write32(d->common.addr + off, v); }
+/* The common configuration structure, one access of the register's size each. */
+static uint64_t common(const struct vio_dev *d, uint32_t off) { return d->common.addr + off; }
+static uint8_t common_read8(const struct vio_dev *d, uint32_t off) { return mmio_read8(common(d, off)); }
+static uint16_t common_read16(const struct vio_dev *d, uint32_t off) { return mmio_read16(common(d, off)); }
+static uint32_t common_read32(const struct vio_dev *d, uint32_t off) { return mmio_read32(common(d, off)); }
+
+static void common_write8(const struct vio_dev *d, uint32_t off, uint8_t v)
+{
+    mmio_write8(common(d, off), v);
+}
+
+static void common_write16(const struct vio_dev *d, uint32_t off, uint16_t v)
+{
+    mmio_write16(common(d, off), v);
+}
+
+static void common_write32(const struct vio_dev *d, uint32_t off, uint32_t v)
+{
+    mmio_write32(common(d, off), v);
+}
 
 static void common_write64(const struct vio_dev *d, uint32_t off, uint64_t v)
 {
@@ -447,7 +464,10 @@ static bool msix_setup(struct vio_dev *d, unsigned entries)
     return true;
 }
 
-uint32_t vio_config_irqs(const struct vio_dev *d) { return d->config_irq ? idt_count(d->config_irq) : 0; }
+uint32_t vio_config_irqs(const struct vio_dev *d)
+{
+    return d->config_irq ? idt_count(d->config_irq) : 0;
+}
 
 uint32_t vio_queue_irqs(const struct vio_dev *d, unsigned qi)
 {
@@ -639,11 +659,17 @@ bool vio_wait(struct vio_dev *d, unsigned qi, bool notify, uint64_t timeout_us,
     uint32_t irqs0 = vio_queue_irqs(d, qi);
 
     memset(res, 0, sizeof(*res));
-    for (;;) {
+    /* Time advances only in whole steps of wait_body, so interrupts coming faster than a step
+     * would stop the clock: their number is bounded too. */
+    for (uint32_t interrupts = 0;; interrupts++) {
         int v = idt_call(wait_body, &w);
         check_vector(v);
         if (v == IDT_NO_INTERRUPT || used_moved(q) || w.elapsed_us >= w.timeout_us)
             break;
+        if (interrupts == MAX_INTERRUPTS_PER_WAIT) {
+            vio_check(false, d, "interrupt storm while waiting for a request");
+            break;
+        }
     }
     res->waited_us = (uint32_t)w.elapsed_us;
     if (!used_moved(q)) {

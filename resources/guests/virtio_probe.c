@@ -7,14 +7,15 @@
  *   blk       virtio-blk, every disk: config, serial, a pattern written to sectors N..N+7
  *             (`sector=N`), read back and compared, flush
  *   blk-read  virtio-blk, every disk: read sector N, print its CRC-32 and first bytes
- *   blk-ro    virtio-blk, every disk: RO offered, a write fails with IOERR, a read works
+ *   blk-ro    virtio-blk, every disk: RO offered, a write fails with IOERR and changes nothing
  *   hostile   malformed chains to the first disk (virtio_hostile.c)
  *   net       the first virtio-net card: ARP and ICMP echo both ways (virtio_net.c; ip=,
  *             peer=, pings=, net_ms=)
  * `accept=indirect,event_idx` also accepts those ring features when offered, `timeout_ms=` sets
- * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks its own results: each failed check prints "fail: ...", the
- * last lines are "virtio_probe: failures=N", then with failures "error: virtio_probe checks
- * failed" (status 255), else `action=` (default exit:0, status 1). README.md lists the lines. */
+ * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks
+ * its own results: each failed check prints "fail: ...", the last lines are
+ * "virtio_probe: failures=N", then with failures "error: virtio_probe checks failed" (status
+ * 255), else `action=` (default exit:0, status 1). README.md lists the lines. */
 #include "virtio_probe.h"
 
 #define DEFAULT_TIMEOUT_MS 2000
@@ -336,11 +337,18 @@ static void test_blk_ro(void)
         if (!blk_open("blk-ro", d, &capacity) || !sectors_fit(d, capacity, 1))
             continue;
         vio_check((d->offered & VIRTIO_BLK_F_RO) != 0, d, "read-only disk offers VIRTIO_BLK_F_RO");
-        blk_pattern(buf_a, opts.sector, 1);
-        int st = blk_op("blk-ro", d, VIRTIO_BLK_T_OUT, opts.sector, buf_a, SECTOR_SIZE);
-        vio_check(st == VIRTIO_BLK_S_IOERR, d, "write to a read-only disk fails with IOERR");
-        st = blk_op("blk-ro", d, VIRTIO_BLK_T_IN, opts.sector, buf_b, SECTOR_SIZE);
+        /* Read, write the complement (so any data written shows), read again. */
+        int st = blk_op("blk-ro", d, VIRTIO_BLK_T_IN, opts.sector, buf_b, SECTOR_SIZE);
         vio_check(st == VIRTIO_BLK_S_OK, d, "read from a read-only disk works");
+        for (unsigned k = 0; k < SECTOR_SIZE; k++)
+            buf_a[k] = (uint8_t)~buf_b[k];
+        st = blk_op("blk-ro", d, VIRTIO_BLK_T_OUT, opts.sector, buf_a, SECTOR_SIZE);
+        vio_check(st == VIRTIO_BLK_S_IOERR, d, "write to a read-only disk fails with IOERR");
+        uint8_t *after = buf_a + SECTOR_SIZE;
+        st = blk_op("blk-ro", d, VIRTIO_BLK_T_IN, opts.sector, after, SECTOR_SIZE);
+        bool unchanged = st == VIRTIO_BLK_S_OK && memcmp(after, buf_b, SECTOR_SIZE) == 0;
+        rt_printf("blk-ro: dev=%s unchanged=%s\n", vio_bdf(d->bdf), unchanged ? "yes" : "no");
+        vio_check(unchanged, d, "a read-only disk keeps its data after a write");
         vio_check(vio_reset(d), d, "reset after the test");
     }
     vio_check(found > 0, NULL, "no virtio-blk device");

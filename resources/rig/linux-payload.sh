@@ -2,7 +2,8 @@
 # Adds the L2 Linux guest to a rig payload directory (used by scripts/rig-test and scripts/rig-bench):
 #   DIR/linux/vmlinuz    the Debian kernel the rig boots as L1 (bzImage)
 #   DIR/linux/vmlinux    the same kernel as an ELF (PVH note), extracted from the bzImage
-#   DIR/linux/initrd.gz  busybox + resources/rig/l2-linux/init + nvmeio
+#   DIR/linux/initrd.gz  busybox + resources/rig/l2-linux/init + nvmeio + the kernel's virtio modules
+#   DIR/linux/root.img   an ext4 root file system for l2.root=vda (busybox, nvmeio, the same init)
 #   DIR/nvmeio           nvmeio for L1 (static)
 #   DIR/kvmhold          keeps an idle VM open in L1 during the payload (static; kvmhold.c)
 # Usage: linux-payload.sh DIR
@@ -19,7 +20,29 @@ cp "$here/l2-linux/init" "$ir/init"
 gcc -O2 -Wall -Werror -static -o "$dir/nvmeio" "$here/l2-linux/nvmeio.c"
 gcc -O2 -Wall -Werror -static -o "$dir/kvmhold" "$here/kvmhold.c"
 cp "$dir/nvmeio" "$ir/bin/nvmeio"
+# The Debian kernel's own virtio modules, for l2.root=vda (the virtio checks; the cloud kernel
+# has them as modules, ext4 built in).
+kdeb=$(ls "$work"/debs/linux-image-*.deb | sort -V | tail -1)
+kx=$dir/linux/kx
+mkdir -p "$ir/mod" "$kx"
+dpkg-deb -x "$kdeb" "$kx"
+for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
+	failover net_failover virtio_net virtio_console virtio-rng; do
+	f=$(find "$kx/lib/modules" -name "$m.ko" -print -quit)
+	[ -n "$f" ] || { echo "linux-payload: no $m.ko in $(basename "$kdeb")" >&2; exit 1; }
+	cp "$f" "$ir/mod/"
+done
+rm -rf "$kx"
 (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir/linux/initrd.gz"
+# DIR/linux/root.img: the ext4 root file system l2.root=vda switches to (busybox, nvmeio, this
+# init, and /hello for the guest to find)
+rt=$dir/linux/rootfs
+mkdir -p "$rt/bin" "$rt/proc" "$rt/sys" "$rt/dev" "$rt/tmp" "$rt/mnt"
+cp "$ir/bin/busybox" "$ir/bin/nvmeio" "$rt/bin/"
+cp "$here/l2-linux/init" "$rt/init"
+echo "VFIOVM-HOST-FILE put here by linux-payload.sh" >"$rt/hello"
+mkfs.ext4 -q -F -L l2root -d "$rt" "$dir/linux/root.img" 64M >/dev/null
+rm -rf "$rt"
 rm -rf "$ir" "$dir/linux/bb"
 cp "$kernel" "$dir/linux/vmlinuz"
 command -v lz4 >/dev/null 2>&1 || {

@@ -62,6 +62,9 @@ pub enum PlatformError {
     /// The PCI platform.
     #[error("PCI: {0}")]
     Pci(String),
+    /// A `--disk` image could not be opened (the error names the file and the fix).
+    #[error("{0}")]
+    Disk(#[source] devices::virtio::blk::BlockError),
     /// A virtio device could not be created or added.
     #[error("cannot add {0}: {1}")]
     Virtio(String, String),

@@ -1,4 +1,4 @@
-//! The virtio devices the command line asks for (`--rng`, `--net`), built on
+//! The virtio devices the command line asks for (`--disk`, `--rng`, `--net`), built on
 //! [`devices::virtio`] and put on the guest's PCI bus after the test device and before the
 //! passed-through devices.
 //!
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use devices::ioevent::IoEventRegistrar;
 use devices::kvm::{KvmInterruptManager, KvmIoEvents};
 use devices::pci::PciPlatform;
+use devices::virtio::blk::Block;
 use devices::virtio::net::{MacAddr, Net};
 use devices::virtio::rng::Rng;
 use devices::virtio::tap::Tap;
@@ -65,6 +66,10 @@ pub fn add_devices(
         log::info!("{name} at {addr}");
         Ok(())
     };
+    for (i, disk) in config.disks.iter().enumerate() {
+        let dev = Block::open(disk).map_err(PlatformError::Disk)?;
+        add(&format!("virtio-blk{i}"), Box::new(dev))?;
+    }
     if config.rng {
         add("virtio-rng", Box::new(Rng::new()))?;
     }

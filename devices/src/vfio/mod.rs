@@ -12,8 +12,9 @@
 //!
 //! # Wiring it up (what the VMM does)
 //!
-//! A VMM on KVM takes the trait implementations from `crate::kvm` (feature `kvm`) and writes
-//! no glue; the whole sequence (the core of `examples/minimal_vmm.rs`, which runs it in the nested rig):
+//! A VMM on KVM takes the trait implementations from the `kvm` module (feature `kvm`) and
+//! writes no glue; the whole sequence (the core of `examples/minimal_vmm.rs`, which runs it in
+//! the nested rig):
 //!
 //! ```no_run
 //! # #[cfg(feature = "kvm")]

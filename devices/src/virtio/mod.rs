@@ -1,6 +1,6 @@
 //! Virtio 1.x devices over PCI (feature `virtio`): the modern PCI transport
-//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng). Register maps:
-//! `docs/devices.md`.
+//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng) and [`blk::Block`]
+//! (virtio-blk on a raw image). Register maps: `docs/devices.md`.
 //!
 //! # Pieces
 //!
@@ -9,6 +9,7 @@
 //! | [`pci`] | [`VirtioPciDevice`]: config space, the BAR with the virtio structures, MSI-X/INTx, the status state machine, ioeventfds |
 //! | [`chain`] | [`Chain`]: a descriptor chain checked against guest RAM, read and written by offset |
 //! | [`rng`] | virtio-rng (type 4) |
+//! | [`blk`] | virtio-blk (type 2) |
 //! | [`net`] | virtio-net (type 1) over a [`tap`] |
 //! | [`queues`] | [`Queues`]: the rings for a handler serving a queue itself (network receive) |
 //!
@@ -16,6 +17,43 @@
 //! set DRIVER_OK, hands the transport a [`QueueHandler`] that serves descriptor chains. The
 //! transport owns everything else: feature negotiation, queue setup, the descriptor walk,
 //! the used ring, notification suppression (`VIRTIO_F_RING_EVENT_IDX`) and interrupts.
+//!
+//! # Using it (a VMM on KVM)
+//!
+//! ```no_run
+//! # #[cfg(feature = "kvm")]
+//! # mod doc {
+//! use std::sync::{Arc, Mutex};
+//! use vfiovm_devices::ioevent::IoEventRegistrar;
+//! use vfiovm_devices::kvm::{KvmInterruptManager, KvmIoEvents};
+//! use vfiovm_devices::kvm_ioctls::VmFd;
+//! use vfiovm_devices::pci::PciPlatform;
+//! use vfiovm_devices::virtio::blk::{Block, BlockConfig};
+//! use vfiovm_devices::virtio::rng::Rng;
+//! use vfiovm_devices::virtio::VirtioPciDevice;
+//! use vfiovm_devices::vm_memory::GuestMemoryMmap;
+//!
+//! fn add_virtio(
+//!     vm: Arc<VmFd>,
+//!     mem: &GuestMemoryMmap,
+//!     irq: &KvmInterruptManager, // the one the platform has too
+//!     platform: &PciPlatform,
+//! ) -> Result<(), Box<dyn std::error::Error>> {
+//!     // Queue notifies become KVM ioeventfds: no exit to the VMM.
+//!     let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm));
+//!     let rng = VirtioPciDevice::new("virtio-rng", Box::new(Rng::new()), mem.clone(), irq, Some(ioevents.clone()))?;
+//!     platform.add_device(platform.free_slot().ok_or("no free PCI slot")?, Arc::new(Mutex::new(rng)))?;
+//!     // --disk path=disk.raw,readonly=on: a typed error if missing, not raw, or locked.
+//!     let disk = Block::open(&BlockConfig::parse("path=disk.raw,readonly=on")?)?;
+//!     let blk = VirtioPciDevice::new("virtio-blk0", Box::new(disk), mem.clone(), irq, Some(ioevents))?;
+//!     platform.add_device(platform.free_slot().ok_or("no free PCI slot")?, Arc::new(Mutex::new(blk)))?;
+//!     // The I/O threads start when the guest's drivers set DRIVER_OK, and stop when they reset
+//!     // the devices or the devices are dropped (PciPlatform::remove_device, or the platform
+//!     // going away); VirtioPciDevice::shutdown stops one explicitly.
+//!     Ok(())
+//! }
+//! # }
+//! ```
 //!
 //! # Threads
 //!
@@ -56,6 +94,7 @@ use std::os::unix::io::RawFd;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
+pub mod blk;
 pub mod chain;
 mod irq;
 pub mod pci;

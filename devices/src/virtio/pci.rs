@@ -919,7 +919,9 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> BarAccess for VirtioPciDevi
             };
             drop(irq);
             data.fill(0);
-            data[0] = isr;
+            if let Some(b) = data.first_mut() {
+                *b = isr;
+            }
             self.sync_intx_status();
         } else if let Some(o) = region(offset, DEVICE_CFG_OFFSET, DEVICE_CFG_MAX) {
             self.device.read_config(o, data);

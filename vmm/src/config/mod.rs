@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod virtio;
 
+pub use devices::virtio::blk::BlockConfig;
 pub use virtio::{NetBackendConfig, NetConfig};
 
 /// Smallest guest RAM we accept: room for the boot structures, a small kernel and a stack.
@@ -36,6 +37,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Devices to pass through (`--device`).
     pub devices: Vec<DeviceConfig>,
+    /// virtio-blk disks (`--disk`), in the order given.
+    pub disks: Vec<BlockConfig>,
     /// A virtio-rng device (`--rng`).
     pub rng: bool,
     /// virtio-net cards (`--net`), in order.
@@ -58,6 +61,7 @@ impl VmConfig {
             ram: RamConfig::default(),
             cpus: 1,
             devices: Vec::new(),
+            disks: Vec::new(),
             rng: false,
             net: Vec::new(),
             test_pci_device: false,
@@ -232,7 +236,7 @@ pub enum ConfigError {
     MissingValue(String),
     /// A flag given twice that may only appear once.
     #[error(
-        "option '{0}' given more than once: give it once (only --device, --net and -v repeat)"
+        "option '{0}' given more than once: give it once (only --device, --disk, --net and -v repeat)"
     )]
     Repeated(String),
     /// `--kernel` is required.
@@ -262,6 +266,9 @@ pub enum ConfigError {
     /// `--user` does not parse.
     #[error("invalid --user '{0}': give a numeric UID:GID, e.g. 65534:65534")]
     BadUser(String),
+    /// A `--disk` value that does not parse.
+    #[error("invalid --disk '{0}': {1}")]
+    BadDisk(String, String),
     /// A positional argument where none is expected.
     #[error("unexpected argument '{0}' (options start with --; see vfiovm --help)")]
     Unexpected(String),
@@ -290,6 +297,8 @@ OPTIONS:
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
+    --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
+                         path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
                          virtio_rng driver: /dev/hwrng)
     --net tap=NAME[,mac=MAC]|fd=N[,mac=MAC]
@@ -468,6 +477,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut memory = None;
     let mut cpus = None;
     let mut devices = Vec::new();
+    let mut disks = Vec::new();
     let mut rng = false;
     let mut net = Vec::new();
     let mut test_pci_device = false;
@@ -505,6 +515,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--memory" | "-m" => once(&mut memory, parse_memory_arg(&value(&mut it)?)?, &flag)?,
             "--cpus" | "--smp" => once(&mut cpus, parse_cpus(&value(&mut it)?)?, &flag)?,
             "--device" => devices.push(DeviceConfig::parse(&value(&mut it)?)?),
+            "--disk" => {
+                let v = value(&mut it)?;
+                disks.push(
+                    BlockConfig::parse(&v).map_err(|e| ConfigError::BadDisk(v, e.to_string()))?,
+                );
+            }
             "--rng" => rng = true,
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--test-pci-device" => test_pci_device = true,
@@ -533,6 +549,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             ram: memory.map(|m| m.1).unwrap_or_default(),
             cpus: cpus.unwrap_or(1),
             devices,
+            disks,
             rng,
             net,
             test_pci_device,
@@ -731,6 +748,30 @@ mod tests {
         // The test hook is not advertised.
         assert!(HELP.contains("--no-seccomp"));
         assert!(!HELP.contains("--test-seccomp-violation"));
+    }
+
+    #[test]
+    fn disk_syntax() {
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "a.raw",
+            "--disk=path=b.raw,readonly=on,id=two",
+        ]);
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.disks[0].path, PathBuf::from("a.raw"));
+        assert!(c.disks[1].readonly && c.disks[1].id.as_deref() == Some("two"));
+        for bad in [
+            "",
+            "path=a,color=red",
+            "readonly=on",
+            "path=a,serial=has space",
+        ] {
+            let e = parse_args(args(&["--kernel", "k", "--disk", bad])).unwrap_err();
+            assert!(matches!(e, ConfigError::BadDisk(..)), "{bad}: {e}");
+            assert!(e.to_string().starts_with("invalid --disk '"), "{e}");
+        }
     }
 
     #[test]

@@ -20,8 +20,10 @@ use crate::pci::caps::msix::{MSIX_CAP_ID, MSIX_CTRL_ENABLE};
 use crate::pci::config::{CMD_BUS_MASTER, CMD_MEMORY_SPACE, COMMAND};
 use crate::pci::{BarAccess, PciDevice};
 
+mod blk;
 mod hostile;
 mod net;
+mod platform;
 mod rng;
 mod transport;
 
