@@ -122,10 +122,10 @@ static void rx_post(struct vio_dev *d, uint16_t i)
     full_barrier();
 }
 
-/* Waits until the TSC reaches `deadline_tsc` for the device to return a receive buffer: its descriptor and the
- * bytes written. Polls the used ring (interrupts enabled in between, so MSI-X deliveries are
- * counted), one buffer at a time; vio_wait's wait for the interrupt of each request would add
- * up to its grace period per frame when several arrive with one interrupt. */
+/* Waits, until the TSC reaches `deadline_tsc`, for the device to return a receive buffer: its
+ * descriptor and the bytes written. Polls the used ring (interrupts enabled in between, so
+ * MSI-X deliveries are counted), one buffer at a time; vio_wait's wait for the interrupt of each
+ * request would add up to its grace period per frame when several arrive with one interrupt. */
 static bool rx_poll(struct vio_dev *d, uint64_t deadline_tsc, uint32_t *id, uint32_t *len)
 {
     struct vio_queue *q = &d->q[NET_RX];

@@ -148,7 +148,10 @@ struct vio_result {
 /* Orders this CPU's earlier memory accesses before its later ones, loads after stores too
  * (x86 only reorders those): for the event index check after publishing. compiler_barrier only
  * keeps the compiler from moving ring writes across it. */
-static inline void full_barrier(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memory", "cc"); }
+static inline void full_barrier(void)
+{
+    __asm__ volatile("lock; orl $0, (%%esp)" ::: "memory", "cc");
+}
 static inline void compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
 
 /* Shared state set up by virtio_probe.c before anything else. */
