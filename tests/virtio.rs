@@ -314,15 +314,17 @@ fn a_disk_in_use_is_locked_against_a_second_vm() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // until the first VM holds the lock
+    // Until the first VM holds its lock (asking the kernel, so no probe of ours ever takes
+    // the lock first and makes the first VM the one refused).
     let start = std::time::Instant::now();
-    let mut o;
-    loop {
-        o = probe("list", &["--disk", img.path()]);
-        if o.status == 2 || start.elapsed() > std::time::Duration::from_secs(10) {
-            break;
-        }
+    while !write_locked(&img.0) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the first VM took no lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let o = probe("list", &["--disk", img.path()]);
     let _ = first.kill();
     let _ = first.wait();
     o.expect_status(2);
@@ -331,5 +333,19 @@ fn a_disk_in_use_is_locked_against_a_second_vm() {
     // and once it is gone the image is free again
     let o = probe("blk", &["--disk", img.path()]);
     o.expect_status(STATUS_OK);
-    let _ = Path::new(img.path());
+}
+
+/// Whether another open file holds an OFD write lock on `path` (F_OFD_GETLK).
+fn write_locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: `flock` is a plain C struct; all zeros is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_GETLK reads and writes the `flock` passed by pointer, valid for the call;
+    // the fd is open.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    assert_eq!(r, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    fl.l_type != libc::F_UNLCK as libc::c_short
 }

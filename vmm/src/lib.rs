@@ -57,6 +57,8 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
         }
         Command::Run { vm, sandbox } => (vm, sandbox),
     };
+    // before the first thread (guest RAM population, device I/O threads, vCPUs)
+    seccomp::malloc_in_one_arena();
     logger::init(logger::level_for(
         config.verbosity,
         std::env::var("VFIOVM_LOG").ok().as_deref(),

@@ -404,6 +404,21 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
     Ok(r)
 }
 
+/// Keeps every thread's heap allocations in glibc's main arena (`M_ARENA_MAX` = 1); call it
+/// before any thread is spawned. A thread arena is trimmed with `shrink_heap`, whose first call
+/// in a process reads `/proc/sys/vm/overcommit_memory`: an `openat` no filter allows, so a
+/// large block freed on a confined thread (a device's I/O thread freeing what the VMM thread
+/// allocated, say) could kill the VMM with SIGSYS. The main arena shrinks with `brk`, which
+/// every filter allows.
+pub fn malloc_in_one_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tunables; the caller runs it before any
+    // other thread exists, so no allocation races it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Holds virtio I/O threads back, at their start, until the VM runs: then each installs the
 /// device filter (or none: `--no-seccomp`, or an embedder's [`crate::vm::Vm::run`]) and goes on.
 /// A VM dropped without running opens it with no filter, so the threads can leave.
