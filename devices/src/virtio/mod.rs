@@ -108,6 +108,62 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
+    //! Test helpers (feature `test-util`): [`QueueRunner`] serves a queue synchronously, exactly
+    //! as a device's I/O thread does (same checks, same descriptor walk, same used-ring and
+    //! notification handling), for fuzzing and deterministic tests without a thread.
+
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestMemory;
+
+    pub use super::worker::ServeError;
+    use super::QueueHandler;
+
+    /// One queue, served on the caller's thread.
+    #[derive(Debug)]
+    pub struct QueueRunner {
+        queue: Queue,
+        index: u16,
+    }
+
+    impl QueueRunner {
+        /// Queue `index` with `size` entries (maximum `max`) and its rings at
+        /// `(desc, avail, used)`, checked as the transport checks it at DRIVER_OK.
+        pub fn new<M: GuestMemory>(
+            mem: &M,
+            index: u16,
+            max: u16,
+            size: u16,
+            rings: (u64, u64, u64),
+            event_idx: bool,
+        ) -> Result<Self, String> {
+            super::worker::make_queue(mem, max, size, rings, event_idx)
+                .map(|queue| QueueRunner { queue, index })
+        }
+
+        /// Serves every available chain with `handler`: `Ok(whether to interrupt the
+        /// driver)`, or the error that would put the device in NEEDS_RESET.
+        pub fn serve<M: GuestMemory + Send + Sync>(
+            &mut self,
+            mem: &M,
+            handler: &mut dyn QueueHandler,
+        ) -> Result<bool, ServeError> {
+            super::worker::serve_queue(mem, &mut self.queue, self.index, handler)
+        }
+
+        /// The next available-ring index the device will read.
+        pub fn next_avail(&self) -> u16 {
+            self.queue.next_avail()
+        }
+
+        /// The next used-ring index the device will write.
+        pub fn next_used(&self) -> u16 {
+            self.queue.next_used()
+        }
+    }
+}
+
 pub use chain::{Chain, ChainError, Segment};
 pub use pci::{VirtioPciDevice, VirtioPciError};
 pub use queues::{Queues, Ready, RingFault};

@@ -60,12 +60,12 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory};
+use virtio_queue::Queue;
+use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::irq::{IrqState, VIRTIO_MSI_NO_VECTOR};
-use super::worker::{IoThread, Shared, ThreadStart, Worker};
+use super::worker::{make_queue, IoThread, Shared, ThreadStart, Worker};
 use super::{
     thread_name, Features, VirtioDevice, VirtioError, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET, TRANSPORT_FEATURES, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
@@ -524,26 +524,14 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
     }
 
     fn build_queue(&self, i: usize, c: &QueueCfg) -> Result<Queue, String> {
-        let bad = |what: &str| format!("queue {i}: {what}");
-        let mut q = Queue::new(c.max).map_err(|e| bad(&e.to_string()))?;
-        q.try_set_size(c.size).map_err(|_| {
-            bad(&format!(
-                "size {} is not a power of two up to {}",
-                c.size, c.max
-            ))
-        })?;
-        q.try_set_desc_table_address(GuestAddress(c.desc))
-            .map_err(|_| bad("descriptor table is not 16-byte aligned"))?;
-        q.try_set_avail_ring_address(GuestAddress(c.avail))
-            .map_err(|_| bad("available ring is not 2-byte aligned"))?;
-        q.try_set_used_ring_address(GuestAddress(c.used))
-            .map_err(|_| bad("used ring is not 4-byte aligned"))?;
-        q.set_event_idx(self.driver_features & VIRTIO_F_RING_EVENT_IDX != 0);
-        q.set_ready(true);
-        if !q.is_valid(&self.mem) {
-            return Err(bad("the rings are not (entirely) in guest RAM"));
-        }
-        Ok(q)
+        make_queue(
+            &self.mem,
+            c.max,
+            c.size,
+            (c.desc, c.avail, c.used),
+            self.driver_features & VIRTIO_F_RING_EVENT_IDX != 0,
+        )
+        .map_err(|e| format!("queue {i}: {e}"))
     }
 
     fn activate(&mut self) -> Result<(), VirtioError> {

@@ -281,24 +281,55 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
     }
 }
 
+/// A queue as the driver programmed it, checked as at DRIVER_OK: a power-of-two size up to
+/// `max`, aligned rings, all of them in guest RAM.
+pub(crate) fn make_queue<M: GuestMemory>(
+    mem: &M,
+    max: u16,
+    size: u16,
+    (desc, avail, used): (u64, u64, u64),
+    event_idx: bool,
+) -> Result<Queue, String> {
+    use vm_memory::GuestAddress;
+    let mut q = Queue::new(max).map_err(|e| e.to_string())?;
+    q.try_set_size(size)
+        .map_err(|_| format!("size {size} is not a power of two up to {max}"))?;
+    q.try_set_desc_table_address(GuestAddress(desc))
+        .map_err(|_| "the descriptor table is not 16-byte aligned".to_string())?;
+    q.try_set_avail_ring_address(GuestAddress(avail))
+        .map_err(|_| "the available ring is not 2-byte aligned".to_string())?;
+    q.try_set_used_ring_address(GuestAddress(used))
+        .map_err(|_| "the used ring is not 4-byte aligned".to_string())?;
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    if !q.is_valid(mem) {
+        return Err("the rings are not (entirely) in guest RAM".into());
+    }
+    Ok(q)
+}
+
 /// Why serving a queue stopped for good.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ServeError {
+pub enum ServeError {
+    /// Reading or writing a ring failed.
     #[error("accessing the ring: {0}")]
     Ring(virtio_queue::Error),
+    /// The driver's available index is further ahead than the queue has entries.
     #[error(
         "the available index ran {0} entries ahead of the device, more than the queue size {1}"
     )]
     AvailIdx(u16, u16),
+    /// A chain broke the rules (`virtio::chain`).
     #[error("{0}")]
     Chain(#[from] super::chain::ChainError),
+    /// The device answered `Completion::Fault`.
     #[error("the device refused the chain from head {0}")]
     Refused(u16),
 }
 
 /// Pops and serves every available chain of `queue`; returns whether the driver wants an
 /// interrupt for what was completed (EVENT_IDX suppression applied).
-fn serve_queue<M: GuestMemory + Send + Sync>(
+pub(crate) fn serve_queue<M: GuestMemory + Send + Sync>(
     mem: &M,
     queue: &mut Queue,
     index: u16,
