@@ -113,7 +113,7 @@ pub enum BlockError {
         format: &'static str,
     },
     /// Another process holds a lock on the image.
-    #[error("disk image {} is in use by another process (another VM holds a lock on it){}", path.display(), if *readonly { "" } else { "; stop that VM first, or attach the image with readonly=on if both only read it" })]
+    #[error("disk image {} is in use by another process (another VM holds a lock on it){}", path.display(), if *readonly { "; it is attached writable there" } else { "; stop that VM first (two VMs can share an image only if both attach it with readonly=on)" })]
     Locked {
         /// The path given.
         path: PathBuf,
