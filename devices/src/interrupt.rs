@@ -223,6 +223,8 @@ pub mod fake {
         fds: BTreeMap<u32, Arc<EventFd>>,
         /// The live INTx lines, by allocation number.
         intx: BTreeMap<u64, IntxLog>,
+        /// Duplicates of the live INTx lines' resample `EventFd`s, by allocation number.
+        resample_fds: BTreeMap<u64, EventFd>,
         next_intx: u64,
         /// `(gsi, message)` of every delivery since the last `take_deliveries`.
         deliveries: Vec<(u32, MsiMessage)>,
@@ -326,6 +328,24 @@ pub mod fake {
                 .iter()
                 .find(|(_, f)| f.as_raw_fd() == fd)
                 .map(|(&g, _)| g)
+        }
+
+        /// The guest's EOI of IOAPIC pin `gsi`: signals the resample `EventFd` of every live line
+        /// on it, as KVM does when it de-asserts a level-triggered line. Returns how many.
+        pub fn eoi(&self, gsi: u32) -> usize {
+            let st = lock(&self.state);
+            let mut n = 0;
+            for (id, l) in &st.intx {
+                if l.gsi == gsi {
+                    if let Some(fd) = st.resample_fds.get(id) {
+                        if let Err(e) = fd.write(1) {
+                            panic!("writing the resample eventfd of GSI {gsi}: {e}");
+                        }
+                        n += 1;
+                    }
+                }
+            }
+            n
         }
 
         /// The live INTx lines, in allocation order.
@@ -505,7 +525,9 @@ pub mod fake {
 
     impl Drop for FakeIntx {
         fn drop(&mut self) {
-            lock(&self.state).intx.remove(&self.id);
+            let mut s = lock(&self.state);
+            s.intx.remove(&self.id);
+            s.resample_fds.remove(&self.id);
         }
     }
 
@@ -534,9 +556,11 @@ pub mod fake {
             }
             let fd = EventFd::new(EFD_NONBLOCK).map_err(InterruptError::EventFd)?;
             let resample = EventFd::new(EFD_NONBLOCK).map_err(InterruptError::EventFd)?;
+            let dup = resample.try_clone().map_err(InterruptError::EventFd)?;
             let mut s = lock(&self.state);
             let id = s.next_intx;
             s.next_intx += 1;
+            s.resample_fds.insert(id, dup);
             s.intx.insert(
                 id,
                 IntxLog {

@@ -351,8 +351,48 @@ fn intx_fallback_with_isr() {
     assert_eq!(d.isr(), 0, "reading cleared it");
     assert_eq!(d.cfg_read16(STATUS) & STATUS_INTERRUPT, 0);
     // An EOI with the ISR clear does not re-assert.
+    assert_eq!(d.irq.eoi(5), 1);
+    std::thread::sleep(Duration::from_millis(20));
     d.dev.config_read(STATUS, &mut [0; 2]);
     assert_eq!(d.irq.intx_lines()[0].asserts, 1);
+    // Level-triggered: a completion the guest EOIs without reading the ISR is asserted again
+    // (by the I/O thread, which waits on the resample eventfd), until the ISR is read.
+    d.queues[0].add(&d.mem, &[(0x20_0000, 32, true)]);
+    d.notify(0);
+    d.queues[0].wait_used(&d.mem);
+    let wait_asserts = |d: &Driver, n: u64| {
+        let start = Instant::now();
+        while d.irq.intx_lines()[0].asserts < n && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        d.irq.intx_lines()[0].asserts
+    };
+    assert_eq!(wait_asserts(&d, 2), 2);
+    d.irq.eoi(5);
+    assert_eq!(wait_asserts(&d, 3), 3, "EOI with the ISR set re-asserts");
+    assert_eq!(d.isr(), 1);
+    d.irq.eoi(5);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        d.irq.intx_lines()[0].asserts,
+        3,
+        "the ISR was read: no more"
+    );
+    // Without a running session (DRIVER_OK refused: no queue enabled, so NEEDS_RESET and a
+    // configuration interrupt) an EOI is noticed at the next status register read.
+    d.set_status(0);
+    assert!(d.negotiate(VIRTIO_F_VERSION_1));
+    d.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    assert!(!d.dev.running());
+    assert_eq!(d.irq.intx_lines()[0].asserts, 4);
+    d.irq.eoi(5);
+    d.dev.config_read(STATUS, &mut [0; 2]);
+    assert_eq!(
+        d.irq.intx_lines()[0].asserts,
+        5,
+        "re-asserted: the ISR still holds bit 1"
+    );
+    assert_eq!(d.isr(), 2);
 }
 
 #[test]
