@@ -15,6 +15,8 @@
 #                          virtio-rng bound to virtio-pci, so the edu's group is not viable)
 #        RIG_SMP (1) RIG_MEM (MiB, 1024) RIG_TMO (s, 300; the L1 watchdog fires a little earlier)
 #        RIG_CPU (qemu64,+svm,+npt) RIG_ACCEL (tcg,thread=single) RIG_APPEND (more kernel arguments)
+#        RIG_QEMU          host (qemu-system-x86_64 from PATH) or 10 (QEMU 10.0 from bookworm-backports,
+#                          through qemu10.sh)
 #        RIG_QEMU_ARGS     more QEMU arguments (split on spaces), like the positional ones
 #        RIG_STALL         seconds without a console line after which L1 counts as frozen (90; 0: off), as
 #                          it does at once when L1 reports a soft lockup: every vCPU's registers and code
@@ -131,7 +133,14 @@ MON=${INITRD%.initrd}.mon
 STALL=${RIG_STALL:-90}
 case "$STALL" in *[!0-9]*) finish 125 "FAIL step=usage RIG_STALL must be a number" ;; esac
 # shellcheck disable=SC2206 # RIG_QEMU_ARGS is split on spaces on purpose
-CMD=(qemu-system-x86_64 -accel "$ACCEL" -machine q35,kernel-irqchip=split -cpu "$CPU" -m "$MEM" -smp "$SMP"
+# RIG_QEMU=10: QEMU 10.0 from bookworm-backports (qemu10.sh, unpacked beside the host's QEMU)
+case ${RIG_QEMU:-host} in
+host) QEMU=(qemu-system-x86_64) ;;
+10) "$HERE/qemu10.sh" >/dev/null || finish 125 "FAIL step=qemu QEMU 10 could not be fetched (resources/rig/qemu10.sh)"
+	QEMU=("$HERE/qemu10.sh" --exec) ;;
+*) finish 125 "FAIL step=usage RIG_QEMU is host or 10" ;;
+esac
+CMD=("${QEMU[@]}" -accel "$ACCEL" -machine q35,kernel-irqchip=split -cpu "$CPU" -m "$MEM" -smp "$SMP"
 	-nodefaults -display none -monitor "unix:$MON,server=on,wait=off" -serial stdio -no-reboot
 	"${DEVS[@]}" -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND" ${RIG_QEMU_ARGS:-} "$@")
 # With -no-reboot a reset is a shutdown; shutdown=pause keeps the CPUs as they were at the fault.
