@@ -41,6 +41,10 @@ fn fw_cfg_probe_reads_what_firmware_reads() {
         );
         assert!(s.contains("fw_cfg: dma_signature=QEMU CFG\n"), "{o:#?}");
         assert!(s.contains("fw_cfg: features=0x3\n"), "{o:#?}");
+        assert!(
+            s.contains("ports: 0xcd8=0xffffffff 0x92 written\n"),
+            "{o:#?}"
+        );
         assert!(s.contains(&format!("fw_cfg: cpus={cpus}\n")), "{o:#?}");
         let names: Vec<&str> = lines_with(s, "file: ")
             .iter()

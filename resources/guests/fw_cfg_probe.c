@@ -291,24 +291,32 @@ static void check_tables(void)
     uint64_t rsdp = (uintptr_t)blob_buf[r];
     if (!acpi_scan(&acpi, rsdp, true) || acpi.rsdp != rsdp)
         rt_fail("no valid RSDP in etc/acpi/rsdp");
-    if (acpi.bad_tables || !acpi.root_is_xsdt || !in_blob(acpi.root, 36))
-        rt_fail("a table from the loader is bad, or the XSDT is not in a loaded blob");
+    if (acpi.bad_tables || !in_blob(acpi.root, 36))
+        rt_fail("a table from the loader is bad, or the root table is not in a loaded blob");
+    /* XSDT entries are 8 bytes, RSDT entries (ACPI 1.0, as QEMU's q35 builds them) 4. */
+    unsigned w = acpi.root_is_xsdt ? 8 : 4;
     const uint8_t *x = rt_phys(acpi.root);
     uint32_t xlen = (uint32_t)le(x + 4, 4);
-    for (uint32_t o = 36; o + 8 <= xlen; o += 8)
-        if (!in_blob(le(x + o, 8), 36))
-            rt_fail("an XSDT entry points outside the loaded blobs");
-    /* The FADT's pointers: FACS (32 and 64 bit) and DSDT (32 and 64 bit), agreeing. */
-    for (uint32_t o = 36; o + 8 <= xlen; o += 8) {
-        const uint8_t *t = rt_phys(le(x + o, 8));
+    for (uint32_t o = 36; o + w <= xlen; o += w)
+        if (!in_blob(le(x + o, w), 36))
+            rt_fail("a root table entry points outside the loaded blobs");
+    /* The FADT's pointers: FACS and DSDT, 32-bit and (when the FADT has them) 64-bit; a zero
+     * one is absent, two present ones must agree. */
+    for (uint32_t o = 36; o + w <= xlen; o += w) {
+        const uint8_t *t = rt_phys(le(x + o, w));
         if (memcmp(t, "FACP", 4) != 0)
             continue;
-        uint64_t facs = le(t + 36, 4), dsdt = le(t + 40, 4), xfacs = le(t + 132, 8),
-                 xdsdt = le(t + 140, 8);
+        uint32_t flen = (uint32_t)le(t + 4, 4);
+        uint64_t facs = le(t + 36, 4), dsdt = le(t + 40, 4);
+        uint64_t xfacs = flen >= 140 ? le(t + 132, 8) : 0, xdsdt = flen >= 148 ? le(t + 140, 8) : 0;
         rt_printf("fadt: facs=0x%llx x_facs=0x%llx dsdt=0x%llx x_dsdt=0x%llx\n", facs, xfacs, dsdt,
                   xdsdt);
-        if (facs != xfacs || dsdt != xdsdt || !in_blob(facs, 64) || !in_blob(dsdt, 36))
-            rt_fail("FADT pointers disagree or point outside the loaded blobs");
+        if ((facs && xfacs && facs != xfacs) || (dsdt && xdsdt && dsdt != xdsdt))
+            rt_fail("FADT 32- and 64-bit pointers disagree");
+        facs = xfacs ? xfacs : facs;
+        dsdt = xdsdt ? xdsdt : dsdt;
+        if (!in_blob(facs, 64) || !in_blob(dsdt, 36))
+            rt_fail("FADT pointers missing or outside the loaded blobs");
         if (memcmp(rt_phys(facs), "FACS", 4) != 0 || memcmp(rt_phys(dsdt), "DSDT", 4) != 0)
             rt_fail("FADT pointers do not reach the FACS and the DSDT");
         if (acpi.dsdt != dsdt)
@@ -317,11 +325,21 @@ static void check_tables(void)
     rt_printf("acpi: loaded tables=%u cpus=%u s5=%u\n", acpi.tables, acpi.cpus, acpi_s5_typ(&acpi));
 }
 
+/* The other two ports OVMF touches on its way: QEMU's CPU hotplug register (all ones: none) and
+ * port 0x92 (OVMF sets the A20 bit; the write must simply be taken). */
+static void check_ovmf_ports(void)
+{
+    uint32_t hotplug = inl(0xcd8);
+    outb(0x92, (uint8_t)(inb(0x92) | 2));
+    rt_printf("ports: 0xcd8=0x%x 0x92 written\n", hotplug);
+}
+
 void guest_main(const struct rt_boot *boot)
 {
     (void)boot;
     rt_printf("guest: fw_cfg_probe\n");
     check_identity();
+    check_ovmf_ports();
     read_directory();
     read_e820();
     run_loader();
