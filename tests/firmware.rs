@@ -166,6 +166,18 @@ fn missing_firmware_file() {
 }
 
 #[test]
+fn initramfs_or_cmdline_without_a_kernel_for_the_firmware() {
+    expect_error(
+        &["--firmware", CODE_4M, "--initramfs", "/tmp/i"],
+        "--initramfs needs --kernel: with --firmware, the initramfs and command line go to the kernel given with --kernel",
+    );
+    expect_error(
+        &["--firmware", CODE_4M, "--cmdline", "quiet"],
+        "--cmdline needs --kernel",
+    );
+}
+
+#[test]
 fn firmware_of_an_unknown_size() {
     let f = TempFile::new("odd-firmware", &[0xff; 3 << 20]);
     expect_error(

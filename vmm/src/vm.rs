@@ -591,7 +591,7 @@ fn create_vcpu(
 /// CPUID for UEFI firmware: leaf 0x8000_001F (AMD memory encryption) zeroed, so OVMF's reset
 /// vector does not go looking for SEV (it would read MSR 0xC001_0131, which KVM refuses
 /// without SEV).
-fn firmware_cpuid(cpuid: &mut CpuId) {
+pub(crate) fn firmware_cpuid(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
         if e.function == 0x8000_001f {
             e.eax = 0;
@@ -599,5 +599,30 @@ fn firmware_cpuid(cpuid: &mut CpuId) {
             e.ecx = 0;
             e.edx = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn firmware_cpuid_zeroes_the_memory_encryption_leaf_only() {
+        let leaf = |function, v| kvm_cpuid_entry2 {
+            function,
+            eax: v,
+            ebx: v,
+            ecx: v,
+            edx: v,
+            ..Default::default()
+        };
+        let mut c =
+            CpuId::from_entries(&[leaf(1, 7), leaf(0x8000_001f, 0x1b), leaf(0x8000_0008, 3)])
+                .unwrap();
+        firmware_cpuid(&mut c);
+        let s = c.as_slice();
+        assert_eq!((s[0].eax, s[2].ecx), (7, 3));
+        assert_eq!((s[1].eax, s[1].ebx, s[1].ecx, s[1].edx), (0, 0, 0, 0));
     }
 }

@@ -244,6 +244,9 @@ pub enum ConfigError {
     /// `--kernel` or `--firmware` is required.
     #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF) or --firmware PATH (UEFI firmware such as /usr/share/OVMF/OVMF_CODE_4M.fd)")]
     NoKernel,
+    /// `--initramfs` or `--cmdline` with a firmware but no kernel to give them to.
+    #[error("{0} needs --kernel: with --firmware, the initramfs and command line go to the kernel given with --kernel (through fw_cfg); add --kernel PATH or leave out {0}")]
+    NeedsKernel(&'static str),
     /// `--firmware-vars` needs `--firmware`.
     #[error(
         "--firmware-vars needs --firmware: give the firmware's CODE image with --firmware PATH"
@@ -542,6 +545,14 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     if firmware.is_none() && kernel.is_none() {
         return Err(ConfigError::NoKernel);
     }
+    if kernel.is_none() {
+        if initramfs.is_some() {
+            return Err(ConfigError::NeedsKernel("--initramfs"));
+        }
+        if cmdline.is_some() {
+            return Err(ConfigError::NeedsKernel("--cmdline"));
+        }
+    }
     Ok(Command::Run {
         vm: VmConfig {
             kernel,
@@ -807,6 +818,14 @@ mod tests {
             ConfigError::Repeated("--firmware".into())
         );
         assert!(ConfigError::NoKernel.to_string().contains("--firmware"));
+        assert_eq!(
+            e(&["--firmware", "c", "--initrd", "i"]),
+            ConfigError::NeedsKernel("--initramfs")
+        );
+        assert_eq!(
+            e(&["--firmware", "c", "--append", "quiet"]),
+            ConfigError::NeedsKernel("--cmdline")
+        );
     }
 
     #[test]
