@@ -56,6 +56,8 @@ fn fw_cfg_probe_reads_what_firmware_reads() {
                 "etc/acpi/rsdp",
                 "etc/acpi/tables",
                 "etc/e820",
+                "etc/smbios/smbios-anchor",
+                "etc/smbios/smbios-tables",
                 "etc/table-loader",
                 "opt/org.tianocore/IPv4PXESupport",
                 "opt/org.tianocore/IPv6PXESupport"
@@ -82,6 +84,14 @@ fn fw_cfg_probe_reads_what_firmware_reads() {
             "{o:#?}"
         );
         assert!(!s.contains("checksum BAD"), "{o:#?}");
+        // Types 0, 1, 3, 4, 16, 17, 32, 127 and a 19 per RAM region.
+        let structures = 8 + ram_entries;
+        assert!(
+            lines_with(s, "smbios: version=3.0 tables=")
+                .iter()
+                .any(|l| l.ends_with(&format!(" structures={structures} checksum=ok"))),
+            "{o:#?}"
+        );
         assert!(s.ends_with("fw_cfg: ok\n"), "{o:#?}");
     }
 }

@@ -10,3 +10,4 @@ pub mod layout;
 pub mod mptable;
 pub mod msr;
 pub mod regs;
+pub mod smbios;

@@ -334,6 +334,62 @@ static void check_ovmf_ports(void)
     rt_printf("ports: 0xcd8=0x%x 0x92 written\n", hotplug);
 }
 
+/* The SMBIOS entry point (3.0 `_SM3_` or 2.x `_SM_`) and the structures it sizes: every
+ * structure's strings terminated, type 127 last. */
+static void check_smbios(void)
+{
+    static uint8_t anchor[32], tables[0x4000];
+    const struct file *fa = find_file("etc/smbios/smbios-anchor");
+    const struct file *ft = find_file("etc/smbios/smbios-tables");
+    if (!fa || !ft) {
+        rt_printf("smbios: none\n");
+        return;
+    }
+    uint32_t alen, tlen;
+    read_file_dma("etc/smbios/smbios-anchor", anchor, sizeof(anchor), &alen);
+    read_file_dma("etc/smbios/smbios-tables", tables, sizeof(tables), &tlen);
+    uint8_t sum = 0;
+    for (uint32_t i = 0; i < alen; i++)
+        sum = (uint8_t)(sum + anchor[i]);
+    uint32_t size;
+    unsigned major, minor;
+    if (alen == 24 && memcmp(anchor, "_SM3_", 5) == 0) {
+        size = (uint32_t)le(anchor + 12, 4);
+        major = anchor[7];
+        minor = anchor[8];
+    } else if (alen == 31 && memcmp(anchor, "_SM_", 4) == 0) {
+        size = (uint32_t)le(anchor + 0x16, 2);
+        major = anchor[6];
+        minor = anchor[7];
+    } else {
+        rt_fail("unknown SMBIOS entry point");
+    }
+    /* QEMU leaves the checksums to the firmware that places the tables; a set one must add up. */
+    bool sum_set = anchor[alen == 24 ? 5 : 4] != 0;
+    if ((sum_set && sum != 0) || size != tlen)
+        rt_fail("SMBIOS entry point checksum or table size wrong");
+    uint32_t at = 0, n = 0;
+    uint8_t last = 0;
+    while (at + 4 <= tlen) {
+        last = tables[at];
+        uint32_t p = at + tables[at + 1];
+        if (tables[at + 1] < 4 || p + 2 > tlen)
+            rt_fail("SMBIOS structure runs past the tables");
+        while (p + 1 < tlen && !(tables[p] == 0 && tables[p + 1] == 0))
+            p++;
+        if (p + 1 >= tlen)
+            rt_fail("SMBIOS strings not terminated");
+        at = p + 2;
+        n++;
+        if (last == 127)
+            break;
+    }
+    if (last != 127 || at != tlen)
+        rt_fail("SMBIOS tables do not end with type 127");
+    rt_printf("smbios: version=%u.%u tables=%u structures=%u checksum=%s\n", major, minor, tlen, n,
+              sum_set ? "ok" : "unset");
+}
+
 void guest_main(const struct rt_boot *boot)
 {
     (void)boot;
@@ -344,6 +400,7 @@ void guest_main(const struct rt_boot *boot)
     read_e820();
     run_loader();
     check_tables();
+    check_smbios();
     rt_printf("fw_cfg: ok\n");
     outl(LAYOUT_PORTS_DEBUG_EXIT, 0);
     for (;;)

@@ -6,7 +6,8 @@
 //! - [`CodeMapping`] maps the CODE part at the top of 4 GiB as a read-only KVM memory slot
 //!   (`KVM_MEM_READONLY`): executed in place, writes exit to the MMIO bus and are dropped.
 //! - [`fw_cfg`] builds the fw_cfg device: CPU count, `etc/e820`, the ACPI tables through the
-//!   table loader, the PXE switches, and with a firmware and `--kernel` the kernel items.
+//!   table loader, SMBIOS, the PXE switches, and with a firmware and `--kernel` the kernel
+//!   items.
 //!
 //! Without `--firmware-vars` the variable store is an in-memory flash seeded from the default
 //! VARS image next to the CODE file (`OVMF_VARS_4M.fd` beside `OVMF_CODE_4M.fd`, `OVMF_VARS.fd`
@@ -36,6 +37,10 @@ pub const IPV4_PXE_FILE: &str = "opt/org.tianocore/IPv4PXESupport";
 pub const IPV6_PXE_FILE: &str = "opt/org.tianocore/IPv6PXESupport";
 /// fw_cfg file that enlarges OVMF's 64-bit PCI aperture (decimal MiB).
 pub const PCI_MMIO64_MB_FILE: &str = "opt/ovmf/X-PciMmio64Mb";
+/// fw_cfg file with the SMBIOS entry point (OVMF reads the version and the size from it).
+pub const SMBIOS_ANCHOR_FILE: &str = "etc/smbios/smbios-anchor";
+/// fw_cfg file with the SMBIOS structures.
+pub const SMBIOS_TABLES_FILE: &str = "etc/smbios/smbios-tables";
 /// OVMF's 64-bit PCI aperture when nothing enlarges it (edk2 2022.11: 32 GiB).
 pub const OVMF_DEFAULT_MMIO64: u64 = 32 << 30;
 
@@ -327,6 +332,13 @@ pub fn fw_cfg(
         num_cpus: cpus,
         mmio64: layout::mmio64_window(config.memory, phys_bits),
     })?)?;
+    let smbios = arch::smbios::build(&arch::smbios::SmbiosConfig {
+        cpus: config.cpus.min(u32::from(u16::MAX)) as u16,
+        mem_size: config.memory,
+        uuid: [0; 16],
+    });
+    f.add_file(SMBIOS_ANCHOR_FILE, smbios.anchor)?;
+    f.add_file(SMBIOS_TABLES_FILE, smbios.tables)?;
     f.add_file(IPV4_PXE_FILE, b"n".to_vec())?;
     f.add_file(IPV6_PXE_FILE, b"n".to_vec())?;
     if config.firmware.is_some() {
