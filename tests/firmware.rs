@@ -96,6 +96,81 @@ fn fw_cfg_probe_reads_what_firmware_reads() {
     }
 }
 
+/// The whole firmware path on this host, with a stand-in for OVMF (`rom_probe`, a flat image of
+/// the 2M CODE size): vfiovm maps it read-only at 0xFFE20000 with the VARS flash below, the boot
+/// vCPU starts at the reset vector in the power-on state and the AP waits for INIT-SIPI-SIPI;
+/// the ROM checks what OVMF relies on (see resources/guests/rom_probe.S) and powers off with
+/// SLP_TYP 0. The byte it programs reaches the VARS file, nothing else changes, and the file is
+/// free for the next VM.
+#[test]
+fn a_stand_in_firmware_runs_from_the_reset_vector_to_power_off() {
+    let rom = guest("rom_probe");
+    let vars = TempFile::new("rom-vars", &[0xff; 131_072]);
+    let runs: [(Vec<&str>, u32); 3] = [
+        (
+            vec![
+                "--firmware",
+                &rom,
+                "--firmware-vars",
+                vars.path(),
+                "--cpus",
+                "2",
+            ],
+            2,
+        ),
+        (vec!["--firmware", &rom], 1),
+        (
+            vec![
+                "--firmware",
+                &rom,
+                "--firmware-vars",
+                vars.path(),
+                "--cpus",
+                "4",
+            ],
+            4,
+        ),
+    ];
+    for (args, cpus) in runs {
+        let o = run(&args);
+        o.expect_status(0).expect_clean_stderr(0);
+        let s = &o.stdout;
+        for want in [
+            "rom: cr0=0x60000010\n",
+            "rom: mtrr_def_type=0x00000000\n",
+            "rom: cpuid_8000001f_eax=0x00000000\n",
+            "rom: image byte before/after a write=0x00003c3c\n",
+            "rom: flash array=0x000000ff\n",
+            "rom: flash after 0x50=0x000000ff\n",
+            "rom: flash after 0x70=0x00000000\n",
+            "rom: flash status after program=0x00000080\n",
+            "rom: flash programmed byte=0x0000005a\n",
+            "rom: 00:00.0 id=0x29c08086\n",
+            "rom: 00:1f.0 id=0x29188086\n",
+            "rom: pmbase=0x00000601\n",
+            "rom: acpi_cntl=0x00000080\n",
+            "rom: pciexbar=0xb0000001\n",
+            "rom: pm timer advances=0x00000001\n",
+            "rom: fw_cfg signature=0x554d4551\n",
+            &format!("rom: fw_cfg cpus=0x{cpus:08x}\n"),
+            "rom: powering off with SLP_TYP 0\n",
+        ] {
+            assert!(s.contains(want), "{want:?} missing ({args:?}): {o:#?}");
+        }
+        // Only the boot vCPU ran from the reset vector; with an AP, it started at the SIPI.
+        assert_eq!(s.matches("rom: reset vector reached").count(), 1, "{o:#?}");
+        assert!(!s.contains("rom: edx=0x00000000"), "{o:#?}");
+        assert_eq!(
+            s.contains("rom: ap started=0x00000001\n"),
+            cpus > 1,
+            "{o:#?}"
+        );
+    }
+    let v = std::fs::read(&vars.0).unwrap();
+    assert_eq!(v[0x100], 0x5a);
+    assert_eq!(v.iter().filter(|&&b| b != 0xff).count(), 1);
+}
+
 fn ovmf_installed() -> bool {
     let there = Path::new(CODE_4M).exists() && Path::new(VARS_4M).exists();
     if !there {
