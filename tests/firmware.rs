@@ -151,6 +151,8 @@ fn a_stand_in_firmware_runs_from_the_reset_vector_to_power_off() {
             "rom: acpi_cntl=0x00000080\n",
             "rom: pciexbar=0xb0000001\n",
             "rom: pm timer advances=0x00000001\n",
+            "rom: pm timer at 0xb008 advances=0x00000001\n",
+            "rom: 0x608 after the move=0xffffffff\n",
             "rom: fw_cfg signature=0x554d4551\n",
             &format!("rom: fw_cfg cpus=0x{cpus:08x}\n"),
             "rom: powering off with SLP_TYP 0\n",

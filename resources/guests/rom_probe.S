@@ -158,6 +158,41 @@ start:
     movzbl %al, %eax
     call hex_nl
 
+    /* OVMF's sequence when ACPI_EN is clear, with another base: the PM block follows PMBASE
+     * (its timer answers at 0xB008, 0x608 reads all ones), then back to 0x600. */
+    movl $0x8000f844, %eax
+    xorl %ecx, %ecx
+    call pci_write
+    movl $0x8000f840, %eax
+    movl $0xb000, %ecx
+    call pci_write
+    movl $0x8000f844, %eax
+    movl $0x80, %ecx
+    call pci_write
+    movw $(s_moved - seg_start), %si
+    call puts
+    movw $0xb008, %dx
+    inl %dx, %eax
+    movl %eax, %edi
+    movl $100000, %ecx
+11: inl %dx, %eax
+    cmpl %eax, %edi
+    jne 12f
+    decl %ecx
+    jnz 11b
+12: subl %edi, %eax
+    setnz %al
+    movzbl %al, %eax
+    call hex_nl
+    movw $(s_old_tmr - seg_start), %si
+    call puts
+    movw $LAYOUT_PORTS_PM_TMR, %dx
+    inl %dx, %eax
+    call hex_nl
+    movl $0x8000f840, %eax
+    movl $0x600, %ecx
+    call pci_write
+
     /* fw_cfg: key 0, four bytes. */
     movw $(s_fwcfg - seg_start), %si
     call puts
@@ -298,6 +333,8 @@ s_pmbase:    .asciz "rom: pmbase="
 s_acpi_cntl: .asciz "rom: acpi_cntl="
 s_pciexbar:  .asciz "rom: pciexbar="
 s_pmtmr:     .asciz "rom: pm timer advances="
+s_moved:     .asciz "rom: pm timer at 0xb008 advances="
+s_old_tmr:   .asciz "rom: 0x608 after the move="
 s_fwcfg:     .asciz "rom: fw_cfg signature="
 s_cpus:      .asciz "rom: fw_cfg cpus="
 s_ap:        .asciz "rom: ap started="
