@@ -212,7 +212,7 @@ fn boot_structures_that_do_not_fit() {
 
 fn config() -> VmConfig {
     VmConfig {
-        kernel: exit_now().into(),
+        kernel: Some(exit_now().into()),
         initramfs: None,
         cmdline: DEFAULT_CMDLINE.to_string(),
         memory: 64 << 20,
@@ -292,7 +292,11 @@ fn interrupt_routing_without_an_irqchip() {
     let vm = Arc::new(kvm.create_vm().unwrap());
     let mem = vfiovm::memory::create_guest_memory(64 << 20, &Default::default()).unwrap();
     let exit = Arc::new(ExitState::new().unwrap());
-    let e = vfiovm::platform::Platform::new(&vm, &mem, &config(), exit, 36).unwrap_err();
+    let firmware = vfiovm::platform::FirmwareDevices {
+        fw_cfg: vfiovm::firmware::fw_cfg(&mem, &config(), 36).unwrap(),
+        flash: None,
+    };
+    let e = vfiovm::platform::Platform::new(&vm, &mem, &config(), exit, 36, firmware).unwrap_err();
     assert!(
         e.to_string()
             .starts_with("cannot set up interrupt routing: "),
@@ -540,9 +544,21 @@ fn stop_lines_and_statuses() {
             STATUS_GUEST_CRASH,
         ),
         (
-            ExitReason::InternalError { cpu: 0, suberror: 3 },
+            ExitReason::InternalError {
+                cpu: 0,
+                suberror: 3,
+                rip: None,
+            },
             "guest crashed: KVM internal error on vCPU 0, suberror 3 (-v dumps the registers)",
             STATUS_GUEST_CRASH,
+        ),
+        (
+            ExitReason::FirmwareUnsupported {
+                cpu: 0,
+                rip: 0xfffc_ed45,
+            },
+            "this host's KVM cannot run the firmware: KVM_EXIT_INTERNAL_ERROR (emulation failure) on vCPU 0 at 0xfffced45, inside the firmware's own code; this is what a nested or paravirtualized KVM without full VMX/SVM does: run on a host with hardware virtualization (VMX or SVM; bare metal, or a nested guest given vmx/svm, like the rig)",
+            STATUS_ERROR,
         ),
         (
             ExitReason::FailEntry { cpu: 0, reason: 0x21 },

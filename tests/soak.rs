@@ -282,7 +282,7 @@ fn process_level_runs_leave_nothing_behind() {
 /// its hold on guest RAM are built and torn down every time too.
 fn config() -> VmConfig {
     VmConfig {
-        kernel: common::guest("exit_now").into(),
+        kernel: Some(common::guest("exit_now").into()),
         initramfs: None,
         cmdline: DEFAULT_CMDLINE.to_string(),
         memory: vfiovm::config::DEFAULT_MEMORY,

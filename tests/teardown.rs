@@ -362,7 +362,7 @@ fn setup_failing_after_the_devices_exist_exits_2() {
 
 fn config(kernel: &str) -> VmConfig {
     VmConfig {
-        kernel: guest(kernel).into(),
+        kernel: Some(guest(kernel).into()),
         initramfs: None,
         cmdline: DEFAULT_CMDLINE.to_string(),
         memory: 64 << 20,

@@ -109,6 +109,10 @@ pub mod ports {
     pub const I8042_DATA: u16 = 0x60;
     /// i8042 command/status port.
     pub const I8042_CMD: u16 = 0x64;
+    /// QEMU's fw_cfg: selector/data at 0x510/0x511, DMA address at 0x514–0x51B.
+    pub const FW_CFG: u16 = 0x510;
+    /// Ports fw_cfg claims.
+    pub const FW_CFG_LEN: u8 = 0x0c;
     /// CMOS/RTC index and data ports.
     pub const RTC: u16 = 0x70;
     /// QEMU-compatible `isa-debug-exit` port (4 bytes).

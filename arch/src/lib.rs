@@ -5,7 +5,9 @@
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
+pub mod firmware;
 pub mod layout;
 pub mod mptable;
 pub mod msr;
 pub mod regs;
+pub mod smbios;

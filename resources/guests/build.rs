@@ -35,6 +35,9 @@ enum Boot {
     PvhBare,
     /// Linux 64-bit boot protocol (ELF64 without a PVH note, long-mode entry, zero page in rsi).
     Linux64,
+    /// A firmware image for `--firmware` (`<name>.fd`, a flat binary): one `.S` file, 16-bit
+    /// code from the reset vector on, no runtime. The source fixes the image's size itself.
+    Rom,
 }
 
 /// One guest image.
@@ -63,6 +66,8 @@ const GUESTS: &[Guest] = &[
     Guest { name: "pci_bench", boot: Boot::Pvh, sources: &["pci_bench.c"], doc: "Benchmark: cycles and ns per PCI config read through 0xCF8/0xCFC and through ECAM (`n=` reads each); also boots under QEMU q35." },
     Guest { name: "pci_hostile", boot: Boot::Pvh, sources: &["pci_hostile.c"], doc: "Hostile guest: pseudo-random writes of every size to every config offset (ECAM and 0xCF8) and every BAR of the test device, then prints `hostile: survived` (exit status 85)." },
     Guest { name: "virtio_probe", boot: Boot::Pvh, sources: &["virtio_probe.c", "virtio_pci.c", "virtio_hostile.c", "virtio_net.c"], doc: "virtio 1.x PCI driver from the spec (`test=list|rng|blk|blk-read|blk-ro|hostile|net`): finds every virtio-pci function, negotiates, sets up split virtqueues with MSI-X, reads virtio-rng, round-trips sectors through every virtio-blk disk, sends malformed chains, answers ARP and ping on a virtio-net card; also boots under QEMU q35 (`qemu-virtio-check.sh`)." },
+    Guest { name: "fw_cfg_probe", boot: Boot::Pvh, sources: &["fw_cfg_probe.c"], doc: "fw_cfg as UEFI firmware reads it: signature and features through the ports (also by `rep insb`), the DMA signature, CPU count, file directory, `etc/e820` by DMA, then `etc/table-loader` run over `etc/acpi/*` and every loaded table's checksum and pointer checked, and SMBIOS; `fw_cfg: ok`, exit status 1." },
+    Guest { name: "rom_probe", boot: Boot::Rom, sources: &["rom_probe.S"], doc: "Stand-in UEFI firmware for `--firmware` (a flat 1,966,080-byte image, the 2M OVMF CODE size): from the reset vector in real mode it checks the reset state, MTRRdefType, CPUID 0x8000001F, that the image is read-only, OVMF's CFI flash probe and a program, the host and LPC bridges (PMBASE, ACPI_CNTL, PCIEXBAR), the PM timer and fw_cfg, then powers off with SLP_TYP 0 (status 0)." },
     Guest { name: "internal_error", boot: Boot::Pvh, sources: &["internal_error.c"], doc: "Teardown tests: the boot vCPU executes a protected-mode `iret` (KVM internal error, status 4, on a host whose KVM emulates every instruction); `aps=spin|halt` wakes the APs into a spin loop or halt first, `bsp=spin` spins instead of crashing." },
 ];
 
@@ -142,7 +147,7 @@ enum Mode {
 impl Boot {
     fn mode(self) -> Mode {
         match self {
-            Boot::Pvh | Boot::PvhBare => Mode::Bits32,
+            Boot::Pvh | Boot::PvhBare | Boot::Rom => Mode::Bits32,
             Boot::Linux64 => Mode::Bits64,
         }
     }
@@ -152,12 +157,13 @@ impl Boot {
             Boot::Pvh => [RT_COMMON, RT_PVH].concat(),
             Boot::PvhBare => RT_PVH_BARE.to_vec(),
             Boot::Linux64 => [RT_COMMON, RT_LINUX64].concat(),
+            Boot::Rom => Vec::new(),
         }
     }
 
     fn link_script(self) -> &'static str {
         match self {
-            Boot::Pvh | Boot::PvhBare => "rt/pvh.ld",
+            Boot::Pvh | Boot::PvhBare | Boot::Rom => "rt/pvh.ld",
             Boot::Linux64 => "rt/linux64.ld",
         }
     }
@@ -231,7 +237,7 @@ fn write_file(path: &Path, contents: &str) {
 
 /// Fails the build early and clearly if the toolchain is missing.
 fn check_tools() {
-    for tool in ["gcc", "as", "ld"] {
+    for tool in ["gcc", "as", "ld", "objcopy"] {
         match Command::new(tool).arg("--version").output() {
             Ok(out) if out.status.success() => {}
             Ok(out) => fail(&format!(
@@ -314,6 +320,9 @@ fn layout_header() -> String {
 impl Builder {
     /// Compiles and links one guest; returns the image path.
     fn build_guest(&mut self, guest: &Guest) -> PathBuf {
+        if guest.boot == Boot::Rom {
+            return self.build_rom(guest);
+        }
         let mode = guest.boot.mode();
         let mut objects = Vec::new();
         for src in guest.boot.runtime() {
@@ -344,6 +353,43 @@ impl Builder {
         .arg(&image)
         .args(&objects);
         run(&mut ld, &format!("linking guest {}", guest.name));
+        image
+    }
+
+    /// Preprocesses and assembles a firmware image's one source, then copies its `.text` out as
+    /// a flat binary (the source's `.org` directives make every address absolute, so there is
+    /// nothing to link).
+    fn build_rom(&self, guest: &Guest) -> PathBuf {
+        let [src] = guest.sources else {
+            fail(&format!(
+                "firmware image {} must have exactly one source",
+                guest.name
+            ));
+        };
+        let dir = self.out_dir.join("obj").join("rom").join(guest.name);
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+        let asm = dir.join(format!("{}.s", guest.name));
+        let object = dir.join(format!("{}.o", guest.name));
+        let image = self.out_dir.join(format!("{}.fd", guest.name));
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-E", "-P", "-nostdinc"]);
+        for d in &self.include_dirs {
+            gcc.arg("-I").arg(d);
+        }
+        gcc.arg(self.src_dir.join(src)).arg("-o").arg(&asm);
+        run(&mut gcc, &format!("preprocessing {src}"));
+        let mut as_ = Command::new("as");
+        as_.args(["--32", "--fatal-warnings", "-o"])
+            .arg(&object)
+            .arg(&asm);
+        run(&mut as_, &format!("assembling {src}"));
+        let mut objcopy = Command::new("objcopy");
+        objcopy
+            .args(["-O", "binary", "-j", ".text"])
+            .arg(&object)
+            .arg(&image);
+        run(&mut objcopy, &format!("extracting the image of {src}"));
         image
     }
 

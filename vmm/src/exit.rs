@@ -29,6 +29,16 @@ pub enum ExitReason {
         cpu: u32,
         /// KVM's suberror (1 = emulation failure).
         suberror: u32,
+        /// Linear address of the instruction (CS base + RIP) when it could be read.
+        rip: Option<u64>,
+    },
+    /// UEFI firmware stopped in its own code with an emulation failure: this host's KVM cannot
+    /// run it (seen on nested, paravirtualized KVM).
+    FirmwareUnsupported {
+        /// vCPU.
+        cpu: u32,
+        /// Linear address of the instruction KVM could not run.
+        rip: u64,
     },
     /// VM entry failed.
     FailEntry {
@@ -65,7 +75,7 @@ impl ExitReason {
             | ExitReason::InternalError { .. }
             | ExitReason::FailEntry { .. }
             | ExitReason::GuestCrash { .. } => STATUS_GUEST_CRASH,
-            ExitReason::VcpuError { .. } => STATUS_ERROR,
+            ExitReason::VcpuError { .. } | ExitReason::FirmwareUnsupported { .. } => STATUS_ERROR,
             ExitReason::Signal(n) => 128 + n,
         }
     }
@@ -77,9 +87,12 @@ impl ExitReason {
             ExitReason::TripleFault { cpu } => Some(format!(
                 "guest crashed: triple fault on vCPU {cpu} (-v dumps the registers)"
             )),
-            ExitReason::InternalError { cpu, suberror } => Some(format!(
+            ExitReason::InternalError { cpu, suberror, .. } => Some(format!(
                 "guest crashed: KVM internal error on vCPU {cpu}, suberror {suberror}{} (-v dumps the registers)",
                 if *suberror == 1 { " (instruction emulation failed)" } else { "" }
+            )),
+            ExitReason::FirmwareUnsupported { cpu, rip } => Some(format!(
+                "this host's KVM cannot run the firmware: KVM_EXIT_INTERNAL_ERROR (emulation failure) on vCPU {cpu} at {rip:#x}, inside the firmware's own code; this is what a nested or paravirtualized KVM without full VMX/SVM does: run on a host with hardware virtualization (VMX or SVM; bare metal, or a nested guest given vmx/svm, like the rig)"
             )),
             ExitReason::FailEntry { cpu, reason } => Some(format!(
                 "guest crashed: VM entry failed on vCPU {cpu}, hardware reason {reason:#x} (-v dumps the registers)"

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod event_loop;
 pub mod exit;
+pub mod firmware;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use devices::kvm::{DeviceSlots, KvmVfioDevice, KvmVfioError};
-use devices::pci::PciAddress;
+use devices::pci::{BarKind, PciAddress, PciDevice};
 use devices::vfio::host::{self, HostError, HostRoot};
 use devices::vfio::{
     GuestMemoryMapper, LegacyContainer, VfioContainer, VfioDeviceAddress, VfioPciDevice,
@@ -90,6 +90,15 @@ pub struct Passthrough {
     _kvm_vfio: KvmVfioDevice,
     container: Arc<LegacyContainer>,
     devices: Vec<String>,
+    bar64_sizes: Vec<u64>,
+}
+
+impl Passthrough {
+    /// The sizes of the 64-bit memory BARs of every device passed through (what firmware must
+    /// fit into its 64-bit PCI aperture).
+    pub fn bar64_sizes(&self) -> &[u64] {
+        &self.bar64_sizes
+    }
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -176,7 +185,16 @@ pub fn setup(
 
     let mapper: Arc<dyn GuestMemoryMapper> = slots;
     let mut added = Vec::new();
-    if let Err(e) = open_devices(&container, &reports, &roms, platform, &mapper, &mut added) {
+    let mut bar64_sizes = Vec::new();
+    if let Err(e) = open_devices(
+        &container,
+        &reports,
+        &roms,
+        platform,
+        &mapper,
+        &mut added,
+        &mut bar64_sizes,
+    ) {
         // The documented order: the devices first (interrupts off, BARs unmapped, reset,
         // closed), then KVM's VFIO device and the container, which drop on return.
         for (slot, _) in added {
@@ -188,6 +206,7 @@ pub fn setup(
         _kvm_vfio: kvm_vfio,
         container,
         devices: added.into_iter().map(|(_, bdf)| bdf).collect(),
+        bar64_sizes,
     }))
 }
 
@@ -200,6 +219,7 @@ fn open_devices(
     platform: &Platform,
     mapper: &Arc<dyn GuestMemoryMapper>,
     added: &mut Vec<(u8, String)>,
+    bar64_sizes: &mut Vec<u64>,
 ) -> Result<(), PassthroughError> {
     let bdfs: Vec<host::Bdf> = reports.iter().map(|(_, r)| r.bdf).collect();
     // Guest slot of each host device whose function 0 is placed: its other functions join it.
@@ -224,6 +244,12 @@ fn open_devices(
         })?;
         // A clean device before the guest sees it (logs when the device cannot reset).
         dev.reset();
+        bar64_sizes.extend(
+            dev.bar_specs()
+                .into_iter()
+                .filter(|(_, b)| b.kind == BarKind::Memory64)
+                .map(|(_, b)| b.size),
+        );
         let pci = platform.pci();
         let sibling = slot_of.iter().find(|(h, _)| *h == host_slot).map(|s| s.1);
         let at = match sibling {

@@ -6,12 +6,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{self, irqs, ports};
+use devices::firmware::{CfiFlash, FwCfg, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use devices::kvm::KvmInterruptManager;
 use devices::legacy::{
     AcpiPm, Cmos, DebugExit, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
     DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
-use devices::pci::{PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN};
+use devices::pci::{
+    LpcBridge, PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
+};
 use devices::{Bus, BusDevice, BusError, ExitSink};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -28,6 +31,10 @@ const _: () = assert!(
     irqs::IOAPIC_PINS == devices::kvm::IOAPIC_PINS
         && irqs::MSI_GSI_BASE == devices::kvm::MSI_GSI_BASE
 );
+
+// The DSDT's fw_cfg device names the ports the device sits on.
+const _: () =
+    assert!(ports::FW_CFG == FW_CFG_PORT_BASE && ports::FW_CFG_LEN as u64 == FW_CFG_PORT_LEN);
 
 /// Errors from creating the platform devices.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +80,24 @@ pub enum PlatformError {
     Net(String, #[source] devices::virtio::tap::TapError),
 }
 
+/// The firmware interface of a VM: fw_cfg always (as on QEMU), and with UEFI firmware its
+/// variable store flash and where it goes.
+pub struct FirmwareDevices {
+    /// fw_cfg, for the port bus at 0x510.
+    pub fw_cfg: FwCfg<GuestMemory>,
+    /// The variable store and its guest address (`--firmware` only). With it the platform also
+    /// gets the LPC bridge at 00:1f.0, which then owns the ACPI PM block's place.
+    pub flash: Option<(CfiFlash, u64)>,
+}
+
+impl std::fmt::Debug for FirmwareDevices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirmwareDevices")
+            .field("flash", &self.flash.as_ref().map(|(_, base)| base))
+            .finish_non_exhaustive()
+    }
+}
+
 /// COM1 as the console: output to stdout, input from stdin.
 pub type ConsoleSerial = Serial<StdoutWriter>;
 
@@ -105,6 +130,7 @@ pub struct Platform {
     irq: Arc<KvmInterruptManager>,
     stop: Arc<AtomicBool>,
     device_gate: Arc<DeviceGate>,
+    fw_cfg: Arc<Mutex<FwCfg<GuestMemory>>>,
 }
 
 impl Drop for Platform {
@@ -147,7 +173,9 @@ impl Platform {
         config: &VmConfig,
         exit: Arc<ExitState>,
         phys_bits: u8,
+        firmware: FirmwareDevices,
     ) -> Result<Self, PlatformError> {
+        let uefi = firmware.flash.is_some();
         let pio = Arc::new(Bus::new("pio"));
         let mmio = Arc::new(Bus::new("mmio"));
         let sink: Arc<dyn ExitSink> = exit;
@@ -202,13 +230,40 @@ impl Platform {
         )?;
         let pm = AcpiPm::new(sink.clone(), ports::SLP_TYP_S5)
             .map_err(|e| PlatformError::Device("the ACPI PM block", e.to_string()))?;
+        let pm: Arc<Mutex<dyn BusDevice>> = if uefi {
+            // OVMF powers off with QEMU Q35's S5 type (0); the OS with the DSDT's.
+            Arc::new(Mutex::new(pm.with_s5_alias(0).map_err(|e| {
+                PlatformError::Device("the ACPI PM block", e.to_string())
+            })?))
+        } else {
+            let pm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(pm));
+            insert(
+                &pio,
+                "the ACPI PM block",
+                pm.clone(),
+                u64::from(ports::PM_BLOCK_START),
+                ACPI_PM_BLOCK_LEN,
+            )?;
+            pm
+        };
+        let fw_cfg = Arc::new(Mutex::new(firmware.fw_cfg));
         insert(
             &pio,
-            "the ACPI PM block",
-            Arc::new(Mutex::new(pm)),
-            u64::from(ports::PM_BLOCK_START),
-            ACPI_PM_BLOCK_LEN,
+            "fw_cfg",
+            fw_cfg.clone(),
+            u64::from(ports::FW_CFG),
+            u64::from(ports::FW_CFG_LEN),
         )?;
+        if let Some((flash, base)) = firmware.flash {
+            let len = flash.len();
+            insert(
+                &mmio,
+                "the firmware's variable store",
+                Arc::new(Mutex::new(flash)),
+                base,
+                len,
+            )?;
+        }
         let ram = layout::ram_regions(config.memory);
         let below_4g = ram[0].1;
         let above_4g = ram.get(1).map(|r| r.1).unwrap_or(0);
@@ -249,6 +304,17 @@ impl Platform {
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
         )?;
+        if uefi {
+            let lpc = LpcBridge::new(pio.clone(), pm, ACPI_PM_BLOCK_LEN, ports::PM_BLOCK_START)
+                .map_err(|err| PlatformError::Bus {
+                    what: "the ACPI PM block",
+                    err,
+                })?;
+            pci.add_device(devices::pci::lpc::LPC_SLOT, Arc::new(Mutex::new(lpc)))
+                .map_err(|e| PlatformError::Pci(e.to_string()))?;
+        } else {
+            drop(pm);
+        }
         if config.test_pci_device {
             let dev = TestDevice::new(mem.clone(), &*irq)
                 .map_err(|e| PlatformError::Device("the PCI test device", e.to_string()))?;
@@ -267,6 +333,7 @@ impl Platform {
             return Err(e);
         }
         Ok(Platform {
+            fw_cfg,
             device_gate,
             pio,
             mmio,
@@ -289,6 +356,11 @@ impl Platform {
     /// ([`crate::vm::Vm::run_sandboxed`] opens it with their seccomp filter).
     pub fn device_gate(&self) -> &Arc<DeviceGate> {
         &self.device_gate
+    }
+
+    /// The fw_cfg device (to add items before the guest runs).
+    pub fn fw_cfg(&self) -> &Arc<Mutex<FwCfg<GuestMemory>>> {
+        &self.fw_cfg
     }
 
     /// The PCI platform (to add devices).

@@ -336,9 +336,13 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 ],
             )?;
             r.any(&[
-                // VFIO config space and trapped BAR accesses.
+                // VFIO config space and trapped BAR accesses; the firmware's CFI flash writes
+                // each program and erase to its VARS file.
                 libc::SYS_pread64,
                 libc::SYS_pwrite64,
+                // The CFI flash syncs its VARS file after an erase and when the firmware ends
+                // a programming sequence.
+                libc::SYS_fdatasync,
                 // The serial console waits for a non-blocking stdout to drain.
                 libc::SYS_poll,
                 libc::SYS_ppoll,
@@ -376,6 +380,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 // so a std or libc timed wait that falls back to it cannot kill the VMM.
                 libc::SYS_clock_nanosleep,
                 libc::SYS_exit_group,
+                // Teardown: the firmware's CFI flash syncs its VARS file when it is dropped.
+                libc::SYS_fdatasync,
             ]);
         }
         ThreadKind::Device => {
@@ -829,6 +835,7 @@ mod tests {
                 ("eventfd read/write", eventfd_round_trip(&k)),
                 ("pwrite64", refused_io(k.file.write_at(b"12345678", 0))),
                 ("pread64", refused_io(k.file.read_at(&mut buf, 0))),
+                ("fdatasync", refused_io(k.file.sync_data())),
                 (
                     "poll",
                     polled < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
@@ -905,6 +912,7 @@ mod tests {
                 ),
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
                 ("TCSETS", refused_ioctl(&k.evt, nr::TCSETS())),
+                ("fdatasync", refused_io(k.file.sync_data())),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),

@@ -92,7 +92,11 @@ pub fn handle_exit(cpu: u32, exit: VcpuExit, io_size: usize, buses: &IoBuses) ->
             }),
         },
         VcpuExit::FailEntry(reason, _) => VcpuAction::Stop(ExitReason::FailEntry { cpu, reason }),
-        VcpuExit::InternalError => VcpuAction::Stop(ExitReason::InternalError { cpu, suberror: 0 }),
+        VcpuExit::InternalError => VcpuAction::Stop(ExitReason::InternalError {
+            cpu,
+            suberror: 0,
+            rip: None,
+        }),
         other => VcpuAction::Stop(ExitReason::GuestCrash {
             cpu,
             what: format!("unexpected KVM exit {other:?}"),
@@ -311,6 +315,7 @@ fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
                         VcpuAction::Stop(ExitReason::InternalError {
                             cpu,
                             suberror: c.peek.internal_suberror(),
+                            rip: linear_rip(fd),
                         })
                     }
                     a => a,
@@ -335,6 +340,13 @@ fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
             return counts;
         }
     }
+}
+
+/// CS base + RIP: where the vCPU is, whatever its mode.
+fn linear_rip(fd: &VcpuFd) -> Option<u64> {
+    let regs = fd.get_regs().ok()?;
+    let sregs = fd.get_sregs().ok()?;
+    Some(sregs.cs.base.wrapping_add(regs.rip))
 }
 
 fn dump_registers(id: u32, fd: &VcpuFd) {

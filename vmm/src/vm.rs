@@ -25,9 +25,9 @@ use crate::vcpu::{self, IoBuses, VcpuHandle};
 use vm_memory::GuestMemoryBackend;
 
 /// TSS and identity-map pages KVM needs below 4 GiB on Intel hosts, out of the way of the MMIO
-/// hole's devices (just below the BIOS ROM area's top).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// hole's devices and below any firmware image (where QEMU puts them).
+const KVM_TSS_ADDRESS: usize = arch::firmware::KVM_TSS_ADDRESS as usize;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = arch::firmware::KVM_IDENTITY_MAP_ADDRESS;
 
 /// Errors from building or running a VM. Each names the cause and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,9 @@ pub enum VmError {
     /// Guest RAM.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// UEFI firmware and fw_cfg.
+    #[error(transparent)]
+    Uefi(#[from] crate::firmware::FirmwareError),
     /// Loading the kernel or writing boot information.
     #[error("{0}")]
     Boot(#[from] boot::BootError),
@@ -150,6 +153,10 @@ pub struct Vm {
     passthrough: Option<crate::passthrough::Passthrough>,
     vm: Arc<VmFd>,
     _kvm: Kvm,
+    // After the VM fd: KVM maps it.
+    _firmware_code: Option<crate::firmware::CodeMapping>,
+    /// The firmware's CODE range `[start, end)`, to tell an emulation failure in it apart.
+    firmware_code_range: Option<(u64, u64)>,
     mem: GuestMemory,
     dump_on_crash: bool,
 }
@@ -168,11 +175,20 @@ impl Vm {
     /// Builds the VM `config` describes.
     pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
         // Inputs first: a typo in a path should not cost a KVM VM.
-        let mut kernel_file = open_input("kernel", &config.kernel)?;
+        let mut kernel_file = config
+            .kernel
+            .as_deref()
+            .map(|p| open_input("kernel", p))
+            .transpose()?;
         let mut initramfs_file = config
             .initramfs
             .as_deref()
             .map(|p| open_input("initramfs", p))
+            .transpose()?;
+        let firmware = config
+            .firmware
+            .as_ref()
+            .map(crate::firmware::FirmwareImage::open)
             .transpose()?;
 
         let exit = Arc::new(ExitState::new().map_err(|e| VmError::EventLoop(e.to_string()))?);
@@ -201,7 +217,13 @@ impl Vm {
         if config.ram.prefault && config.devices.is_empty() {
             memory::populate(&mem, config.ram.threads)?;
         }
+        // Before the VM fd, so that on an error path it is unmapped after the fd is closed.
+        let firmware_code = firmware
+            .as_ref()
+            .map(crate::firmware::CodeMapping::new)
+            .transpose()?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // Before any vCPU exists, and below the firmware's range.
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
@@ -214,49 +236,49 @@ impl Vm {
         })
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
         let t = std::time::Instant::now();
-        let ram_slots = memory::register_with_kvm(&vm, &mem)?;
+        let mut ram_slots = memory::register_with_kvm(&vm, &mem)?;
         let slots_time = t.elapsed();
+        let firmware_code_range = firmware
+            .as_ref()
+            .map(|f| (f.layout.code_base, arch::firmware::FIRMWARE_END));
+        if let (Some(code), Some(f)) = (&firmware_code, &firmware) {
+            code.map(&kvm, &vm, ram_slots)?;
+            ram_slots += 1;
+            crate::firmware::log_layout(f);
+        }
         let vm = Arc::new(vm);
 
-        // The boot image and what it reads.
-        let kernel = boot::load_kernel(&mem, &mut kernel_file)?;
-        log::info!(
-            "kernel {}: {:?} entry at {:#x}",
-            config.kernel.display(),
-            kernel.mode,
-            kernel.entry
-        );
-        let initramfs = initramfs_file
-            .as_mut()
-            .map(|f| boot::load_initramfs(&mem, config.memory, f, &kernel))
-            .transpose()?;
-        let max_cmdline = kernel
-            .setup_header
-            .map(|h| h.cmdline_size as usize)
-            .filter(|&n| n > 0)
-            .map(|n| n - 1);
-        boot::write_cmdline(&mem, &config.cmdline, max_cmdline)?;
         // One KVM_GET_SUPPORTED_CPUID serves the address width and every vCPU's table.
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let phys_bits = guest_phys_bits(&supported_cpuid);
-        let rsdp =
-            platform::write_firmware_tables(&mem, config, phys_bits).map_err(VmError::Firmware)?;
-        let info = BootInfo {
-            mem_size: config.memory,
-            cmdline: &config.cmdline,
-            initramfs,
-            rsdp: Some(rsdp),
-        };
-        let boot_info = match kernel.mode {
-            EntryMode::Pvh => boot::write_pvh_start_info(&mem, &info)?,
-            EntryMode::Linux64 => boot::write_zero_page(&mem, &kernel, &info)?,
-        };
-        regs::write_gdt_idt(&mem)?;
-        regs::write_identity_page_tables(&mem)?;
 
-        let platform = Platform::new(&vm, &mem, config, exit.clone(), phys_bits)?;
+        // The boot image and what it reads: a kernel booted directly, or the firmware (which
+        // reads the kernel, if any, from fw_cfg).
+        let entry = match (&mut kernel_file, &firmware) {
+            (Some(kernel_file), None) => Some(load_direct(
+                &mem,
+                config,
+                kernel_file,
+                initramfs_file.as_mut(),
+                phys_bits,
+            )?),
+            _ => None,
+        };
+        let fw_cfg = crate::firmware::fw_cfg(&mem, config, phys_bits)?;
+
+        let platform = Platform::new(
+            &vm,
+            &mem,
+            config,
+            exit.clone(),
+            phys_bits,
+            platform::FirmwareDevices {
+                fw_cfg,
+                flash: firmware.map(|f| (f.vars, f.layout.vars_base)),
+            },
+        )?;
         let buses = platform.buses();
         let device_slots = Arc::new(devices::kvm::DeviceSlots::new(
             vm.clone(),
@@ -264,16 +286,7 @@ impl Vm {
             kvm.get_nr_memslots() as u32,
         ));
         let vcpus = (0..config.cpus)
-            .map(|id| {
-                create_vcpu(
-                    &vm,
-                    supported_cpuid.clone(),
-                    id,
-                    config.cpus,
-                    &kernel,
-                    boot_info,
-                )
-            })
+            .map(|id| create_vcpu(&vm, supported_cpuid.clone(), id, config.cpus, entry))
             .collect::<Result<Vec<_>, _>>()?;
 
         // Passthrough last: nothing after it can fail, so an error never drops the VFIO
@@ -288,6 +301,21 @@ impl Vm {
             &config.devices,
         )?;
 
+        if config.firmware.is_some() {
+            let sizes = passthrough.as_ref().map_or(&[][..], |p| p.bar64_sizes());
+            if let Some(mb) = crate::firmware::pci_mmio64_mb(sizes) {
+                let mut f = platform.fw_cfg().lock().unwrap_or_else(|e| e.into_inner());
+                match f.add_file(
+                    crate::firmware::PCI_MMIO64_MB_FILE,
+                    mb.to_string().into_bytes(),
+                ) {
+                    Ok(_) => log::info!(
+                        "firmware: 64-bit PCI aperture {mb} MiB for the passed-through BARs"
+                    ),
+                    Err(e) => log::warn!("firmware: cannot enlarge the 64-bit PCI aperture: {e}"),
+                }
+            }
+        }
         log::info!(
             "timing: KVM_SET_USER_MEMORY_REGION {:.2} ms",
             slots_time.as_secs_f64() * 1e3
@@ -301,6 +329,8 @@ impl Vm {
             passthrough,
             vm,
             _kvm: kvm,
+            _firmware_code: firmware_code,
+            firmware_code_range,
             mem,
             dump_on_crash: config.verbosity > 0,
         })
@@ -392,6 +422,7 @@ impl Vm {
                 }
             }
         };
+        let result = result.map(|r| self.explain(r));
         let exits = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
         log::info!(
             "exits to userspace: {} port I/O, {} MMIO, {} other; {} of the port I/O to the console",
@@ -401,6 +432,22 @@ impl Vm {
             exits.console
         );
         result
+    }
+
+    /// An emulation failure inside the firmware's read-only code is this host's KVM failing
+    /// the firmware, not the guest crashing.
+    fn explain(&self, reason: ExitReason) -> ExitReason {
+        match (reason, self.firmware_code_range) {
+            (
+                ExitReason::InternalError {
+                    cpu,
+                    suberror: 1,
+                    rip: Some(rip),
+                },
+                Some((start, end)),
+            ) if (start..end).contains(&rip) => ExitReason::FirmwareUnsupported { cpu, rip },
+            (r, _) => r,
+        }
     }
 
     /// Guest RAM (for tests and embedding).
@@ -425,13 +472,68 @@ fn guest_phys_bits(cpuid: &CpuId) -> u8 {
         .unwrap_or(36)
 }
 
+/// Where the boot vCPU starts a directly booted kernel.
+#[derive(Debug, Clone, Copy)]
+struct DirectEntry {
+    kernel: LoadedKernel,
+    boot_info: u64,
+}
+
+/// Loads the kernel, initramfs and command line, and writes the boot structures and firmware
+/// tables a directly booted kernel reads.
+fn load_direct(
+    mem: &GuestMemory,
+    config: &VmConfig,
+    kernel_file: &mut File,
+    initramfs_file: Option<&mut File>,
+    phys_bits: u8,
+) -> Result<DirectEntry, VmError> {
+    let kernel = boot::load_kernel(mem, kernel_file)?;
+    log::info!(
+        "kernel {}: {:?} entry at {:#x}",
+        config
+            .kernel
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        kernel.mode,
+        kernel.entry
+    );
+    let initramfs = initramfs_file
+        .map(|f| boot::load_initramfs(mem, config.memory, f, &kernel))
+        .transpose()?;
+    let max_cmdline = kernel
+        .setup_header
+        .map(|h| h.cmdline_size as usize)
+        .filter(|&n| n > 0)
+        .map(|n| n - 1);
+    boot::write_cmdline(mem, &config.cmdline, max_cmdline)?;
+    let rsdp =
+        platform::write_firmware_tables(mem, config, phys_bits).map_err(VmError::Firmware)?;
+    let info = BootInfo {
+        mem_size: config.memory,
+        cmdline: &config.cmdline,
+        initramfs,
+        rsdp: Some(rsdp),
+    };
+    let boot_info = match kernel.mode {
+        EntryMode::Pvh => boot::write_pvh_start_info(mem, &info)?,
+        EntryMode::Linux64 => boot::write_zero_page(mem, &kernel, &info)?,
+    };
+    regs::write_gdt_idt(mem)?;
+    regs::write_identity_page_tables(mem)?;
+    Ok(DirectEntry { kernel, boot_info })
+}
+
+/// Creates vCPU `id`: its CPUID table, then either the direct-boot state (`entry`) or, for
+/// firmware, the architectural power-on state (the boot vCPU at the reset vector, the others
+/// waiting for INIT/SIPI, MTRRs off).
 fn create_vcpu(
     vm: &VmFd,
     mut cpuid: CpuId,
     id: u32,
     count: u32,
-    kernel: &LoadedKernel,
-    boot_info: u64,
+    entry: Option<DirectEntry>,
 ) -> Result<VcpuFd, VmError> {
     let fd = vm
         .create_vcpu(u64::from(id))
@@ -442,8 +544,19 @@ fn create_vcpu(
         tsc_khz: fd.get_tsc_khz().ok().filter(|&k| k > 0),
     };
     arch::cpuid::filter_cpuid(&mut cpuid, &params).map_err(|e| VmError::Firmware(e.to_string()))?;
+    if entry.is_none() {
+        firmware_cpuid(&mut cpuid);
+    }
     fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
 
+    let Some(entry) = entry else {
+        let signature = vcpu::reset::signature(&fd);
+        vcpu::reset::power_on(&fd, id, signature).map_err(|e| VmError::KvmSetup {
+            what: e.what,
+            err: e.err,
+        })?;
+        return Ok(fd);
+    };
     let entries = arch::msr::boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(|e| VmError::Firmware(format!("{e:?}")))?;
     let set = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
@@ -463,10 +576,53 @@ fn create_vcpu(
     // Only the boot vCPU gets the entry state; the others wait for INIT/SIPI in the kernel.
     if id == 0 {
         let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        fd.set_sregs(&regs::boot_sregs(sregs, kernel.mode))
+        fd.set_sregs(&regs::boot_sregs(sregs, entry.kernel.mode))
             .map_err(kvm_err("KVM_SET_SREGS"))?;
-        fd.set_regs(&regs::boot_regs(kernel.mode, kernel.entry, boot_info))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
+        fd.set_regs(&regs::boot_regs(
+            entry.kernel.mode,
+            entry.kernel.entry,
+            entry.boot_info,
+        ))
+        .map_err(kvm_err("KVM_SET_REGS"))?;
     }
     Ok(fd)
+}
+
+/// CPUID for UEFI firmware: leaf 0x8000_001F (AMD memory encryption) zeroed, so OVMF's reset
+/// vector does not go looking for SEV (it would read MSR 0xC001_0131, which KVM refuses
+/// without SEV).
+pub(crate) fn firmware_cpuid(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 0x8000_001f {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn firmware_cpuid_zeroes_the_memory_encryption_leaf_only() {
+        let leaf = |function, v| kvm_cpuid_entry2 {
+            function,
+            eax: v,
+            ebx: v,
+            ecx: v,
+            edx: v,
+            ..Default::default()
+        };
+        let mut c =
+            CpuId::from_entries(&[leaf(1, 7), leaf(0x8000_001f, 0x1b), leaf(0x8000_0008, 3)])
+                .unwrap();
+        firmware_cpuid(&mut c);
+        let s = c.as_slice();
+        assert_eq!((s[0].eax, s[2].ecx), (7, 3));
+        assert_eq!((s[1].eax, s[1].ebx, s[1].ecx, s[1].edx), (0, 0, 0, 0));
+    }
 }

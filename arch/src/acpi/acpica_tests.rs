@@ -111,6 +111,7 @@ fn all_tables_disassemble_cleanly() {
         "PNP0303",
         "PNP0B00",
         "PNP0C02",
+        "QEMU0002",
         "ACPI0007",
         "WordBusNumber",
         "QWordMemory",
@@ -178,6 +179,7 @@ fn dsdt_loads_and_evaluates_in_acpiexec() {
         "resources \\_SB.COM1",
         "resources \\_SB.KBD_",
         "resources \\_SB.RTC_",
+        "resources \\_SB.FWCF",
     ]
     .join("; ");
     let (out, log) = run("acpiexec", &["-b", &commands, "dsdt.dat"], &dir.0);
@@ -206,8 +208,8 @@ fn dsdt_loads_and_evaluates_in_acpiexec() {
         124,
         "{log}"
     );
-    // One end tag per decoded _CRS: 5 devices.
-    assert_eq!(log.matches("EndTag Resource").count(), 5, "{log}");
+    // One end tag per decoded _CRS: 6 devices.
+    assert_eq!(log.matches("EndTag Resource").count(), 6, "{log}");
     assert!(log.contains("64-Bit QWORD Address Space Resource"), "{log}");
     assert!(log.contains("Resource Type : Bus Number Range"), "{log}");
 }

@@ -8,6 +8,7 @@
 //!     KBD_              i8042 keyboard (PNP0303) at 0x60/0x64, IRQ 1
 //!     RTC_              CMOS RTC (PNP0B00) at 0x70, IRQ 8
 //!     MBRS              motherboard resources (PNP0C02): ECAM window, ACPI PM block
+//!     FWCF              QEMU's fw_cfg (QEMU0002) at 0x510–0x51B
 //!     PCI0              PCI Express host bridge (PNP0A08/PNP0A03), _CRS windows, _PRT
 //! ```
 //!
@@ -119,6 +120,17 @@ fn motherboard_resources() -> Vec<u8> {
     encode(&Device::new("MBRS".into(), vec![&hid, &uid, &crs]))
 }
 
+/// fw_cfg, as QEMU describes it: Linux's `qemu_fw_cfg` driver binds to `QEMU0002`, and the
+/// OS knows the ports are taken.
+fn fw_cfg_device() -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &"QEMU0002");
+    // Present, enabled, not shown in the UI (as QEMU: 0x0B).
+    let sta = Name::new("_STA".into(), &0x0bu8);
+    let io = io_fixed(ports::FW_CFG, ports::FW_CFG_LEN);
+    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&io]));
+    encode(&Device::new("FWCF".into(), vec![&hid, &sta, &crs]))
+}
+
 /// The `_PRT` package: `Package { (slot << 16) | 0xFFFF, pin, 0, gsi }` per slot and pin.
 fn pci_routing_table() -> PackageBuilder {
     let mut prt = PackageBuilder::new();
@@ -207,6 +219,7 @@ pub(super) fn build(num_cpus: u8, mmio64: Option<(u64, u64)>) -> Vec<u8> {
         kbd,
         rtc,
         motherboard_resources(),
+        fw_cfg_device(),
         pci_host_bridge(mmio64),
     ] {
         sb.extend_from_slice(&dev);
@@ -250,6 +263,8 @@ mod tests {
             b"KBD_",
             b"RTC_",
             b"MBRS",
+            b"FWCF",
+            b"QEMU0002",
             b"PCI0",
             b"_PRT",
             b"_CRS",

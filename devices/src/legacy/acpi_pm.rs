@@ -83,6 +83,8 @@ pub enum AcpiPmError {
 pub struct AcpiPm {
     exit: Arc<dyn ExitSink>,
     s5_slp_typ: u8,
+    /// A second sleep type that also powers off ([`AcpiPm::with_s5_alias`]).
+    s5_alias: Option<u8>,
     start: Instant,
     pm1_sts: u16,
     pm1_en: u16,
@@ -118,6 +120,7 @@ impl AcpiPm {
         Ok(AcpiPm {
             exit,
             s5_slp_typ,
+            s5_alias: None,
             start: Instant::now(),
             pm1_sts: 0,
             pm1_en: 0,
@@ -195,8 +198,18 @@ impl AcpiPm {
         }
     }
 
+    /// Also powers off on sleep type `slp_typ`: UEFI firmware (OVMF's `ResetShutdown`) writes
+    /// QEMU Q35's S5 value 0 whatever the DSDT says, while the OS uses the DSDT's `_S5`.
+    pub fn with_s5_alias(mut self, slp_typ: u8) -> Result<Self, AcpiPmError> {
+        if slp_typ > SLP_TYP_MASK {
+            return Err(AcpiPmError::InvalidSlpTyp(slp_typ));
+        }
+        self.s5_alias = Some(slp_typ);
+        Ok(self)
+    }
+
     fn sleep(&mut self, slp_typ: u8) {
-        if slp_typ == self.s5_slp_typ {
+        if slp_typ == self.s5_slp_typ || Some(slp_typ) == self.s5_alias {
             if !self.powered_off {
                 self.powered_off = true;
                 log::info!("acpi-pm: guest entered S5, powering off");
@@ -324,6 +337,25 @@ mod tests {
         assert!(sink.requests().is_empty());
         pm.write(0x600, PM1_CNT, &slp(0));
         assert_eq!(sink.requests(), vec![GuestExit::PowerOff]);
+    }
+
+    #[test]
+    fn s5_alias_powers_off_too() {
+        for typ in [5, 0] {
+            let sink = Arc::new(RecordingSink::default());
+            let mut pm = AcpiPm::new(sink.clone(), 5)
+                .unwrap()
+                .with_s5_alias(0)
+                .unwrap();
+            pm.write(0x600, PM1_CNT, &slp(3));
+            assert!(sink.requests().is_empty());
+            pm.write(0x600, PM1_CNT, &slp(typ));
+            assert_eq!(sink.requests(), vec![GuestExit::PowerOff], "SLP_TYP {typ}");
+        }
+        assert!(AcpiPm::new(Arc::new(RecordingSink::default()), 5)
+            .unwrap()
+            .with_s5_alias(8)
+            .is_err());
     }
 
     #[test]

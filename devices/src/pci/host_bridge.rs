@@ -1,6 +1,9 @@
 //! The host bridge at 00:00.0, identified as QEMU Q35's MCH (8086:29c0, class 0x0600) so that
 //! firmware and operating systems that know Q35 recognise the platform. It has no BARs, no
-//! capabilities and no interrupt; its registers beyond the standard header read zero.
+//! capabilities and no interrupt; its registers beyond the standard header read zero, except
+//! PCIEXBAR (0x60–0x67), which keeps what firmware writes there (OVMF writes 0xB000_0001: ECAM
+//! at 0xB000_0000, enabled) without moving anything: the ECAM window stays where the layout and
+//! the MCFG put it.
 
 use super::bar::{BarSpec, DecodedBar};
 use super::config::{ConfigHeader, ConfigSpace};
@@ -17,6 +20,9 @@ pub const HOST_BRIDGE_SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
 /// Subsystem ID QEMU uses.
 pub const HOST_BRIDGE_SUBSYSTEM_ID: u16 = 0x1100;
 
+/// PCIEXBAR, 64 bits: the ECAM base, its size and an enable bit (stored only).
+pub const PCIEXBAR: u16 = 0x60;
+
 /// The host bridge function.
 #[derive(Debug)]
 pub struct HostBridge {
@@ -32,17 +38,17 @@ impl Default for HostBridge {
 impl HostBridge {
     /// A host bridge in its reset state.
     pub fn new() -> Self {
-        HostBridge {
-            config: ConfigSpace::new(&ConfigHeader {
-                vendor_id: HOST_BRIDGE_VENDOR_ID,
-                device_id: HOST_BRIDGE_DEVICE_ID,
-                revision_id: 0,
-                class_code: HOST_BRIDGE_CLASS,
-                subsystem_vendor_id: HOST_BRIDGE_SUBSYSTEM_VENDOR_ID,
-                subsystem_id: HOST_BRIDGE_SUBSYSTEM_ID,
-                interrupt_pin: 0,
-            }),
-        }
+        let mut config = ConfigSpace::new(&ConfigHeader {
+            vendor_id: HOST_BRIDGE_VENDOR_ID,
+            device_id: HOST_BRIDGE_DEVICE_ID,
+            revision_id: 0,
+            class_code: HOST_BRIDGE_CLASS,
+            subsystem_vendor_id: HOST_BRIDGE_SUBSYSTEM_VENDOR_ID,
+            subsystem_id: HOST_BRIDGE_SUBSYSTEM_ID,
+            interrupt_pin: 0,
+        });
+        config.set_masks(PCIEXBAR, &[0xff; 8], &[0; 8]);
+        HostBridge { config }
     }
 }
 
@@ -70,4 +76,24 @@ impl BarAccess for HostBridge {
     }
 
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OVMF's Q35 setup: PCIEXBAR high = 0, low = 0xB000_0001; both read back. Other registers
+    /// past the header stay read-only zero.
+    #[test]
+    fn pciexbar_keeps_what_firmware_writes() {
+        let mut h = HostBridge::new();
+        h.config_write(PCIEXBAR + 4, &0u32.to_le_bytes());
+        h.config_write(PCIEXBAR, &0xb000_0001u32.to_le_bytes());
+        let mut d = [0u8; 4];
+        h.config_read(PCIEXBAR, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xb000_0001);
+        h.config_write(0x90, &[0x30]);
+        h.config_read(0x90, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
 }

@@ -10,6 +10,7 @@
 //! | [`bar`] | BAR kinds, flags and size masks |
 //! | [`caps`] | one struct per capability: MSI, MSI-X, PCI Express, vendor-specific extended |
 //! | [`host_bridge`] | 00:00.0, the Q35 host bridge (8086:29c0) |
+//! | [`lpc`] | 00:1f.0, the ICH9 LPC bridge (8086:2918) with PMBASE/ACPI_CNTL, for UEFI firmware |
 //! | [`config_access`] | the two ways in: [`PciConfigIo`] (0xCF8–0xCFF, with the 0xCF9 reset register) and [`PciConfigMmio`] (ECAM) |
 //! | [`platform`] | [`PciPlatform`]: the facade the VMM uses; assigns BARs, keeps the buses in step with what the guest programs |
 //! | [`testdev`] | [`TestDevice`]: a test double that exercises every path (BAR kinds, ROM, MSI, MSI-X, INTx, DMA) |
@@ -37,6 +38,7 @@ pub mod caps;
 pub mod config;
 pub mod config_access;
 pub mod host_bridge;
+pub mod lpc;
 pub mod platform;
 mod root;
 pub mod testdev;
@@ -48,6 +50,7 @@ pub use bar::{AddressSpace, BarKind, BarSpec, DecodedBar, ROM_BAR};
 pub use config::{ConfigHeader, ConfigSpace};
 pub use config_access::{PciConfigIo, PciConfigMmio, PCI_CONFIG_IO_LEN};
 pub use host_bridge::HostBridge;
+pub use lpc::LpcBridge;
 pub use platform::{IntxMap, PciPlatform, PciPlatformConfig, PciWindows, PlatformError};
 pub use testdev::TestDevice;
 

@@ -1,8 +1,9 @@
 //! What the user asked for, as typed structs, and the command-line parser that fills them.
 //!
 //! The flag names are a contract with users and scripts: `--kernel`, `--initramfs`,
-//! `--cmdline`, `--memory`, `--cpus`, `--device`, `--no-seccomp`, `--user`. Aliases:
-//! `--initrd`, `--append`, `-m`, `--smp`. `--flag value` and `--flag=value` both work.
+//! `--cmdline`, `--memory`, `--cpus`, `--device`, `--firmware`, `--firmware-vars`,
+//! `--no-seccomp`, `--user`. Aliases: `--initrd`, `--append`, `-m`, `--smp`. `--flag value`
+//! and `--flag=value` both work.
 
 use std::path::PathBuf;
 
@@ -23,8 +24,11 @@ pub const MAX_CPUS_XAPIC: u32 = 254;
 /// A whole VM's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
-    /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH note.
-    pub kernel: PathBuf,
+    /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH note. Without firmware it is
+    /// booted directly; with `firmware` it is handed to the firmware through fw_cfg.
+    pub kernel: Option<PathBuf>,
+    /// UEFI firmware to boot (`--firmware`, `--firmware-vars`).
+    pub firmware: Option<FirmwareConfig>,
     /// Initramfs.
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
@@ -54,7 +58,8 @@ impl VmConfig {
     /// vCPU, COM1, no devices). Library users start here and set what they need.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
-            kernel: kernel.into(),
+            kernel: Some(kernel.into()),
+            firmware: None,
             initramfs: None,
             cmdline: DEFAULT_CMDLINE.to_string(),
             memory: DEFAULT_MEMORY,
@@ -68,6 +73,16 @@ impl VmConfig {
             verbosity: 0,
         }
     }
+}
+
+/// `--firmware` and `--firmware-vars`: UEFI firmware (OVMF) instead of a direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareConfig {
+    /// The CODE image (`OVMF_CODE_4M.fd`, the 2M `OVMF_CODE.fd`) or a unified `OVMF.fd`.
+    pub code: PathBuf,
+    /// A writable copy of the VARS image: variables persist in it. Without it the variables
+    /// live in an in-memory copy of the default VARS image and are lost at power-off.
+    pub vars: Option<PathBuf>,
 }
 
 /// The pages behind guest RAM (`hugepages=` in `--memory`).
@@ -239,9 +254,17 @@ pub enum ConfigError {
         "option '{0}' given more than once: give it once (only --device, --disk, --net and -v repeat)"
     )]
     Repeated(String),
-    /// `--kernel` is required.
-    #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF)")]
+    /// `--kernel` or `--firmware` is required.
+    #[error("no kernel given: pass --kernel PATH (a bzImage, an ELF vmlinux or a PVH ELF) or --firmware PATH (UEFI firmware such as /usr/share/OVMF/OVMF_CODE_4M.fd)")]
     NoKernel,
+    /// `--initramfs` or `--cmdline` with a firmware but no kernel to give them to.
+    #[error("{0} needs --kernel: with --firmware, the initramfs and command line go to the kernel given with --kernel (through fw_cfg); add --kernel PATH or leave out {0}")]
+    NeedsKernel(&'static str),
+    /// `--firmware-vars` needs `--firmware`.
+    #[error(
+        "--firmware-vars needs --firmware: give the firmware's CODE image with --firmware PATH"
+    )]
+    VarsWithoutFirmware,
     /// `--memory` does not parse.
     #[error("invalid --memory '{0}': use a size like 512M, 4G or 1024 (MiB)")]
     BadMemory(String),
@@ -280,13 +303,19 @@ vfiovm - a minimal KVM VMM for PCI passthrough through VFIO
 
 USAGE:
     vfiovm --kernel PATH [OPTIONS]
+    vfiovm --firmware PATH [--firmware-vars PATH] [--kernel PATH] [OPTIONS]
     vfiovm doctor [--memory SIZE[,OPT]] [DEV...]   check the host for passthrough (IOMMU,
                                              vfio-pci binding, group viability, /dev/vfio,
                                              memlock, free huge pages for hugepages=)
 
 OPTIONS:
     --kernel PATH        Kernel to boot: a bzImage, an ELF vmlinux (64-bit entry) or an ELF
-                         with a PVH note (32-bit PVH entry; preferred when present)
+                         with a PVH note (32-bit PVH entry; preferred when present); with
+                         --firmware it is handed to the firmware through fw_cfg
+    --firmware PATH      Boot UEFI firmware: an OVMF CODE image (OVMF_CODE_4M.fd, the 2M
+                         OVMF_CODE.fd) or a unified OVMF.fd (docs/firmware.md)
+    --firmware-vars PATH A writable copy of the matching OVMF VARS image: UEFI variables
+                         persist in it [default: an in-memory copy, lost at power-off]
     --initramfs PATH     Initramfs (alias --initrd)
     --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0]
     --memory SIZE[,OPT]  Guest RAM: 512M, 4G, 1024 (MiB) (alias -m) [default: 512M], with
@@ -472,6 +501,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         return parse_doctor(&args[1..]);
     }
     let mut kernel = None;
+    let mut firmware = None;
+    let mut firmware_vars = None;
     let mut initramfs = None;
     let mut cmdline = None;
     let mut memory = None;
@@ -508,6 +539,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--kernel" => once(&mut kernel, PathBuf::from(value(&mut it)?), &flag)?,
+            "--firmware" => once(&mut firmware, PathBuf::from(value(&mut it)?), &flag)?,
+            "--firmware-vars" => once(&mut firmware_vars, PathBuf::from(value(&mut it)?), &flag)?,
             "--initramfs" | "--initrd" => {
                 once(&mut initramfs, PathBuf::from(value(&mut it)?), &flag)?
             }
@@ -540,9 +573,27 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             _ => return Err(ConfigError::Unexpected(arg)),
         }
     }
+    if firmware.is_none() && firmware_vars.is_some() {
+        return Err(ConfigError::VarsWithoutFirmware);
+    }
+    if firmware.is_none() && kernel.is_none() {
+        return Err(ConfigError::NoKernel);
+    }
+    if kernel.is_none() {
+        if initramfs.is_some() {
+            return Err(ConfigError::NeedsKernel("--initramfs"));
+        }
+        if cmdline.is_some() {
+            return Err(ConfigError::NeedsKernel("--cmdline"));
+        }
+    }
     Ok(Command::Run {
         vm: VmConfig {
-            kernel: kernel.ok_or(ConfigError::NoKernel)?,
+            kernel,
+            firmware: firmware.map(|code| FirmwareConfig {
+                code,
+                vars: firmware_vars,
+            }),
             initramfs,
             cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             memory: memory.map_or(DEFAULT_MEMORY, |m| m.0),
@@ -674,7 +725,8 @@ mod tests {
             "-v",
             "-v",
         ]);
-        assert_eq!(c.kernel, PathBuf::from("k"));
+        assert_eq!(c.kernel, Some(PathBuf::from("k")));
+        assert_eq!(c.firmware, None);
         assert_eq!(c.initramfs, Some(PathBuf::from("i")));
         assert_eq!(c.cmdline, "a b");
         assert_eq!(c.memory, 1 << 30);
@@ -829,6 +881,40 @@ mod tests {
             parse_args(args(&["--kernel", "k", "--net", "fd=x"])),
             Err(ConfigError::BadNet(..))
         ));
+    }
+
+    #[test]
+    fn firmware_flags() {
+        let c = run(&["--firmware", "/f/OVMF_CODE_4M.fd"]);
+        assert_eq!(c.kernel, None);
+        assert_eq!(
+            c.firmware,
+            Some(FirmwareConfig {
+                code: PathBuf::from("/f/OVMF_CODE_4M.fd"),
+                vars: None
+            })
+        );
+        let c = run(&["--firmware=c", "--firmware-vars=v", "--kernel", "k"]);
+        assert_eq!(c.kernel, Some(PathBuf::from("k")));
+        assert_eq!(c.firmware.unwrap().vars, Some(PathBuf::from("v")));
+        let e = |s: &[&str]| parse_args(args(s)).unwrap_err();
+        assert_eq!(
+            e(&["--kernel", "k", "--firmware-vars", "v"]),
+            ConfigError::VarsWithoutFirmware
+        );
+        assert_eq!(
+            e(&["--firmware", "a", "--firmware", "b"]),
+            ConfigError::Repeated("--firmware".into())
+        );
+        assert!(ConfigError::NoKernel.to_string().contains("--firmware"));
+        assert_eq!(
+            e(&["--firmware", "c", "--initrd", "i"]),
+            ConfigError::NeedsKernel("--initramfs")
+        );
+        assert_eq!(
+            e(&["--firmware", "c", "--append", "quiet"]),
+            ConfigError::NeedsKernel("--cmdline")
+        );
     }
 
     #[test]
