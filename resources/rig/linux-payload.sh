@@ -41,7 +41,7 @@ mkdir -p "$rt/bin" "$rt/proc" "$rt/sys" "$rt/dev" "$rt/tmp" "$rt/mnt"
 cp "$ir/bin/busybox" "$ir/bin/nvmeio" "$rt/bin/"
 cp "$here/l2-linux/init" "$rt/init"
 echo "VFIOVM-HOST-FILE put here by linux-payload.sh" >"$rt/hello"
-mkfs.ext4 -q -F -L l2root -d "$rt" "$dir/linux/root.img" 64M >/dev/null
+mkfs.ext4 -q -F -L l2root -d "$rt" "$dir/linux/root.img" 32M >/dev/null
 rm -rf "$rt"
 rm -rf "$ir" "$dir/linux/bb"
 cp "$kernel" "$dir/linux/vmlinuz"

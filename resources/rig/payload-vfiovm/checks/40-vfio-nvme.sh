@@ -14,8 +14,8 @@ nvme=$(dev_of 1b36:0010)
 nvme_run() { # <check-name> <want-status> <needle> <l2 arguments...>
 	n=$1 w=$2 nd=$3
 	shift 3
-	RETRY_RIG=1 VFIOVM_TMO=${VFIOVM_TMO:-60} MARK="L2-LINUX: init reached" expect "$n" "$w" "$nd" -- --kernel linux/vmlinuz --initramfs linux/initrd.gz \
-		--memory "${NVME_MEM:-256M}" --cpus "${LINUX_CPUS:-2}" --device "$nvme" -v \
+	VFIOVM_TMO=${VFIOVM_TMO:-90} MARK="L2-LINUX: init reached" expect "$n" "$w" "$nd" -- --kernel linux/vmlinuz --initramfs linux/initrd.gz \
+		--memory "${NVME_MEM:-256M}" --cpus "${LINUX_CPUS:-1}" --device "$nvme" -v \
 		--cmdline "console=ttyS0 panic=-1 l2.test=nvme $*"
 	grep -q "L2-LINUX: nvme .*driver=nvme" "out.$n" || bad "$n: the guest's nvme driver did not bind the controller"
 	grep -q "L2-LINUX: FAIL" "out.$n" && bad "$n: $(grep -m1 'L2-LINUX: FAIL' "out.$n")"
