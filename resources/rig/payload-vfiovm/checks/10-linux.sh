@@ -1,9 +1,8 @@
 # Sourced by ../run. A stock Debian kernel boots as the L2 guest through each boot path vfiovm has
 # for it: the bzImage, and the ELF vmlinux extracted from it (which carries a PVH note, so vfiovm
-# enters it at its 32-bit PVH entry). The vCPUs found through ACPI (two for the bzImage, one for
-# the PVH entry: each two-vCPU L2 boot in the rig risks a TCG stall that is not ours, so CI has
-# one; docs/testing.md), kvm-clock, no lpj=/no_timer_check crutches; its init powers off (ACPI
-# S5) → status 0. Timed from vfiovm's start to the guest's init and to vfiovm's exit.
+# enters it at its 32-bit PVH entry). Two vCPUs found through ACPI, kvm-clock, no
+# lpj=/no_timer_check crutches; its init powers off (ACPI S5) → status 0. Timed from vfiovm's start
+# to the guest's init and to vfiovm's exit.
 linux_boot() { # <check-name> <kernel file> <expected entry mode in vfiovm's log> <vCPUs>
 	lcpus=${LINUX_CPUS:-$4}
 	VFIOVM_TMO=${VFIOVM_TMO:-90} MARK="L2-LINUX: init reached" expect "$1" 0 "L2-LINUX: done fails=0" -- --kernel "$2" \
@@ -19,7 +18,7 @@ else
 	bad "linux-bzimage: no kernel in the payload"
 fi
 if [ -f linux/vmlinux ]; then
-	linux_boot linux-pvh linux/vmlinux Pvh 1
+	linux_boot linux-pvh linux/vmlinux Pvh 2
 else
 	bad "linux-pvh: no vmlinux in the payload"
 fi

@@ -12,7 +12,7 @@ elif [ -z "$nvme" ]; then
 else
 	mark="VFIOVM-MARK-$(cut -c1-8 /proc/sys/kernel/random/uuid)$(cut -c1-8 /proc/sys/kernel/random/uuid)"
 	VFIOVM_TMO=${VFIOVM_TMO:-90} MARK="L2-LINUX: init reached" expect virtio-root 0 "L2-LINUX: done fails=0" -- \
-		--kernel linux/vmlinuz --initramfs linux/initrd.gz --memory 256M --cpus "${LINUX_CPUS:-1}" -v \
+		--kernel linux/vmlinuz --initramfs linux/initrd.gz --memory 256M --cpus "${LINUX_CPUS:-2}" -v \
 		--disk path=linux/root.img,serial=l2root --rng --device "$nvme" \
 		--cmdline "console=ttyS0 panic=-1 l2.root=vda l2.mark=$mark l2.test=nvme l2.write=4@4M"
 	grep -q "L2-LINUX: root /dev/vda / ext4 rw" out.virtio-root || bad "virtio-root: / is not the ext4 on /dev/vda"
