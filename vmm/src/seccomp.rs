@@ -399,10 +399,7 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 // virtio-blk: the image's data, FLUSH, DISCARD and WRITE_ZEROES.
                 libc::SYS_pread64,
                 libc::SYS_pwrite64,
-                libc::SYS_preadv,
-                libc::SYS_pwritev,
                 libc::SYS_fdatasync,
-                libc::SYS_fsync,
                 libc::SYS_fallocate,
             ]);
         }
