@@ -26,11 +26,13 @@ kdeb=$(ls "$work"/debs/linux-image-*.deb | sort -V | tail -1)
 kx=$dir/linux/kx
 mkdir -p "$ir/mod" "$kx"
 dpkg-deb -x "$kdeb" "$kx"
-for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
+# in load order (each after what it depends on); the L2 init loads them as /mod/order lists them
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
 	failover net_failover virtio_net virtio_console virtio-rng; do
 	f=$(find "$kx/lib/modules" -name "$m.ko" -print -quit)
 	[ -n "$f" ] || { echo "linux-payload: no $m.ko in $(basename "$kdeb")" >&2; exit 1; }
 	cp "$f" "$ir/mod/"
+	echo "$m" >>"$ir/mod/order"
 done
 rm -rf "$kx"
 (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir/linux/initrd.gz"
