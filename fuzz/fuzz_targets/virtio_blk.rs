@@ -290,14 +290,14 @@ fn request(u: &mut Unstructured, mem: &Mem, l: &Layout, d: &mut Driver) -> Resul
     };
     let n = if indirect { bufs.len() as u16 } else { l.size };
     for (k, &(addr, len, w)) in bufs.iter().enumerate() {
-        let i = (first + k as u16) % n.max(1);
+        let i = first.wrapping_add(k as u16) % n.max(1);
         let last = k + 1 == bufs.len();
         let flags = if last { 0 } else { F_NEXT } | if w { F_WRITE } else { 0 };
-        let at = base + 16 * u64::from(i);
+        let at = base.wrapping_add(16 * u64::from(i));
         let _ = mem.write_obj(addr, GuestAddress(at));
-        let _ = mem.write_obj(len as u32, GuestAddress(at + 8));
-        let _ = mem.write_obj(flags, GuestAddress(at + 12));
-        let _ = mem.write_obj((i + 1) % n.max(1), GuestAddress(at + 14));
+        let _ = mem.write_obj(len as u32, GuestAddress(at.wrapping_add(8)));
+        let _ = mem.write_obj(flags, GuestAddress(at.wrapping_add(12)));
+        let _ = mem.write_obj((i + 1) % n.max(1), GuestAddress(at.wrapping_add(14)));
     }
     let head = if indirect {
         let head = u.int_in_range(0..=l.size - 1)?;
@@ -471,13 +471,15 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let writable = writable_ranges(&mem, &l);
                 let rings = ring_ranges(&mem, &l);
                 let self_modifying = overlaps(&writable, &rings);
-                let used_before: u16 = mem.read_obj(GuestAddress(l.used + 2)).unwrap_or(0);
+                let used_before: u16 = mem
+                    .read_obj(GuestAddress(l.used.wrapping_add(2)))
+                    .unwrap_or(0);
                 let completed_before = r.next_used();
                 let res = r.serve(&mem, handler.as_mut());
                 trace!("serve: {res:?}");
                 let after = snapshot(&mem);
                 if !self_modifying {
-                    let used_end = l.used + 6 + 8 * u64::from(l.size);
+                    let used_end = l.used.saturating_add(6 + 8 * u64::from(l.size));
                     for (i, (a, b)) in before.iter().zip(&after).enumerate() {
                         if a == b {
                             continue;
@@ -487,7 +489,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
                             || writable.iter().any(|&(s, e)| at >= s && at < e);
                         assert!(ok, "the device wrote guest RAM at {at:#x}, outside every writable buffer and the used ring");
                     }
-                    let used_after: u16 = mem.read_obj(GuestAddress(l.used + 2)).unwrap_or(0);
+                    let used_after: u16 = mem
+                        .read_obj(GuestAddress(l.used.wrapping_add(2)))
+                        .unwrap_or(0);
                     let completed = r.next_used().wrapping_sub(completed_before);
                     assert_eq!(
                         used_after.wrapping_sub(used_before),
@@ -497,7 +501,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     for k in 0..completed {
                         let slot = u64::from(used_before.wrapping_add(k) % l.size);
                         let id: u32 = mem
-                            .read_obj(GuestAddress(l.used + 4 + 8 * slot))
+                            .read_obj(GuestAddress(l.used.wrapping_add(4 + 8 * slot)))
                             .unwrap_or(0);
                         assert!(
                             id < u32::from(l.size),
@@ -506,7 +510,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         );
                     }
                     if res.is_ok() {
-                        let avail: u16 = mem.read_obj(GuestAddress(l.avail + 2)).unwrap_or(0);
+                        let avail: u16 = mem
+                            .read_obj(GuestAddress(l.avail.wrapping_add(2)))
+                            .unwrap_or(0);
                         assert_eq!(
                             r.next_avail(),
                             avail,
