@@ -634,6 +634,14 @@ fn messages_of_paths_no_host_test_reaches() {
             "cannot tell KVM about VFIO group 26: Invalid argument (os error 22) (is the kvm module new enough and vfio loaded?)",
         ),
         (
+            PassthroughError::ResetRequired {
+                bdf: "0000:06:0d.0".into(),
+                why: "reset is disabled on the host (0000:06:0d.0's reset_method is empty): as root, `echo default > /sys/bus/pci/devices/0000:06:0d.0/reset_method` gives the kernel's methods back".into(),
+            }
+            .to_string(),
+            "0000:06:0d.0: reset=required, but vfiovm cannot reset this device: reset is disabled on the host (0000:06:0d.0's reset_method is empty): as root, `echo default > /sys/bus/pci/devices/0000:06:0d.0/reset_method` gives the kernel's methods back (or drop reset=required to pass it through unreset)",
+        ),
+        (
             PassthroughError::Rom {
                 bdf: "0000:06:0d.0".into(),
                 path: "/tmp/vbios.rom".into(),
