@@ -22,8 +22,8 @@
 //! # Reset
 //!
 //! The [`ResetStrategy`] is chosen once, when the model is built ([`super::reset`]), and every
-//! reset uses it: [`VfioPciDevice::reset`] (before the guest sees the device, at the VM's reset),
-//! the teardown in `Drop`, and a guest's function-level reset. When the device's PCI Express
+//! reset uses it: [`VfioPciDevice::reset`] (before the guest sees the device, and whenever the
+//! VMM resets it), the teardown in `Drop`, and a guest's function-level reset. When the device's PCI Express
 //! capability advertises FLR (Device Capabilities bit 28), a guest write of Initiate
 //! Function-Level Reset (Device Control bit 15) never reaches the device as a config write: the
 //! model quiesces the device's interrupts and resets it as [`VfioPciDevice::reset`] does. The
@@ -139,7 +139,7 @@ pub struct VfioPciDevice {
     /// The device is in D3hot: its BAR memory is not mapped into the guest.
     low_power: bool,
     /// How the device is reset (chosen when the model is built).
-    reset: ResetStrategy,
+    strategy: ResetStrategy,
     /// For a bus hot reset: the fd of every group the reset reaches.
     reset_group_fds: Vec<RawFd>,
     /// Offset of the high byte of the PCI Express Device Control register, which holds
@@ -282,7 +282,7 @@ impl VfioPciDevice {
         let devctl_high = pcie.map(|c| c + PCIE_DEVCTL + 1);
         let guest_flr =
             pcie.is_some_and(|c| config.shadow.read_u32(c + PCIE_DEVCAP) & DEVCAP_FLR != 0);
-        let (reset, reset_group_fds) =
+        let (strategy, reset_group_fds) =
             reset::choose(name, &info, reset_host, || ops.hot_reset_info());
 
         let msix = irqs.msix.as_ref().map(|m| (m.cap().table(), m.cap().pba()));
@@ -312,7 +312,7 @@ impl VfioPciDevice {
             rom,
             mapper,
             pm_csr,
-            reset,
+            strategy,
             reset_group_fds,
             devctl_high,
             guest_flr,
@@ -335,7 +335,7 @@ impl VfioPciDevice {
 
     /// How the device is reset (chosen when the model was built).
     pub fn reset_strategy(&self) -> &ResetStrategy {
-        &self.reset
+        &self.strategy
     }
 
     /// Whether a guest's Initiate Function-Level Reset resets the device (its PCI Express
@@ -358,7 +358,7 @@ impl VfioPciDevice {
     }
 
     fn device_reset(&mut self) {
-        let result = match &self.reset {
+        let result = match &self.strategy {
             ResetStrategy::Flr | ResetStrategy::Pm | ResetStrategy::Kernel { .. } => {
                 self.ops.reset()
             }
@@ -600,7 +600,7 @@ impl PciDevice for VfioPciDevice {
                 log::debug!(
                     "VFIO {}: the guest initiated an FLR: {}",
                     self.name,
-                    self.reset
+                    self.strategy
                 );
                 self.reset();
             } else {
