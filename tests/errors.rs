@@ -73,14 +73,16 @@ fn bad_device_values() {
         ("0000:06:0d.0,color=red", "unknown option 'color=red'"),
         ("0000:06:0d.0,rom=a,rom=b", "rom= given twice"),
         ("0000:06:0d.0,vf_token=nope", "vf_token must be a UUID like"),
+        ("0000:06:0d.0,reset=always", "reset= takes auto or required"),
     ] {
         let o = expect_error(
             &["--kernel", &exit_now(), "--device", value],
             &format!("invalid --device '{value}': {why}"),
         );
         assert!(
-            o.stderr
-                .contains("(syntax: BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID])"),
+            o.stderr.contains(
+                "(syntax: BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required])"
+            ),
             "{o:#?}"
         );
     }
