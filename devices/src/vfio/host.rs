@@ -807,6 +807,27 @@ fn doctor_reset(r: &mut Report, root: &HostRoot, bdf: &Bdf, group: Option<u32>, 
             return;
         }
     }
+    // A function on a root bus (its sysfs directory sits right under `pciSSSS:BB`) has no bridge
+    // above it to reset the bus.
+    let root_bus = std::fs::canonicalize(root.pci_device(&name))
+        .ok()
+        .and_then(|d| {
+            Some(
+                d.parent()?
+                    .file_name()?
+                    .to_string_lossy()
+                    .starts_with("pci"),
+            )
+        })
+        .unwrap_or(false);
+    if root_bus {
+        return none(
+            r,
+            "it sits on a root bus, which has no bridge to reset it; another slot (behind a \
+             root port or bridge) may allow a bus reset"
+                .to_string(),
+        );
+    }
     let peers = bus_peers(root, bdf);
     if peers.is_empty() {
         return none(

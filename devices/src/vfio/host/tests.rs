@@ -31,9 +31,21 @@ impl FakeHost {
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
     }
-    /// A PCI function with a class code, an optional group and driver.
+    /// A PCI function with a class code, an optional group and driver, on root bus 0000:00.
     fn device(&self, bdf: &str, class: u32, group: Option<u32>, driver: Option<&str>) {
-        let dev = self.path(&format!("sys/devices/pci0000:00/{bdf}"));
+        self.device_in("sys/devices/pci0000:00", bdf, class, group, driver);
+    }
+    /// [`FakeHost::device`] with its directory under `parent` (a bridge's, for a device behind
+    /// it).
+    fn device_in(
+        &self,
+        parent: &str,
+        bdf: &str,
+        class: u32,
+        group: Option<u32>,
+        driver: Option<&str>,
+    ) {
+        let dev = self.path(&format!("{parent}/{bdf}"));
         std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("vendor"), "0x8086\n").unwrap();
         std::fs::write(dev.join("device"), "0x10D3\n").unwrap();
@@ -579,8 +591,22 @@ fn doctor_reports_the_reset_strategy() {
             .unwrap_or_else(|| panic!("no reset line in\n{text}"))
             .to_string()
     };
+    // On the root bus (the good host's layout): no bus reset at all.
     let h = good_host();
-    let dev = h.path(&format!("sys/devices/pci0000:00/{DEV}"));
+    let (text, pass) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(pass, "{text}");
+    assert!(
+        line(&text).contains("vfiovm will use none: it sits on a root bus"),
+        "{text}"
+    );
+    // Behind root port 00:1c.0, with 0000:06:0d.1 beside it in group 26.
+    let h = FakeHost::new();
+    h.device("0000:00:1c.0", 0x060400, Some(26), Some("pcieport"));
+    let port = "sys/devices/pci0000:00/0000:00:1c.0";
+    h.device_in(port, DEV, 0x020000, Some(26), Some("vfio-pci"));
+    h.device_in(port, "0000:06:0d.1", 0x0c0330, Some(26), None);
+    h.dev_node("26");
+    let dev = h.path(&format!("{port}/{DEV}"));
     // No reset_method and no reset: only a bus reset, and 0000:06:0d.1 shares group 26.
     let (text, pass) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
     assert!(pass, "{text}");
@@ -589,7 +615,7 @@ fn doctor_reports_the_reset_strategy() {
     assert!(l.contains("0000:06:0d.1 (no driver, group 26)"), "{l}");
 
     // A NIC on the same bus, driven by the host: no reset; refused with reset=required.
-    h.device("0000:06:0e.0", 0x020000, Some(27), Some("e1000e"));
+    h.device_in(port, "0000:06:0e.0", 0x020000, Some(27), Some("e1000e"));
     let (text, pass) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
     assert!(
         pass,
