@@ -78,6 +78,8 @@ mod nr {
     ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
     ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
     ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+    // The same number as VFIO_IOMMU_MAP_DMA (a container's): the filter cannot tell them apart.
+    ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO, VFIO_BASE + 13);
     ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
 
     ioctl_iow_nr!(TUNSETOFFLOAD, TUN, 208, libc::c_uint);
@@ -330,6 +332,12 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     // A passed-through device's interrupt mode follows the guest's MSI/MSI-X
                     // enable bits.
                     nr::VFIO_DEVICE_SET_IRQS(),
+                    // A guest's function-level reset resets the device with its strategy. The
+                    // hot reset's number is also VFIO_IOMMU_MAP_DMA's, which gives this thread
+                    // no power KVM_SET_USER_MEMORY_REGION does not (both put memory of the
+                    // process where the guest reaches it).
+                    nr::VFIO_DEVICE_RESET(),
+                    nr::VFIO_DEVICE_PCI_HOT_RESET(),
                     // A guest starting a virtio-net card tells its tap which offloads the
                     // driver takes.
                     nr::TUNSETOFFLOAD(),
@@ -363,6 +371,7 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::KVM_IOEVENTFD(),
                     nr::VFIO_DEVICE_SET_IRQS(),
                     nr::VFIO_DEVICE_RESET(),
+                    nr::VFIO_DEVICE_PCI_HOT_RESET(),
                     nr::VFIO_IOMMU_UNMAP_DMA(),
                     nr::VFIO_GROUP_UNSET_CONTAINER(),
                     // Restoring a terminal stdin from raw mode.
@@ -652,6 +661,7 @@ mod tests {
         assert_eq!(nr::VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);
         assert_eq!(nr::VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(nr::VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(nr::VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
         assert_eq!(nr::VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
         assert_eq!((nr::TCGETS(), nr::TCSETS()), (0x5401, 0x5402));
         assert_eq!(nr::TUNSETOFFLOAD(), libc::TUNSETOFFLOAD);
@@ -828,6 +838,14 @@ mod tests {
                     "VFIO_DEVICE_SET_IRQS",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
                 ),
+                (
+                    "VFIO_DEVICE_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                ),
+                (
+                    "VFIO_DEVICE_PCI_HOT_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_PCI_HOT_RESET()),
+                ),
                 ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),
                 ("eventfd read/write", eventfd_round_trip(&k)),
                 ("pwrite64", refused_io(k.file.write_at(b"12345678", 0))),
@@ -843,8 +861,8 @@ mod tests {
                 ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
                 ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
                 (
-                    "VFIO_DEVICE_RESET",
-                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                    "VFIO_IOMMU_UNMAP_DMA",
+                    refused_ioctl(&k.evt, nr::VFIO_IOMMU_UNMAP_DMA()),
                 ),
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
                 (
@@ -898,6 +916,10 @@ mod tests {
                 (
                     "VFIO_DEVICE_RESET",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                ),
+                (
+                    "VFIO_DEVICE_PCI_HOT_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_PCI_HOT_RESET()),
                 ),
                 (
                     "VFIO_IOMMU_UNMAP_DMA",
