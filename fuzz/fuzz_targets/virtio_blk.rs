@@ -1,7 +1,11 @@
 //! The virtio request path: the descriptor walk and its checks (`devices::virtio::Chain`), the
 //! used ring and EVENT_IDX (virtio-queue), and the virtio-blk handler over a real raw image,
-//! served synchronously with `virtio::test_util::QueueRunner`, which runs the same code the
-//! device's I/O thread runs. Guest RAM has a hole; the input sizes the image (a partial last
+//! served with `virtio::test_util::QueueRunner`, which runs the same code the device's I/O
+//! thread runs: chain by chain through `process` (synchronous I/O), or, with the image on an
+//! io_uring (two inputs in three), through the handler's own `ready` for the notify and then
+//! for each completion event until nothing is in flight. A queue reset drops the handler
+//! (which waits for its requests in flight) and activates a new one, as the transport does.
+//! Guest RAM has a hole; the input sizes the image (a partial last
 //! sector sometimes), makes it read-only or `O_DIRECT`, picks the negotiated features, places
 //! the rings anywhere, writes descriptors (chained, indirect, looped, out of range), headers of
 //! every request type with any sector, discard segments and raw bytes anywhere in RAM, publishes
@@ -26,7 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arbitrary::{Result, Unstructured};
-use devices::virtio::blk::{Block, BlockConfig};
+use devices::virtio::blk::{Block, BlockConfig, BlockIo};
 use devices::virtio::test_util::QueueRunner;
 use devices::virtio::{QueueHandler, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
@@ -337,7 +341,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
         },
         id: None,
     };
-    let mut dev = match Block::open(&cfg) {
+    let io = if one_in(u, 3)? {
+        BlockIo::Sync
+    } else {
+        BlockIo::Uring
+    };
+    let mut dev = match Block::open_with(&cfg, io) {
         Ok(d) => d,
         // A file system without O_DIRECT (tmpfs): nothing to fuzz here.
         Err(_) if direct => return Ok(()),
@@ -349,7 +358,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let event_idx = features & devices::virtio::VIRTIO_F_RING_EVENT_IDX != 0;
     let mut handler: Box<dyn QueueHandler> = dev.activate(features).expect("activate");
     trace!(
-        "image {} bytes, ro {readonly}, direct {direct}, features {features:#x}",
+        "image {} bytes, ro {readonly}, direct {direct}, {io:?}, features {features:#x}",
         original.len()
     );
 
@@ -463,6 +472,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 runner =
                     QueueRunner::new(&mem, 0, 256, l.size, (l.desc, l.avail, l.used), event_idx)
                         .ok();
+                // A device reset drops the handler (waiting for what it has in flight).
+                drop(handler);
+                handler = dev.activate(features).expect("activate");
                 trace!("queue reset: {l:?} valid {}", runner.is_some());
             }
             12..=15 => {

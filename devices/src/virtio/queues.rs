@@ -51,6 +51,7 @@ pub(crate) trait RingOps<'r> {
     fn add_used(&mut self, q: u16, head: u16, len: u32) -> Result<(), ServeError>;
     fn enable_notification(&mut self, q: u16) -> Result<bool, ServeError>;
     fn avail_idx(&mut self, q: u16) -> Result<u16, ServeError>;
+    fn ram(&self) -> &'r dyn GuestRam;
 }
 
 /// A started device's rings, lent to its handler during
@@ -138,6 +139,24 @@ impl<'a, 'r> Queues<'a, 'r> {
         self.check(r)
     }
 
+    /// The guest RAM behind the rings: for a handler that completes a chain after the
+    /// [`Chain`] itself is gone (writing a status byte it located when it popped the chain).
+    pub fn ram(&self) -> &'r dyn GuestRam {
+        self.ops.ram()
+    }
+
+    /// Refuses the chain with head `head` of queue `q` as the device's rules cannot report
+    /// in the chain itself (what [`Completion::Fault`](super::Completion::Fault) does for
+    /// [`QueueHandler::process`](super::QueueHandler::process)): the device goes to
+    /// NEEDS_RESET once the handler returns.
+    pub fn refuse(&mut self, q: u16, head: u16) -> RingFault {
+        let _ = q;
+        if self.error.is_none() {
+            self.error = Some(ServeError::Refused(head));
+        }
+        RingFault
+    }
+
     /// The queues with completions, and the first ring error (worker side).
     pub(crate) fn finish(self) -> (Vec<bool>, Option<ServeError>) {
         (self.completed, self.error)
@@ -210,5 +229,9 @@ impl<'r, M: GuestMemory + Send + Sync> RingOps<'r> for Rings<'r, M> {
                 .map_err(ServeError::Ring),
             None => Ok(0),
         }
+    }
+
+    fn ram(&self) -> &'r dyn GuestRam {
+        self.mem
     }
 }

@@ -61,8 +61,10 @@ use super::{QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_BLOCK};
 
 pub mod image;
 mod request;
+mod uring;
 
 pub use image::Disk;
+use uring::Uring;
 
 /// Bytes per sector (the unit of every virtio-blk address and length).
 pub const SECTOR_SIZE: u64 = 512;
@@ -224,9 +226,24 @@ impl BlockConfig {
     }
 }
 
+/// How a [`Block`] does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockIo {
+    /// Several requests in flight through an io_uring, falling back to [`BlockIo::Sync`]
+    /// (with a warning) where io_uring cannot be set up.
+    #[default]
+    Uring,
+    /// One request at a time, synchronous system calls on the I/O thread.
+    Sync,
+}
+
 /// The virtio-blk device.
 #[derive(Debug)]
 pub struct Block {
+    /// The image's io_uring, made at open; a running handler holds it and puts it back,
+    /// drained, when it is dropped. `None` inside: synchronous I/O. Declared before `disk`
+    /// so it goes first: it names the image's descriptor.
+    ring: Arc<Mutex<Option<Uring>>>,
     /// Shared with the handler of the running device; the lock is uncontended (only the I/O
     /// thread uses it) and keeps the image open and locked across driver resets.
     disk: Arc<Mutex<Disk>>,
@@ -239,8 +256,25 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the image and builds the device.
+    /// Opens the image and builds the device, with an io_uring ([`BlockIo::Uring`]).
     pub fn open(config: &BlockConfig) -> Result<Self, BlockError> {
+        Self::open_with(config, BlockIo::Uring)
+    }
+
+    /// Opens the image and builds the device, doing its I/O as `io` says.
+    pub fn open_with(config: &BlockConfig, io: BlockIo) -> Result<Self, BlockError> {
+        Self::open_ring(config, |file| match io {
+            BlockIo::Uring => Some(Uring::new(file, u32::from(QUEUE_SIZE))),
+            BlockIo::Sync => None,
+        })
+    }
+
+    /// [`Block::open_with`], the ring made by `setup` (`None`: synchronous by choice; an
+    /// error: io_uring unavailable, logged once, synchronous).
+    pub(crate) fn open_ring(
+        config: &BlockConfig,
+        setup: impl FnOnce(&std::fs::File) -> Option<std::io::Result<Uring>>,
+    ) -> Result<Self, BlockError> {
         let mut serial = [0u8; ID_BYTES];
         if let Some(s) = &config.serial {
             if s.len() > ID_BYTES {
@@ -250,8 +284,20 @@ impl Block {
         }
         let disk = Disk::open(config)?;
         let capacity = disk.size() / SECTOR_SIZE;
+        let ring = match setup(disk.file()) {
+            None => None,
+            Some(Ok(ring)) => Some(ring),
+            Some(Err(e)) => {
+                log::warn!(
+                    "disk image {}: io_uring unavailable ({e}); serving its requests one at a time with synchronous I/O",
+                    config.path.display()
+                );
+                None
+            }
+        };
         let mut b = Block {
             disk: Arc::new(Mutex::new(disk)),
+            ring: Arc::new(Mutex::new(ring)),
             id: config.id.clone(),
             serial,
             readonly: config.readonly,
@@ -335,6 +381,7 @@ impl VirtioDevice for Block {
     fn activate(&mut self, features: u64) -> Result<Box<dyn QueueHandler>, VirtioError> {
         Ok(Box::new(request::BlockHandler::new(
             self.disk.clone(),
+            self.ring.clone(),
             self.capacity,
             self.serial,
             features,
