@@ -14,7 +14,7 @@
 //! - without one (io_uring unavailable), each chain is served synchronously in
 //!   [`QueueHandler::process`], one at a time.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex};
 
@@ -60,8 +60,9 @@ pub(crate) struct BlockHandler {
     /// drained, when the handler is dropped.
     ring: Option<Uring>,
     home: Arc<Mutex<Option<Uring>>>,
-    /// Requests in the ring, by tag.
-    pending: HashMap<u64, Pending>,
+    /// Requests in the ring, by tag. (Not a `HashMap`: its random keys would cost a
+    /// `getrandom` on the vCPU thread that activates the device, which its filter refuses.)
+    pending: BTreeMap<u64, Pending>,
     next_tag: u64,
 }
 
@@ -134,7 +135,7 @@ impl BlockHandler {
             buf: vec![0; MAX_CHUNK],
             ring,
             home,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_tag: 0,
         }
     }
