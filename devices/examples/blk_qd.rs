@@ -58,10 +58,7 @@ fn opts() -> Opts {
             "--size-mb" => o.size = v.parse::<u64>().expect("--size-mb N") << 20,
             "--seconds" => o.seconds = v.parse().expect("--seconds S"),
             "--qd" => {
-                o.qds = v
-                    .split(',')
-                    .map(|q| q.parse().expect("--qd N,M"))
-                    .collect();
+                o.qds = v.split(',').map(|q| q.parse().expect("--qd N,M")).collect();
                 assert!(o.qds.iter().all(|&q| (1..=64).contains(&q)), "--qd 1..=64");
             }
             _ => panic!("unknown option {a} (see the example's doc comment)"),
@@ -71,12 +68,14 @@ fn opts() -> Opts {
 }
 
 fn make_image(path: &std::path::Path, size: u64) {
-    if std::fs::metadata(path).map(|m| m.len()) == Ok(size) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
         return;
     }
     eprintln!("writing {} ({} MiB)", path.display(), size >> 20);
     let mut f = std::fs::File::create(path).expect("creating the image");
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 2_654_435_761 >> 24) as u8 | 1).collect();
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1)
+        .collect();
     for _ in 0..size >> 20 {
         f.write_all(&chunk).expect("writing the image");
     }
@@ -159,7 +158,8 @@ fn run(o: &Opts, io: BlockIo, direct: bool, qd: u16) -> (f64, f64) {
     while start.elapsed() < until {
         if uring {
             runner.ready(&mem, h.as_mut(), Ready::Queue(0)).unwrap();
-            if epoll.wait(1000, &mut events).unwrap() > 0 {
+            // EINTR: io_uring's task work interrupts the wait; just look again.
+            if h.in_flight() > 0 && epoll.wait(1000, &mut events).unwrap_or(0) > 0 {
                 runner.ready(&mem, h.as_mut(), Ready::Fd(0)).unwrap();
             }
         } else {
@@ -192,7 +192,10 @@ fn main() {
         o.image.display(),
         o.seconds
     );
-    println!("{:<6} {:<7} {:>3} {:>10} {:>8} {:>9}", "direct", "io", "qd", "IOPS", "MiB/s", "mean µs");
+    println!(
+        "{:<6} {:<7} {:>3} {:>10} {:>8} {:>9}",
+        "direct", "io", "qd", "IOPS", "MiB/s", "mean µs"
+    );
     for direct in [false, true] {
         if !direct {
             warm(&o.image);

@@ -8,7 +8,7 @@
 //!
 //! - virtio I/O threads (`virtio-*`), [`ThreadKind::Device`]: epoll on the queues' eventfds,
 //!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`,
-//!   `io_uring_enter` on a disk's restricted ring;
+//!   `io_uring_enter` on a disk's restricted ring, `preadv2` for a read the page cache holds;
 //!   virtio-net's frames are `read`/`write` on its tap, allowed for every thread) and irqfd
 //!   writes. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
@@ -407,6 +407,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 // the disk is opened, before any filter, so io_uring_setup and
                 // io_uring_register stay out of every filter.
                 libc::SYS_io_uring_enter,
+                // virtio-blk: a read the page cache holds, done at once (RWF_NOWAIT).
+                libc::SYS_preadv2,
             ]);
         }
     }
@@ -989,6 +991,7 @@ mod tests {
                 ),
                 ("write/read of frames (virtio-net's tap)", frames),
                 ("io_uring_enter", uring_call(libc::SYS_io_uring_enter)),
+                ("preadv2", uring_call(libc::SYS_preadv2)),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),

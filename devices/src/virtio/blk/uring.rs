@@ -142,6 +142,11 @@ impl Uring {
         self.ops.len() - self.free.len()
     }
 
+    /// Whether requests wait for [`Uring::submit`].
+    pub(crate) fn queued(&self) -> bool {
+        self.unsubmitted > 0
+    }
+
     /// Whether another request fits.
     pub(crate) fn has_room(&self) -> bool {
         !self.free.is_empty()
@@ -230,6 +235,39 @@ impl Uring {
         bufs: &[HostBuf],
     ) -> io::Result<()> {
         self.rw(tag, Kind::Read, offset, bufs)
+    }
+
+    /// Reads the file at `offset` into `bufs` (at most [`MAX_IOVECS`]) now, if the page
+    /// cache holds all of it (`preadv2` with `RWF_NOWAIT`): whether it did. Anything else (data
+    /// not cached, a short read, an error) is left to a [`Uring::read`] of the whole request.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer must be memory of this process, mapped and writable for the call.
+    pub(crate) unsafe fn read_cached(&self, offset: u64, bufs: &[HostBuf]) -> bool {
+        let (Ok(off), true) = (libc::off_t::try_from(offset), bufs.len() <= MAX_IOVECS) else {
+            return false;
+        };
+        let iov: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.addr as *mut libc::c_void,
+                iov_len: b.len,
+            })
+            .collect();
+        let want: usize = bufs.iter().map(|b| b.len).sum();
+        // SAFETY: `iov` is a live array of `iov.len()` iovecs; the memory they name is mapped
+        // and writable for the call (the caller's promise); the kernel writes nothing else.
+        let n = unsafe {
+            libc::preadv2(
+                self.file,
+                iov.as_ptr(),
+                iov.len() as i32,
+                off,
+                libc::RWF_NOWAIT,
+            )
+        };
+        usize::try_from(n) == Ok(want)
     }
 
     /// Queues a write of `bufs` (at most [`MAX_IOVECS`]) to the file at `offset`.
