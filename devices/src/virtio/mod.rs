@@ -69,13 +69,17 @@
 //! the INTx resample `EventFd` (and, for a device whose backend delivers data on its own
 //! schedule, the descriptors [`QueueHandler::extra_fds`] names), pops the available chains,
 //! calls the handler and delivers the completion through
-//! [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or INTx. The handler's
-//! I/O is synchronous on that thread. Why one thread per device: `docs/architecture.md`.
+//! [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or INTx. The rng and
+//! net handlers' I/O is synchronous on that thread; virtio-blk keeps several requests in flight
+//! on an io_uring, whose completion eventfd is one of its extra descriptors (module
+//! [`blk`]). Why one thread per device: `docs/architecture.md`.
 //!
 //! System calls the I/O thread makes (for a per-thread seccomp filter): `epoll_wait`,
 //! `epoll_ctl` and `epoll_create1` (at start), `read` and `write` (eventfds), `futex` (the
 //! interrupt state's mutex, the stop handshake), `getrandom` (virtio-rng), `pread64`,
-//! `pwrite64`, `fdatasync`, `fallocate` (virtio-blk), `read` and `write` on the tap and
+//! `pwrite64`, `fdatasync`, `fallocate`, `io_uring_enter`, `preadv2` (virtio-blk; its ring is
+//! set up when the image is opened, so `io_uring_setup` and `io_uring_register` are never made
+//! on the I/O thread), `read` and `write` on the tap and
 //! `epoll_ctl` for it (virtio-net), `madvise`, `munmap`, `mmap` (allocator),
 //! `close`, `exit`, `sigaltstack`, `rt_sigprocmask` (thread exit), and `write` to stderr (logs).
 //!

@@ -1,10 +1,12 @@
 //! [`Queues`]: a started device's rings, for a handler that serves a queue on its own terms
 //! instead of chain by chain through [`QueueHandler::process`].
 //!
-//! Most devices complete each chain as the driver makes it available (rng, blk, a network
-//! transmit queue). A network receive queue is the other kind: its buffers wait, available,
+//! Most devices complete each chain as the driver makes it available (rng, a network
+//! transmit queue). A network receive queue is another kind: its buffers wait, available,
 //! until the backend has a frame, and one frame may fill several of them
-//! (`VIRTIO_NET_F_MRG_RXBUF`). Such a handler names the queue in
+//! (`VIRTIO_NET_F_MRG_RXBUF`). virtio-blk on io_uring is a third: it pops many chains,
+//! completes them later and in any order as the kernel finishes their I/O, writing their
+//! status bytes through [`Queues::ram`]. Such a handler names the queue in
 //! [`QueueHandler::serves_itself`], lists the backend's file descriptors in
 //! [`QueueHandler::extra_fds`], and gets [`QueueHandler::ready`] with a [`Queues`] when either
 //! the queue is notified or a descriptor becomes readable. Through it the handler pops chains

@@ -9,9 +9,10 @@
 //!   [`BlockError`] that says how to convert it (`qemu-img convert -O raw`).
 //! - `readonly`: opened read-only with a shared lock; the device offers `VIRTIO_BLK_F_RO`, and
 //!   writes, discards and write-zeroes fail with `VIRTIO_BLK_S_IOERR`.
-//! - `direct`: `O_DIRECT` (no host page cache). Transfers go through a bounce buffer aligned
-//!   to 4096 bytes, unaligned writes are read-modified-written; the image size must then be a
-//!   multiple of 4096.
+//! - `direct`: `O_DIRECT` (no host page cache). Transfers whose guest buffers and image offset
+//!   are aligned to 4096 bytes go straight between guest RAM and the disk; others go through a
+//!   bounce buffer aligned to 4096 bytes, unaligned writes read-modified-written; the image size
+//!   must then be a multiple of 4096.
 //! - `serial`: what `VIRTIO_BLK_T_GET_ID` returns (zero-padded to 20 bytes; empty by default).
 //! - `id`: the VMM's name for the device.
 //!
@@ -29,8 +30,27 @@
 //! `VIRTIO_BLK_S_IOERR`; nothing is reported written that was not. A chain without a
 //! device-writable byte for the status puts the device in NEEDS_RESET.
 //!
-//! The I/O is synchronous, one request at a time, on the device's I/O thread; several
-//! requests in flight (io_uring or a thread pool) is a later step.
+//! # Requests in flight
+//!
+//! Up to [`QUEUE_SIZE`] requests are in flight at once, through an io_uring the device sets
+//! up when it opens the image ([`BlockIo::Uring`], the default): the handler serves the
+//! request queue itself on the device's I/O thread, pops every available chain, queues its
+//! read or write with the guest buffers' host addresses as iovecs (no copy), submits them in
+//! one `io_uring_enter` and completes each chain when its completion arrives, in any order. A
+//! `FLUSH` is an `fdatasync` queued with `IOSQE_IO_DRAIN`: it starts only after every request
+//! made available before it has completed (and nothing after it starts before it ends), so
+//! it covers every write the driver had seen complete. Reads the page cache holds are done at
+//! once (`preadv2` with `RWF_NOWAIT`); `DISCARD`, `WRITE_ZEROES` and `direct` transfers that are
+//! not aligned wait until nothing is in flight, then run synchronously. The ring accepts
+//! only `READV`, `WRITEV` and `FSYNC` and no registration once enabled. The buffers stay mapped
+//! while the kernel uses them: a handler waits for its requests in flight when it is dropped
+//! (driver reset, device stop, VM teardown), before the I/O thread lets go of guest RAM.
+//!
+//! Where io_uring cannot be set up (`ENOSYS`, `EPERM`, `kernel.io_uring_disabled`, a kernel
+//! without ring restrictions), opening logs one warning and the device serves one request at a
+//! time with synchronous system calls on its I/O thread, as [`BlockIo::Sync`] asks for.
+//! Why io_uring and not a thread pool, with measurements: `docs/architecture.md`,
+//! `docs/benchmarks.md`.
 //!
 //! # Device configuration (offsets into it, little-endian)
 //!
