@@ -118,7 +118,8 @@ impl IoThread {
     }
 
     /// Stops the running worker and waits until the thread is idle again. The worker finishes
-    /// the chain it is on (synchronous I/O) and returns at its next wait.
+    /// the chain it is on (synchronous I/O) and returns at its next wait; dropping it drops
+    /// its handler, which first waits for any I/O it has in flight (virtio-blk on io_uring).
     pub(crate) fn stop(&mut self) {
         if !std::mem::take(&mut self.running) {
             return;
