@@ -23,7 +23,8 @@
 //! - a queue whose serve failed (NEEDS_RESET) is served no more until it is set up again.
 //!
 //! The RAM and used-ring checks are skipped for a serve in which a device-writable buffer
-//! overlaps the rings or a descriptor table (the device may then legitimately rewrite them).
+//! overlaps the rings or a descriptor table, or the used ring overlaps another ring or a table
+//! (the device may then legitimately rewrite them).
 #![no_main]
 
 use std::os::unix::fs::FileExt;
@@ -363,6 +364,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     );
 
     let mut l = layout(u)?;
+    trace!("layout {l:?}");
     let mut runner =
         QueueRunner::new(&mem, 0, 256, l.size, (l.desc, l.avail, l.used), event_idx).ok();
     let mut d = Driver { avail_idx: 0 };
@@ -482,7 +484,16 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let before = snapshot(&mem);
                 let writable = writable_ranges(&mem, &l);
                 let rings = ring_ranges(&mem, &l);
-                let self_modifying = overlaps(&writable, &rings);
+                // The used ring over another ring or a table: the device's own used-ring
+                // writes rewrite them (an available index read back as the used index).
+                let used_ring = [rings[2]];
+                let others: Vec<_> = rings
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != 2)
+                    .map(|(_, r)| *r)
+                    .collect();
+                let self_modifying = overlaps(&writable, &rings) || overlaps(&used_ring, &others);
                 let used_before: u16 = mem
                     .read_obj(GuestAddress(l.used.wrapping_add(2)))
                     .unwrap_or(0);
@@ -505,6 +516,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         .read_obj(GuestAddress(l.used.wrapping_add(2)))
                         .unwrap_or(0);
                     let completed = r.next_used().wrapping_sub(completed_before);
+                    trace!("used idx {used_before} -> {used_after}, completed {completed}");
                     assert_eq!(
                         used_after.wrapping_sub(used_before),
                         completed,
