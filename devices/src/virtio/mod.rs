@@ -310,8 +310,12 @@ pub trait GuestRam: Send + Sync {
     /// length)` pieces (more than one where the range crosses regions); `false` (`out`
     /// unchanged) if not all of it is RAM the device may access (`write`: for writing). For
     /// I/O the kernel does straight into guest RAM; the addresses stay valid while this
-    /// memory (the mapping behind it) lives.
-    fn host_ranges(&self, addr: u64, len: u64, write: bool, out: &mut Vec<(usize, usize)>) -> bool;
+    /// memory (the mapping behind it) lives. The default has no host addresses to give
+    /// (`false`): a device then copies through its own buffers.
+    fn host_ranges(&self, addr: u64, len: u64, write: bool, out: &mut Vec<(usize, usize)>) -> bool {
+        let _ = (addr, len, write, out);
+        false
+    }
 }
 
 impl<M: GuestMemory + Send + Sync> GuestRam for M {
