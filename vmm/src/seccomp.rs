@@ -13,7 +13,8 @@
 //!   writes. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
 //!
-//! The VMM spawns no other threads. Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
+//! The VMM spawns no other threads (the kernel may add io_uring workers, `iou-wrk-*`, for a
+//! disk's ring: they run no user-space code). Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
 //! built (devices open, guest RAM and BARs mapped, DMA mapped, vCPUs created); each vCPU thread
 //! installs its filter and waits at a start gate; the VMM thread installs its own filter and
 //! opens the gate; only then does any vCPU enter the guest. Filters are per thread (no TSYNC)
