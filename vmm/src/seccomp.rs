@@ -7,12 +7,14 @@
 //!   epoll, signalfd, stdin, kicks, teardown; installed once every vCPU thread is spawned.
 //!
 //! - virtio I/O threads (`virtio-*`), [`ThreadKind::Device`]: epoll on the queues' eventfds,
-//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`;
+//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`,
+//!   `io_uring_enter` on a disk's restricted ring, `preadv2` for a read the page cache holds;
 //!   virtio-net's frames are `read`/`write` on its tap, allowed for every thread) and irqfd
 //!   writes. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
 //!
-//! The VMM spawns no other threads. Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
+//! The VMM spawns no other threads (the kernel may add io_uring workers, `iou-wrk-*`, for a
+//! disk's ring: they run no user-space code). Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
 //! built (devices open, guest RAM and BARs mapped, DMA mapped, vCPUs created); each vCPU thread
 //! installs its filter and waits at a start gate; the VMM thread installs its own filter and
 //! opens the gate; only then does any vCPU enter the guest. Filters are per thread (no TSYNC)
@@ -410,6 +412,13 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_pwrite64,
                 libc::SYS_fdatasync,
                 libc::SYS_fallocate,
+                // virtio-blk's io_uring: submitting and waiting. The ring is set up (and
+                // restricted to READV, WRITEV and FSYNC, with no registration allowed) when
+                // the disk is opened, before any filter, so io_uring_setup and
+                // io_uring_register stay out of every filter.
+                libc::SYS_io_uring_enter,
+                // virtio-blk: a read the page cache holds, done at once (RWF_NOWAIT).
+                libc::SYS_preadv2,
             ]);
         }
     }
@@ -731,6 +740,15 @@ mod tests {
         matches!(r, Err(e) if e.errno() == REFUSED)
     }
 
+    /// An io_uring system call `nr` with a bad descriptor and null pointers (EBADF, EFAULT or
+    /// EINVAL if the filter lets it through): whether the filter refused it.
+    fn uring_call(nr: libc::c_long) -> bool {
+        // SAFETY: every argument is a bad descriptor, zero or null; the kernel validates them
+        // and writes nothing.
+        let r = unsafe { libc::syscall(nr, -1, 0, 0, 0, 0usize, 0) };
+        r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED)
+    }
+
     fn refused_io<T>(r: std::io::Result<T>) -> bool {
         matches!(r, Err(e) if e.raw_os_error() == Some(REFUSED))
     }
@@ -995,6 +1013,8 @@ mod tests {
                     falloc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
                 ),
                 ("write/read of frames (virtio-net's tap)", frames),
+                ("io_uring_enter", uring_call(libc::SYS_io_uring_enter)),
+                ("preadv2", uring_call(libc::SYS_preadv2)),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
@@ -1007,6 +1027,8 @@ mod tests {
                 // The tap's offloads are set where the driver starts the card (a vCPU).
                 ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),
                 ("mmap with PROT_EXEC", exec_mapping()),
+                ("io_uring_setup", uring_call(libc::SYS_io_uring_setup)),
+                ("io_uring_register", uring_call(libc::SYS_io_uring_register)),
             ];
             (allowed, refused)
         });
