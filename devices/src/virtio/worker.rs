@@ -234,27 +234,12 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return;
         }
-        let mut rings = Rings {
-            mem: &self.mem,
-            queues: &mut self.queues,
-        };
-        let nq = rings.queues.len();
-        let mut queues = Queues::new(&mut rings, nq);
-        self.handler.ready(why, &mut queues);
-        let (completed, error) = queues.finish();
+        let (signal, error) = ready_queues(&self.mem, &mut self.queues, self.handler.as_mut(), why);
+        for q in signal {
+            lock(&self.irq).signal_queue(q);
+        }
         if let Some(e) = error {
             self.fault(format_args!("{e}"));
-            return;
-        }
-        for (q, done) in completed.into_iter().enumerate() {
-            let Some(Some(queue)) = self.queues.get_mut(q).filter(|_| done) else {
-                continue;
-            };
-            match queue.needs_notification(&self.mem) {
-                Ok(true) => lock(&self.irq).signal_queue(q),
-                Ok(false) => {}
-                Err(e) => self.fault(format_args!("queue {q}: {}", ServeError::Ring(e))),
-            }
         }
     }
 
@@ -306,6 +291,41 @@ pub(crate) fn make_queue<M: GuestMemory>(
         return Err("the rings are not (entirely) in guest RAM".into());
     }
     Ok(q)
+}
+
+/// Lets `handler` serve the queues it serves itself ([`QueueHandler::ready`]) over `queues`
+/// (by index; `None`: not enabled). Returns the queues whose completions the driver wants an
+/// interrupt for (EVENT_IDX suppression applied) and the ring error that puts the device in
+/// NEEDS_RESET, if any.
+pub(crate) fn ready_queues<M: GuestMemory + Send + Sync>(
+    mem: &M,
+    queues: &mut [Option<Queue>],
+    handler: &mut dyn QueueHandler,
+    why: Ready,
+) -> (Vec<usize>, Option<String>) {
+    let mut rings = Rings { mem, queues };
+    let nq = rings.queues.len();
+    let mut lent = Queues::new(&mut rings, nq);
+    handler.ready(why, &mut lent);
+    let (completed, error) = lent.finish();
+    if let Some(e) = error {
+        return (Vec::new(), Some(e.to_string()));
+    }
+    let mut signal = Vec::new();
+    let mut error = None;
+    for (q, done) in completed.into_iter().enumerate() {
+        let Some(Some(queue)) = queues.get_mut(q).filter(|_| done) else {
+            continue;
+        };
+        match queue.needs_notification(mem) {
+            Ok(true) => signal.push(q),
+            Ok(false) => {}
+            Err(e) => {
+                error.get_or_insert_with(|| format!("queue {q}: {}", ServeError::Ring(e)));
+            }
+        }
+    }
+    (signal, error)
 }
 
 /// Why serving a queue stopped for good.
