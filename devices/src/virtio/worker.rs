@@ -267,7 +267,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
 }
 
 /// A queue as the driver programmed it, checked as at DRIVER_OK: a power-of-two size up to
-/// `max`, aligned rings, all of them in guest RAM.
+/// `max`, aligned rings, all of them in guest RAM, the available ring not at address 0.
 pub(crate) fn make_queue<M: GuestMemory>(
     mem: &M,
     max: u16,
@@ -283,6 +283,15 @@ pub(crate) fn make_queue<M: GuestMemory>(
         .map_err(|_| "the descriptor table is not 16-byte aligned".to_string())?;
     q.try_set_avail_ring_address(GuestAddress(avail))
         .map_err(|_| "the available ring is not 2-byte aligned".to_string())?;
+    if avail == 0 {
+        // virtio-queue takes an available ring at 0 for one nobody set and pops nothing from
+        // it: the device would fail its first chain.
+        return Err(
+            "the available ring is at guest address 0, which this device cannot use \
+             (virtio-queue takes it for an unset ring)"
+                .into(),
+        );
+    }
     q.try_set_used_ring_address(GuestAddress(used))
         .map_err(|_| "the used ring is not 4-byte aligned".to_string())?;
     q.set_event_idx(event_idx);
