@@ -11,3 +11,4 @@ pub mod ops;
 pub mod rig;
 pub mod shape;
 pub mod views;
+pub mod virtq;
