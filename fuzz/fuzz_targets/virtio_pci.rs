@@ -62,13 +62,14 @@ use devices::virtio::pci::{
 };
 use devices::virtio::rng::Rng;
 use devices::virtio::{
-    Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VirtioPciDevice, STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK, STATUS_NEEDS_RESET, TRANSPORT_FEATURES, VIRTIO_F_VERSION_1,
+    Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VirtioPciDevice,
+    STATUS_NEEDS_RESET, TRANSPORT_FEATURES, VIRTIO_F_VERSION_1,
 };
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::input::{access_len, one_in, value};
 use vfiovm_fuzz::trace;
 use vfiovm_fuzz::views::{find_cap, MsixView, MSIX_ID};
+use vfiovm_fuzz::virtio_model::{DeviceLog, Model, COMMON_LEN, NO_VECTOR};
 use vfiovm_fuzz::virtq::Mem;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -76,8 +77,6 @@ use vm_memory::{Bytes, GuestAddress};
 const REGIONS: [(u64, u64); 2] = [(0, 0x1_0000), (0x1_8000, 0x1_0000)];
 const RAM_END: u64 = 0x2_8000;
 const MAX_OPS: usize = 128;
-const NO_VECTOR: u16 = 0xffff;
-const COMMON_LEN: usize = 0x38;
 const INTX_GSI: u32 = 5;
 /// The probe device's virtio type (one no driver binds to).
 const PROBE_TYPE: u16 = 0x3f;
@@ -91,12 +90,6 @@ struct Probe {
     config: Arc<Mutex<Vec<u8>>>,
     fail: bool,
     log: Arc<Mutex<DeviceLog>>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct DeviceLog {
-    activations: Vec<u64>,
-    resets: u32,
 }
 
 struct ProbeHandler;
@@ -162,288 +155,6 @@ impl VirtioDevice for Probe {
     }
     fn reset(&mut self) {
         lock(&self.log).resets += 1;
-    }
-}
-
-/// What the driver programmed into one queue, as the model has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct QueueModel {
-    max: u16,
-    size: u16,
-    ready: bool,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    vector: u16,
-}
-
-impl QueueModel {
-    fn new(max: u16) -> Self {
-        QueueModel {
-            max,
-            size: max,
-            ready: false,
-            desc: 0,
-            avail: 0,
-            used: 0,
-            vector: NO_VECTOR,
-        }
-    }
-
-    /// Whether DRIVER_OK may start the device with this queue enabled.
-    fn valid(&self) -> bool {
-        let ram = |addr: u64, len: u64| {
-            addr.checked_add(len)
-                .is_some_and(|end| REGIONS.iter().any(|&(s, l)| addr >= s && end <= s + l))
-        };
-        let n = u64::from(self.size);
-        self.size.is_power_of_two()
-            && self.size <= self.max
-            && self.avail != 0
-            && self.desc % 16 == 0
-            && self.avail % 2 == 0
-            && self.used % 4 == 0
-            && ram(self.desc, 16 * n)
-            && ram(self.avail, 6 + 2 * n)
-            && ram(self.used, 6 + 8 * n)
-    }
-}
-
-/// The transport as the virtio 1.x rules say it behaves.
-#[derive(Debug, Clone)]
-struct Model {
-    offered: u64,
-    vectors: u16,
-    dfsel: u32,
-    drvsel: u32,
-    driver_features: u64,
-    status: u8,
-    /// NEEDS_RESET, as far as the harness knows (the I/O thread may set it on its own).
-    needs_reset: bool,
-    config_vector: u16,
-    qsel: u16,
-    queues: Vec<QueueModel>,
-    running: bool,
-    /// The ISR as the model has it, exact while `isr_exact`.
-    isr: u8,
-    /// No I/O thread ran since the ISR was last cleared.
-    isr_exact: bool,
-    /// Whether each vector was ever assigned to the configuration or a queue.
-    assigned: Vec<bool>,
-    /// Whether the device's activation fails.
-    activation_fails: bool,
-    /// Activations and resets the device should have seen.
-    log: DeviceLog,
-}
-
-impl Model {
-    fn new(offered: u64, sizes: &[u16], activation_fails: bool) -> Self {
-        Model {
-            offered,
-            vectors: sizes.len() as u16 + 1,
-            dfsel: 0,
-            drvsel: 0,
-            driver_features: 0,
-            status: 0,
-            needs_reset: false,
-            config_vector: NO_VECTOR,
-            qsel: 0,
-            queues: sizes.iter().map(|&s| QueueModel::new(s)).collect(),
-            running: false,
-            isr: 0,
-            isr_exact: true,
-            assigned: vec![false; sizes.len() + 1],
-            activation_fails,
-            log: DeviceLog::default(),
-        }
-    }
-
-    fn vector(&mut self, v: u16) -> u16 {
-        if v < self.vectors {
-            self.assigned[usize::from(v)] = true;
-            v
-        } else {
-            NO_VECTOR
-        }
-    }
-
-    /// The common configuration as the driver should read it (NEEDS_RESET as the model knows).
-    fn view(&self) -> [u8; COMMON_LEN] {
-        let mut b = [0u8; COMMON_LEN];
-        let mut put = |at: u64, bytes: &[u8]| {
-            b[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
-        };
-        let word = |sel: u32, v: u64| match sel {
-            0 => v as u32,
-            1 => (v >> 32) as u32,
-            _ => 0,
-        };
-        put(common::DEVICE_FEATURE_SELECT, &self.dfsel.to_le_bytes());
-        put(
-            common::DEVICE_FEATURE,
-            &word(self.dfsel, self.offered).to_le_bytes(),
-        );
-        put(common::DRIVER_FEATURE_SELECT, &self.drvsel.to_le_bytes());
-        put(
-            common::DRIVER_FEATURE,
-            &word(self.drvsel, self.driver_features).to_le_bytes(),
-        );
-        put(
-            common::CONFIG_MSIX_VECTOR,
-            &self.config_vector.to_le_bytes(),
-        );
-        put(
-            common::NUM_QUEUES,
-            &(self.queues.len() as u16).to_le_bytes(),
-        );
-        let nr = if self.needs_reset {
-            STATUS_NEEDS_RESET
-        } else {
-            0
-        };
-        put(common::DEVICE_STATUS, &[self.status | nr]);
-        put(common::QUEUE_SELECT, &self.qsel.to_le_bytes());
-        match self.queues.get(usize::from(self.qsel)) {
-            Some(q) => {
-                put(common::QUEUE_SIZE, &q.size.to_le_bytes());
-                put(common::QUEUE_MSIX_VECTOR, &q.vector.to_le_bytes());
-                put(common::QUEUE_ENABLE, &u16::from(q.ready).to_le_bytes());
-                put(common::QUEUE_NOTIFY_OFF, &self.qsel.to_le_bytes());
-                put(common::QUEUE_DESC, &q.desc.to_le_bytes());
-                put(common::QUEUE_DRIVER, &q.avail.to_le_bytes());
-                put(common::QUEUE_DEVICE, &q.used.to_le_bytes());
-            }
-            None => put(common::QUEUE_MSIX_VECTOR, &NO_VECTOR.to_le_bytes()),
-        }
-        b
-    }
-
-    /// A driver write of `data` at `offset` into the common configuration: the bytes laid over
-    /// what the driver reads, then every field they touch written whole, in offset order.
-    fn common_write(&mut self, offset: u64, data: &[u8]) {
-        const FIELDS: [(u64, u64); 16] = [
-            (0x00, 4),
-            (0x04, 4),
-            (0x08, 4),
-            (0x0c, 4),
-            (0x10, 2),
-            (0x12, 2),
-            (0x14, 1),
-            (0x15, 1),
-            (0x16, 2),
-            (0x18, 2),
-            (0x1a, 2),
-            (0x1c, 2),
-            (0x1e, 2),
-            (0x20, 8),
-            (0x28, 8),
-            (0x30, 8),
-        ];
-        let mut view = self.view();
-        for (i, &d) in data.iter().enumerate() {
-            if let Some(b) = view.get_mut(offset as usize + i) {
-                *b = d;
-            }
-        }
-        let end = offset + data.len() as u64;
-        for (at, w) in FIELDS {
-            if at < end && offset < at + w {
-                let mut v = [0u8; 8];
-                v[..w as usize].copy_from_slice(&view[at as usize..(at + w) as usize]);
-                self.field(at, u64::from_le_bytes(v));
-            }
-        }
-    }
-
-    fn field(&mut self, at: u64, v: u64) {
-        let configurable = self.status & STATUS_DRIVER_OK == 0;
-        let qi = usize::from(self.qsel);
-        let q_writable = configurable && self.queues.get(qi).is_some_and(|q| !q.ready);
-        match at {
-            common::DEVICE_FEATURE_SELECT => self.dfsel = v as u32,
-            common::DRIVER_FEATURE_SELECT => self.drvsel = v as u32,
-            common::DRIVER_FEATURE if self.status & STATUS_FEATURES_OK == 0 => {
-                let v = v & 0xffff_ffff;
-                match self.drvsel {
-                    0 => self.driver_features = self.driver_features & !0xffff_ffff | v,
-                    1 => self.driver_features = self.driver_features & 0xffff_ffff | v << 32,
-                    _ => {}
-                }
-            }
-            common::CONFIG_MSIX_VECTOR => self.config_vector = self.vector(v as u16),
-            common::DEVICE_STATUS => self.write_status(v as u8),
-            common::QUEUE_SELECT => self.qsel = v as u16,
-            common::QUEUE_SIZE if q_writable => {
-                let s = v as u16;
-                let q = &mut self.queues[qi];
-                if s.is_power_of_two() && s <= q.max {
-                    q.size = s;
-                }
-            }
-            common::QUEUE_MSIX_VECTOR if qi < self.queues.len() => {
-                self.queues[qi].vector = self.vector(v as u16);
-            }
-            common::QUEUE_ENABLE if q_writable && v as u16 == 1 => self.queues[qi].ready = true,
-            common::QUEUE_DESC if q_writable => self.queues[qi].desc = v,
-            common::QUEUE_DRIVER if q_writable => self.queues[qi].avail = v,
-            common::QUEUE_DEVICE if q_writable => self.queues[qi].used = v,
-            _ => {}
-        }
-    }
-
-    fn reset(&mut self) {
-        let fresh = Model::new(
-            self.offered,
-            &self.queues.iter().map(|q| q.max).collect::<Vec<_>>(),
-            self.activation_fails,
-        );
-        let (assigned, mut log) = (
-            std::mem::take(&mut self.assigned),
-            std::mem::take(&mut self.log),
-        );
-        log.resets += 1;
-        *self = Model {
-            assigned,
-            log,
-            ..fresh
-        };
-    }
-
-    fn write_status(&mut self, v: u8) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        let old = self.status;
-        let mut new = v & !STATUS_NEEDS_RESET;
-        if new & old != old {
-            return;
-        }
-        let features_ok = self.driver_features & !self.offered == 0
-            && self.driver_features & VIRTIO_F_VERSION_1 != 0;
-        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 && !features_ok {
-            new &= !STATUS_FEATURES_OK;
-        }
-        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
-            if new & STATUS_FEATURES_OK == 0 {
-                new &= !STATUS_DRIVER_OK;
-            } else {
-                self.status = new;
-                let enabled: Vec<_> = self.queues.iter().filter(|q| q.ready).collect();
-                let queues_ok = !enabled.is_empty() && enabled.iter().all(|q| q.valid());
-                if queues_ok {
-                    self.log.activations.push(self.driver_features);
-                }
-                if queues_ok && !self.activation_fails {
-                    self.running = true;
-                } else {
-                    self.needs_reset = true;
-                    self.isr |= 2;
-                }
-                return;
-            }
-        }
-        self.status = new;
     }
 }
 
@@ -1043,7 +754,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         mem,
         irq: irq.clone(),
         io: io.clone(),
-        model: Model::new(offered, &sizes, fails),
+        model: Model::new(offered, &sizes, fails, &REGIONS),
         config,
         config_model,
         device_log: device_log.clone(),
