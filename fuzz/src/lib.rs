@@ -11,3 +11,5 @@ pub mod ops;
 pub mod rig;
 pub mod shape;
 pub mod views;
+pub mod virtio_model;
+pub mod virtq;

@@ -116,7 +116,8 @@ mod tests;
 pub mod test_util {
     //! Test helpers (feature `test-util`): [`QueueRunner`] serves a queue synchronously, exactly
     //! as a device's I/O thread does (same checks, same descriptor walk, same used-ring and
-    //! notification handling), for fuzzing and deterministic tests without a thread.
+    //! notification handling), for fuzzing and deterministic tests without a thread;
+    //! [`QueueSet`] does the same for a device with queues its handler serves itself.
 
     use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestMemory;
@@ -247,6 +248,99 @@ pub mod test_util {
         /// The next used-ring index the device will write.
         pub fn next_used(&self) -> u16 {
             self.queue().next_used()
+        }
+    }
+
+    /// Every queue of a device, for a handler that serves some of them itself
+    /// ([`QueueHandler::serves_itself`], e.g. a network receive queue): [`QueueSet::ready`]
+    /// runs what the I/O thread runs when such a queue is notified or one of the handler's
+    /// descriptors becomes readable, and [`QueueSet::serve`] what it runs for the others.
+    #[derive(Debug, Default)]
+    pub struct QueueSet {
+        queues: Vec<Option<Queue>>,
+    }
+
+    impl QueueSet {
+        /// `n` queues, none enabled.
+        pub fn new(n: usize) -> Self {
+            QueueSet {
+                queues: (0..n).map(|_| None).collect(),
+            }
+        }
+
+        /// Sets queue `index` up as [`QueueRunner::new`] does; `Err` (the queue left
+        /// disabled) where the transport would refuse DRIVER_OK.
+        pub fn set<M: GuestMemory>(
+            &mut self,
+            mem: &M,
+            index: u16,
+            max: u16,
+            size: u16,
+            rings: (u64, u64, u64),
+            event_idx: bool,
+        ) -> Result<(), String> {
+            let slot = self
+                .queues
+                .get_mut(usize::from(index))
+                .ok_or_else(|| format!("no queue {index}"))?;
+            *slot = None;
+            *slot = Some(super::worker::make_queue(mem, max, size, rings, event_idx)?);
+            Ok(())
+        }
+
+        /// Disables queue `index` (the device needs a reset, or the driver reset it).
+        pub fn disable(&mut self, index: u16) {
+            if let Some(q) = self.queues.get_mut(usize::from(index)) {
+                *q = None;
+            }
+        }
+
+        /// Whether queue `index` is enabled.
+        pub fn enabled(&self, index: u16) -> bool {
+            self.queues
+                .get(usize::from(index))
+                .is_some_and(Option::is_some)
+        }
+
+        /// Serves every available chain of queue `index` with [`QueueHandler::process`], as
+        /// [`QueueRunner::serve`] does (`Ok(false)` for a queue not enabled).
+        pub fn serve<M: GuestMemory + Send + Sync>(
+            &mut self,
+            mem: &M,
+            index: u16,
+            handler: &mut dyn QueueHandler,
+        ) -> Result<bool, ServeError> {
+            match self.queues.get_mut(usize::from(index)) {
+                Some(Some(q)) => super::worker::serve_queue(mem, q, index, handler),
+                _ => Ok(false),
+            }
+        }
+
+        /// Calls [`QueueHandler::ready`] with these queues: the queues whose completions
+        /// call for an interrupt, and the error that would put the device in NEEDS_RESET.
+        pub fn ready<M: GuestMemory + Send + Sync>(
+            &mut self,
+            mem: &M,
+            handler: &mut dyn QueueHandler,
+            why: Ready,
+        ) -> (Vec<usize>, Option<String>) {
+            super::worker::ready_queues(mem, &mut self.queues, handler, why)
+        }
+
+        /// Queue `index`'s next available-ring index (0 when not enabled).
+        pub fn next_avail(&self, index: u16) -> u16 {
+            self.queues
+                .get(usize::from(index))
+                .and_then(Option::as_ref)
+                .map_or(0, |q| q.next_avail())
+        }
+
+        /// Queue `index`'s next used-ring index (0 when not enabled).
+        pub fn next_used(&self, index: u16) -> u16 {
+            self.queues
+                .get(usize::from(index))
+                .and_then(Option::as_ref)
+                .map_or(0, |q| q.next_used())
         }
     }
 }

@@ -52,7 +52,8 @@
 //! vectors return to their reset values and the ISR is cleared (so INTx stays de-asserted after
 //! the guest's EOI). The driver cannot clear bits otherwise. FEATURES_OK sticks only if the
 //! driver's features are a subset of the offered ones and include VERSION_1. DRIVER_OK (after
-//! FEATURES_OK) checks the enabled queues (size, alignment, rings in guest RAM) and starts the
+//! FEATURES_OK) checks the enabled queues (size, alignment, rings in guest RAM, the available
+//! ring not at address 0, which virtio-queue takes for an unset ring) and starts the
 //! I/O thread; if that fails the device sets NEEDS_RESET and raises the configuration
 //! interrupt, as it does when the I/O thread finds a malformed ring.
 

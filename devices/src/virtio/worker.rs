@@ -237,27 +237,12 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return;
         }
-        let mut rings = Rings {
-            mem: &self.mem,
-            queues: &mut self.queues,
-        };
-        let nq = rings.queues.len();
-        let mut queues = Queues::new(&mut rings, nq);
-        self.handler.ready(why, &mut queues);
-        let (completed, error) = queues.finish();
+        let (signal, error) = ready_queues(&self.mem, &mut self.queues, self.handler.as_mut(), why);
+        for q in signal {
+            lock(&self.irq).signal_queue(q);
+        }
         if let Some(e) = error {
             self.fault(format_args!("{e}"));
-            return;
-        }
-        for (q, done) in completed.into_iter().enumerate() {
-            let Some(Some(queue)) = self.queues.get_mut(q).filter(|_| done) else {
-                continue;
-            };
-            match queue.needs_notification(&self.mem) {
-                Ok(true) => lock(&self.irq).signal_queue(q),
-                Ok(false) => {}
-                Err(e) => self.fault(format_args!("queue {q}: {}", ServeError::Ring(e))),
-            }
         }
     }
 
@@ -285,7 +270,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
 }
 
 /// A queue as the driver programmed it, checked as at DRIVER_OK: a power-of-two size up to
-/// `max`, aligned rings, all of them in guest RAM.
+/// `max`, aligned rings, all of them in guest RAM, the available ring not at address 0.
 pub(crate) fn make_queue<M: GuestMemory>(
     mem: &M,
     max: u16,
@@ -301,6 +286,15 @@ pub(crate) fn make_queue<M: GuestMemory>(
         .map_err(|_| "the descriptor table is not 16-byte aligned".to_string())?;
     q.try_set_avail_ring_address(GuestAddress(avail))
         .map_err(|_| "the available ring is not 2-byte aligned".to_string())?;
+    if avail == 0 {
+        // virtio-queue takes an available ring at 0 for one nobody set and pops nothing from
+        // it: the device would fail its first chain.
+        return Err(
+            "the available ring is at guest address 0, which this device cannot use \
+             (virtio-queue takes it for an unset ring)"
+                .into(),
+        );
+    }
     q.try_set_used_ring_address(GuestAddress(used))
         .map_err(|_| "the used ring is not 4-byte aligned".to_string())?;
     q.set_event_idx(event_idx);
@@ -309,6 +303,41 @@ pub(crate) fn make_queue<M: GuestMemory>(
         return Err("the rings are not (entirely) in guest RAM".into());
     }
     Ok(q)
+}
+
+/// Lets `handler` serve the queues it serves itself ([`QueueHandler::ready`]) over `queues`
+/// (by index; `None`: not enabled). Returns the queues whose completions the driver wants an
+/// interrupt for (EVENT_IDX suppression applied) and the ring error that puts the device in
+/// NEEDS_RESET, if any.
+pub(crate) fn ready_queues<M: GuestMemory + Send + Sync>(
+    mem: &M,
+    queues: &mut [Option<Queue>],
+    handler: &mut dyn QueueHandler,
+    why: Ready,
+) -> (Vec<usize>, Option<String>) {
+    let mut rings = Rings { mem, queues };
+    let nq = rings.queues.len();
+    let mut lent = Queues::new(&mut rings, nq);
+    handler.ready(why, &mut lent);
+    let (completed, error) = lent.finish();
+    if let Some(e) = error {
+        return (Vec::new(), Some(e.to_string()));
+    }
+    let mut signal = Vec::new();
+    let mut error = None;
+    for (q, done) in completed.into_iter().enumerate() {
+        let Some(Some(queue)) = queues.get_mut(q).filter(|_| done) else {
+            continue;
+        };
+        match queue.needs_notification(mem) {
+            Ok(true) => signal.push(q),
+            Ok(false) => {}
+            Err(e) => {
+                error.get_or_insert_with(|| format!("queue {q}: {}", ServeError::Ring(e)));
+            }
+        }
+    }
+    (signal, error)
 }
 
 /// Why serving a queue stopped for good.

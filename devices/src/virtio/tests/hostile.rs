@@ -204,6 +204,27 @@ fn rings_outside_ram_or_misaligned_refuse_driver_ok() {
     }
 }
 
+/// An available ring at guest address 0 is in RAM and aligned, but virtio-queue takes address
+/// 0 for a ring nobody set and pops nothing from it: a device started with it would fail its
+/// first chain with a ring error. DRIVER_OK refuses it instead, with NEEDS_RESET at once.
+#[test]
+fn an_available_ring_at_address_0_refuses_driver_ok() {
+    let mut d = Driver::new(Box::new(Rng::new()));
+    d.enable_msix(2);
+    assert!(d.negotiate(VIRTIO_F_VERSION_1));
+    d.write16(common::CONFIG_MSIX_VECTOR, 0);
+    d.write16(common::QUEUE_SELECT, 0);
+    d.write16(common::QUEUE_SIZE, 8);
+    d.write64_split(common::QUEUE_DESC, 0x10000);
+    d.write64_split(common::QUEUE_DRIVER, 0);
+    d.write64_split(common::QUEUE_DEVICE, 0x12000);
+    d.write16(common::QUEUE_ENABLE, 1);
+    d.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    assert!(!d.dev.running(), "started with the available ring at 0");
+    assert_ne!(d.status() & STATUS_NEEDS_RESET, 0);
+    assert_eq!(d.wait_deliveries(1), vec![(d.gsis[0], Driver::msg(0))]);
+}
+
 #[test]
 fn blk_chain_without_a_writable_status_byte() {
     let img = TempImage::new("hostile-nostatus", 64 << 10);
