@@ -10,6 +10,7 @@
 //! | [`chain`] | [`Chain`]: a descriptor chain checked against guest RAM, read and written by offset |
 //! | [`rng`] | virtio-rng (type 4) |
 //! | [`blk`] | virtio-blk (type 2) |
+//! | [`console`] | virtio-console (type 3): one port on the host's stdin and stdout |
 //! | [`net`] | virtio-net (type 1) over a [`tap`] |
 //! | [`queues`] | [`Queues`]: the rings for a handler serving a queue itself (network receive) |
 //!
@@ -76,7 +77,9 @@
 //! `epoll_ctl` and `epoll_create1` (at start), `read` and `write` (eventfds), `futex` (the
 //! interrupt state's mutex, the stop handshake), `getrandom` (virtio-rng), `pread64`,
 //! `pwrite64`, `fdatasync`, `fallocate` (virtio-blk), `read` and `write` on the tap and
-//! `epoll_ctl` for it (virtio-net), `madvise`, `munmap`, `mmap` (allocator),
+//! `epoll_ctl` for it (virtio-net), `write` to the host output (opened non-blocking) or
+//! `sendto` with `MSG_DONTWAIT | MSG_NOSIGNAL` when it is a socket, `read` of its input
+//! eventfd, `epoll_ctl` for both (virtio-console), `madvise`, `munmap`, `mmap` (allocator),
 //! `close`, `exit`, `sigaltstack`, `rt_sigprocmask` (thread exit), and `write` to stderr (logs).
 //!
 //! # Hostile guests
@@ -96,6 +99,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 pub mod blk;
 pub mod chain;
+pub mod console;
 mod irq;
 pub mod pci;
 pub mod rng;
@@ -162,6 +166,84 @@ pub mod test_util {
             self.queue.next_used()
         }
     }
+
+    /// Several queues of one device, for a handler that serves queues itself
+    /// ([`QueueHandler::ready`]), driven on the caller's thread exactly as the I/O thread
+    /// drives it (same [`super::Queues`], same checks, same notification handling).
+    #[derive(Debug, Default)]
+    pub struct QueueSet {
+        queues: Vec<Option<Queue>>,
+    }
+
+    impl QueueSet {
+        /// No queues yet.
+        pub fn new() -> Self {
+            QueueSet::default()
+        }
+
+        /// Sets up queue `index` as [`QueueRunner::new`] does (replacing one there).
+        pub fn set<M: GuestMemory>(
+            &mut self,
+            mem: &M,
+            index: u16,
+            max: u16,
+            size: u16,
+            rings: (u64, u64, u64),
+            event_idx: bool,
+        ) -> Result<(), String> {
+            let queue = super::worker::make_queue(mem, max, size, rings, event_idx)?;
+            let i = usize::from(index);
+            if self.queues.len() <= i {
+                self.queues.resize_with(i + 1, || None);
+            }
+            self.queues[i] = Some(queue);
+            Ok(())
+        }
+
+        /// Calls `handler.ready(why, ..)` over the queues: `Ok(for each queue, whether to
+        /// interrupt the driver)`, or the error that would put the device in NEEDS_RESET.
+        pub fn ready<M: GuestMemory + Send + Sync>(
+            &mut self,
+            mem: &M,
+            handler: &mut dyn QueueHandler,
+            why: super::Ready,
+        ) -> Result<Vec<bool>, ServeError> {
+            let mut rings = super::queues::Rings {
+                mem,
+                queues: &mut self.queues,
+            };
+            let nq = rings.queues.len();
+            let mut queues = super::Queues::new(&mut rings, nq);
+            handler.ready(why, &mut queues);
+            let (completed, error) = queues.finish();
+            if let Some(e) = error {
+                return Err(e);
+            }
+            let mut notify = vec![false; nq];
+            for (q, done) in completed.into_iter().enumerate() {
+                if let (true, Some(Some(queue))) = (done, self.queues.get_mut(q)) {
+                    notify[q] = queue.needs_notification(mem).map_err(ServeError::Ring)?;
+                }
+            }
+            Ok(notify)
+        }
+
+        /// The next used-ring index of queue `index` (`None`: not set up).
+        pub fn next_used(&self, index: u16) -> Option<u16> {
+            self.queues
+                .get(usize::from(index))
+                .and_then(Option::as_ref)
+                .map(QueueT::next_used)
+        }
+
+        /// The next available-ring index of queue `index` (`None`: not set up).
+        pub fn next_avail(&self, index: u16) -> Option<u16> {
+            self.queues
+                .get(usize::from(index))
+                .and_then(Option::as_ref)
+                .map(QueueT::next_avail)
+        }
+    }
 }
 
 pub use chain::{Chain, ChainError, Segment};
@@ -183,6 +265,8 @@ pub const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x40;
 pub const VIRTIO_TYPE_NET: u16 = 1;
 /// Virtio device type: block device.
 pub const VIRTIO_TYPE_BLOCK: u16 = 2;
+/// Virtio device type: console.
+pub const VIRTIO_TYPE_CONSOLE: u16 = 3;
 /// Virtio device type: entropy source.
 pub const VIRTIO_TYPE_RNG: u16 = 4;
 
@@ -337,6 +421,13 @@ pub trait QueueHandler: Send {
     /// reads until it would block, or remembers that it stopped early and resumes on another
     /// event. Asked once per start of the device.
     fn extra_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// File descriptors the handler writes to without blocking (a host console's output), which
+    /// the I/O thread waits on for room, edge-triggered: after a write that would block the
+    /// handler keeps what it could not write and tries again at [`QueueHandler::ready`] with
+    /// [`Ready::Writable`]. Asked once per start of the device.
+    fn writable_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
     /// A queue the handler serves itself was notified, or one of its extra descriptors became
