@@ -444,6 +444,9 @@ impl ConsoleHandler {
                 return Ok(());
             };
             self.take_output(&chain);
+            // Out before the driver sees the chain done, when there is room: what the guest
+            // writes next to COM1 then follows it on a shared stdout.
+            self.flush();
             queues.add_used(TX_QUEUE, chain.head(), 0)?;
         }
     }
