@@ -219,3 +219,52 @@ fn sigterm_stops_a_vm_whose_virtio_console_nobody_reads() {
     assert!(!stderr.contains("did not stop within"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// vfiovm in a pseudo-terminal (`script`, util-linux) with `--console virtio`: stdout is a
+/// terminal (reopened non-blocking), stdin is put in raw mode, and the Ctrl-A escape works
+/// exactly as with the serial console — Ctrl-A Ctrl-A sends one Ctrl-A to the guest, Ctrl-A x
+/// quits (130). `typed` is written once the guest waits for its line.
+fn in_a_terminal(typed: &'static [u8]) -> (i32, String) {
+    let cmd = format!(
+        "ulimit -c 0; exec {} {}",
+        vfiovm_bin().display(),
+        args("console").join(" ")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs vfiovm in a pseudo-terminal");
+    let mut input = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        // Let vfiovm put the terminal in raw mode and the guest lend its buffers first.
+        std::thread::sleep(Duration::from_millis(1000));
+        let _ = input.write_all(typed);
+        // Keep the pty open until vfiovm has gone.
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let status = wait(&mut child, Duration::from_secs(60));
+    (status, reader.join().unwrap())
+}
+
+#[test]
+fn virtio_console_on_a_terminal_keeps_the_ctrl_a_escape() {
+    let (status, out) = in_a_terminal(b"tty \x01\x01 line\n");
+    assert_eq!(status, STATUS_OK, "{out}");
+    assert!(out.contains("console: rx bytes=10 "), "{out}");
+    assert!(out.contains("line=tty \x01 line"), "{out}");
+    assert!(out.contains("virtio-console: echo tty \x01 line"), "{out}");
+    assert!(out.contains("console: ok"), "{out}");
+
+    let (status, out) = in_a_terminal(b"\x01x");
+    assert_eq!(status, 130, "{out}");
+    assert!(out.contains("stopped by signal 2"), "{out}");
+}
