@@ -1,6 +1,7 @@
 //! Virtio 1.x devices over PCI (feature `virtio`): the modern PCI transport
-//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng) and [`blk::Block`]
-//! (virtio-blk on a raw image). Register maps: `docs/devices.md`.
+//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng), [`blk::Block`]
+//! (virtio-blk on a raw image), [`net::Net`] (virtio-net) and [`console::Console`]
+//! (virtio-console). Register maps: `docs/devices.md`.
 //!
 //! # Pieces
 //!
