@@ -222,7 +222,15 @@ impl HostOutput {
         // SAFETY: isatty only inspects the descriptor.
         let tty = unsafe { libc::isatty(fd) } == 1;
         let (fd, kind) = if fmt == libc::S_IFIFO || tty {
-            (reopen_nonblocking(fd)?, OutputKind::NonBlocking)
+            match reopen_nonblocking(fd) {
+                Ok(fd) => (fd, OutputKind::NonBlocking),
+                // A pipe whose reader is already gone: writes fail at once (EPIPE) and the
+                // output is dropped, as later.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    (dup(fd)?, OutputKind::NeverWaits)
+                }
+                Err(e) => return Err(e),
+            }
         } else if fmt == libc::S_IFSOCK {
             (dup(fd)?, OutputKind::Socket)
         } else {

@@ -337,3 +337,21 @@ fn reopened_output_leaves_the_original_descriptor_blocking() {
         "the serial port's stdout must stay as it was"
     );
 }
+
+#[test]
+fn a_pipe_whose_reader_is_gone_is_accepted_and_output_dropped() {
+    let (out, w) = pipe();
+    drop(out);
+    let o = HostOutput::for_fd(w.as_raw_fd()).expect("no reader is not an error");
+    let input = Arc::new(HostInput::new().unwrap());
+    let console = Console::new(input, o);
+    let stats = console.stats();
+    let mut d = Driver::named("virtio-con-gone", Box::new(console));
+    d.bring_up(0, &[QUEUE_SIZE, QUEUE_SIZE]);
+    let m = d.mem.clone();
+    m.write_slice(b"nobody", GuestAddress(BUF)).unwrap();
+    d.queues[usize::from(TX_QUEUE)].add(&m, &[(BUF, 6, false)]);
+    d.notify(TX_QUEUE);
+    assert_eq!(d.queues[usize::from(TX_QUEUE)].wait_used(&m), (0, 0));
+    assert_eq!(stats.tx_dropped.load(Ordering::Relaxed), 6);
+}
