@@ -144,6 +144,18 @@ fn virtio_console_writes_to_a_socket_stdout() {
     check_round_trip(&o);
 }
 
+/// Kills the child if the test ends (panics) before it exited.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn wait(child: &mut Child, limit: Duration) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     let start = Instant::now();
@@ -166,13 +178,16 @@ fn wait(child: &mut Child, limit: Duration) -> i32 {
 /// counted on stderr.
 #[test]
 fn sigterm_stops_a_vm_whose_virtio_console_nobody_reads() {
-    let mut child = Command::new(vfiovm_bin())
-        .args(args("console-spam"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(
+        Command::new(vfiovm_bin())
+            .args(args("console-spam"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let stdout = child.stdout.take().unwrap(); // held open, never read
     let mut stderr = child.stderr.take().unwrap();
     let err = std::thread::spawn(move || {
@@ -204,7 +219,7 @@ fn sigterm_stops_a_vm_whose_virtio_console_nobody_reads() {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let start = Instant::now();
-    let status = wait(&mut child, Duration::from_secs(10));
+    let status = wait(child, Duration::from_secs(10));
     let took = start.elapsed();
     drop(stdout);
     let stderr = err.join().unwrap();
