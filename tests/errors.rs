@@ -73,14 +73,16 @@ fn bad_device_values() {
         ("0000:06:0d.0,color=red", "unknown option 'color=red'"),
         ("0000:06:0d.0,rom=a,rom=b", "rom= given twice"),
         ("0000:06:0d.0,vf_token=nope", "vf_token must be a UUID like"),
+        ("0000:06:0d.0,reset=always", "reset= takes auto or required"),
     ] {
         let o = expect_error(
             &["--kernel", &exit_now(), "--device", value],
             &format!("invalid --device '{value}': {why}"),
         );
         assert!(
-            o.stderr
-                .contains("(syntax: BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID])"),
+            o.stderr.contains(
+                "(syntax: BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required])"
+            ),
             "{o:#?}"
         );
     }
@@ -632,6 +634,14 @@ fn messages_of_paths_no_host_test_reaches() {
             })
             .to_string(),
             "cannot tell KVM about VFIO group 26: Invalid argument (os error 22) (is the kvm module new enough and vfio loaded?)",
+        ),
+        (
+            PassthroughError::ResetRequired {
+                bdf: "0000:06:0d.0".into(),
+                why: "reset is disabled on the host (0000:06:0d.0's reset_method is empty): as root, `echo default > /sys/bus/pci/devices/0000:06:0d.0/reset_method` gives the kernel's methods back".into(),
+            }
+            .to_string(),
+            "0000:06:0d.0: reset=required, but vfiovm cannot reset this device: reset is disabled on the host (0000:06:0d.0's reset_method is empty): as root, `echo default > /sys/bus/pci/devices/0000:06:0d.0/reset_method` gives the kernel's methods back (or drop reset=required to pass it through unreset)",
         ),
         (
             PassthroughError::Rom {

@@ -1,7 +1,11 @@
 //! The virtio request path: the descriptor walk and its checks (`devices::virtio::Chain`), the
 //! used ring and EVENT_IDX (virtio-queue), and the virtio-blk handler over a real raw image,
-//! served synchronously with `virtio::test_util::QueueRunner`, which runs the same code the
-//! device's I/O thread runs. Guest RAM has a hole; the input sizes the image (a partial last
+//! served with `virtio::test_util::QueueRunner`, which runs the same code the device's I/O
+//! thread runs: chain by chain through `process` (synchronous I/O), or, with the image on an
+//! io_uring (two inputs in three), through the handler's own `ready` for the notify and then
+//! for each completion event until nothing is in flight. A queue reset drops the handler
+//! (which waits for its requests in flight) and activates a new one, as the transport does.
+//! Guest RAM has a hole; the input sizes the image (a partial last
 //! sector sometimes), makes it read-only or `O_DIRECT`, picks the negotiated features, places
 //! the rings anywhere, writes descriptors (chained, indirect, looped, out of range), headers of
 //! every request type with any sector, discard segments and raw bytes anywhere in RAM, publishes
@@ -19,14 +23,15 @@
 //! - a queue whose serve failed (NEEDS_RESET) is served no more until it is set up again.
 //!
 //! The RAM and used-ring checks are skipped for a serve in which a device-writable buffer
-//! overlaps the rings or a descriptor table (the device may then legitimately rewrite them).
+//! overlaps the rings or a descriptor table, or the used ring overlaps another ring or a table
+//! (the device may then legitimately rewrite them).
 #![no_main]
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arbitrary::{Result, Unstructured};
-use devices::virtio::blk::{Block, BlockConfig};
+use devices::virtio::blk::{Block, BlockConfig, BlockIo};
 use devices::virtio::test_util::QueueRunner;
 use devices::virtio::{QueueHandler, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
@@ -337,7 +342,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
         },
         id: None,
     };
-    let mut dev = match Block::open(&cfg) {
+    let io = if one_in(u, 3)? {
+        BlockIo::Sync
+    } else {
+        BlockIo::Uring
+    };
+    let mut dev = match Block::open_with(&cfg, io) {
         Ok(d) => d,
         // A file system without O_DIRECT (tmpfs): nothing to fuzz here.
         Err(_) if direct => return Ok(()),
@@ -349,11 +359,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let event_idx = features & devices::virtio::VIRTIO_F_RING_EVENT_IDX != 0;
     let mut handler: Box<dyn QueueHandler> = dev.activate(features).expect("activate");
     trace!(
-        "image {} bytes, ro {readonly}, direct {direct}, features {features:#x}",
+        "image {} bytes, ro {readonly}, direct {direct}, {io:?}, features {features:#x}",
         original.len()
     );
 
     let mut l = layout(u)?;
+    trace!("layout {l:?}");
     let mut runner =
         QueueRunner::new(&mem, 0, 256, l.size, (l.desc, l.avail, l.used), event_idx).ok();
     let mut d = Driver { avail_idx: 0 };
@@ -463,6 +474,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 runner =
                     QueueRunner::new(&mem, 0, 256, l.size, (l.desc, l.avail, l.used), event_idx)
                         .ok();
+                // A device reset drops the handler (waiting for what it has in flight).
+                drop(handler);
+                handler = dev.activate(features).expect("activate");
                 trace!("queue reset: {l:?} valid {}", runner.is_some());
             }
             12..=15 => {
@@ -470,7 +484,16 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let before = snapshot(&mem);
                 let writable = writable_ranges(&mem, &l);
                 let rings = ring_ranges(&mem, &l);
-                let self_modifying = overlaps(&writable, &rings);
+                // The used ring over another ring or a table: the device's own used-ring
+                // writes rewrite them (an available index read back as the used index).
+                let used_ring = [rings[2]];
+                let others: Vec<_> = rings
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != 2)
+                    .map(|(_, r)| *r)
+                    .collect();
+                let self_modifying = overlaps(&writable, &rings) || overlaps(&used_ring, &others);
                 let used_before: u16 = mem
                     .read_obj(GuestAddress(l.used.wrapping_add(2)))
                     .unwrap_or(0);
@@ -493,6 +516,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         .read_obj(GuestAddress(l.used.wrapping_add(2)))
                         .unwrap_or(0);
                     let completed = r.next_used().wrapping_sub(completed_before);
+                    trace!("used idx {used_before} -> {used_after}, completed {completed}");
                     assert_eq!(
                         used_after.wrapping_sub(used_before),
                         completed,

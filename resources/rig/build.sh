@@ -21,8 +21,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 W=${RIG_WORK:-${TMPDIR:-/tmp}/vfiovm-rig}
 FLAVOUR=${RIG_FLAVOUR:-cloud}
 # Modules L1 needs; their dependencies are added from modinfo. virtio_pci is there for the shared-group
-# setup (a device bound to a non-VFIO driver makes its IOMMU group non-viable), loaded only on request.
-MODULES="vfio vfio_iommu_type1 vfio_pci kvm kvm_amd kvm_intel virtio_pci"
+# setup (a device bound to a non-VFIO driver makes its IOMMU group non-viable), loaded only on request;
+# tun for the virtio-net check (the tap vfiovm's --net attaches to), loaded by that check.
+MODULES="vfio vfio_iommu_type1 vfio_pci kvm kvm_amd kvm_intel virtio_pci tun"
 
 log() { echo "rig-build: $*" >&2; }
 die() { log "FAILED at step $1: ${*:2}"; exit 1; }

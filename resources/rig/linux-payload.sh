@@ -7,6 +7,9 @@
 #   DIR/nvmeio           nvmeio for L1 (static)
 #   DIR/kvmhold          keeps an idle VM open in L1 during the payload (static; kvmhold.c)
 # Usage: linux-payload.sh DIR
+# Env:   L2_TOOLS="fio iperf3": also put these host programs (Debian's, installed here with apt-get
+#        if missing) into root.img with every shared library they load (ldd) and ld.so, so the
+#        guest runs them from its virtio-blk root (scripts/rig-bench-virtio); the image grows to fit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$1
@@ -43,7 +46,20 @@ mkdir -p "$rt/bin" "$rt/proc" "$rt/sys" "$rt/dev" "$rt/tmp" "$rt/mnt"
 cp "$ir/bin/busybox" "$ir/bin/nvmeio" "$rt/bin/"
 cp "$here/l2-linux/init" "$rt/init"
 echo "VFIOVM-HOST-FILE put here by linux-payload.sh" >"$rt/hello"
-mkfs.ext4 -q -F -L l2root -d "$rt" "$dir/linux/root.img" 32M >/dev/null
+size=32
+for t in ${L2_TOOLS:-}; do
+	command -v "$t" >/dev/null 2>&1 || {
+		echo "linux-payload: installing $t (L2_TOOLS)" >&2
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$t" >/dev/null
+	}
+	p=$(command -v "$t")
+	mkdir -p "$rt/usr/bin" "$rt/lib64" "$rt/lib/x86_64-linux-gnu"
+	cp -L "$p" "$rt/usr/bin/"
+	ldd "$p" | awk '$3 ~ /^\// { print $3 }' | xargs -r -I{} cp -L {} "$rt/lib/x86_64-linux-gnu/"
+	cp -L /lib64/ld-linux-x86-64.so.2 "$rt/lib64/"
+done
+[ -z "${L2_TOOLS:-}" ] || size=$(($(du -sm "$rt" | cut -f1) * 5 / 4 + 32))
+mkfs.ext4 -q -F -L l2root -d "$rt" "$dir/linux/root.img" "${size}M" >/dev/null
 rm -rf "$rt"
 rm -rf "$ir" "$dir/linux/bb"
 cp "$kernel" "$dir/linux/vmlinuz"

@@ -45,6 +45,8 @@ CPU=${RIG_CPU:-qemu64,+svm,+npt}
 ACCEL=${RIG_ACCEL:-tcg,thread=single}
 NVME=${RIG_NVME_IMG:-}
 if [ -n "$NVME" ]; then BIND=${RIG_BIND-1234:11e8,1b36:0010}; else BIND=${RIG_BIND-1234:11e8}; fi
+# RIG_BIGBAR's ivshmem too, unless RIG_BIND names the list
+[ -z "${RIG_BIGBAR:-}" ] || [ -n "${RIG_BIND+set}" ] || BIND+=,1af4:1110
 BIND_BDF=${RIG_BIND_BDF:-}
 # 00:11.0 is an edu, bound with the other edus by id; its sibling needs its BDF.
 [ "${RIG_MULTIFN:-0}" != 1 ] || BIND_BDF=${BIND_BDF:+$BIND_BDF,}0000:00:11.1
@@ -118,6 +120,13 @@ if [ -n "$NVME" ]; then
 		truncate -s "${RIG_NVME_SIZE:-64M}" "$NVME" || finish 125 "FAIL step=nvme cannot create $NVME"
 	fi
 	DEVS+=(-drive "file=$NVME,if=none,id=nvm,format=raw" -device nvme,serial=vfiovm,drive=nvm)
+fi
+if [ -n "${RIG_BIGBAR:-}" ]; then
+	# an ivshmem-plain whose BAR 2 is the file (sparse; RIG_BIGBAR_SIZE, default 64G), in a 64-bit
+	# window big enough for it; bound to vfio-pci by id
+	truncate -s "${RIG_BIGBAR_SIZE:-64G}" "$RIG_BIGBAR" || finish 125 "FAIL step=bigbar cannot size $RIG_BIGBAR"
+	DEVS+=(-object "memory-backend-file,id=bigbar,mem-path=$RIG_BIGBAR,size=${RIG_BIGBAR_SIZE:-64G},share=on"
+		-device ivshmem-plain,memdev=bigbar -global q35-pcihost.pci-hole64-size=256G)
 fi
 if [ "${RIG_MULTIFN:-0}" = 1 ]; then
 	DEVS+=(-device edu,addr=0x11.0,multifunction=on -device pci-testdev,addr=0x11.1)

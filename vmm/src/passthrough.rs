@@ -9,12 +9,15 @@
 //! 3. all guest RAM populated in parallel (`--memory …,threads=N`), then DMA-mapped with IOVA =
 //!    guest physical address, in one call per RAM region, or per GiB for guests over 4 GiB so
 //!    progress can be shown (each phase timed, logged at info);
-//! 4. each device opened (with its VF token), reset, and put on the guest's PCI bus, where the
+//! 4. each device opened (with its VF token), its reset strategy chosen (the host's
+//!    `reset_method`, `VFIO_DEVICE_FLAGS_RESET`, or a bus hot reset when every group on the bus is
+//!    held here; logged at info, one line per device; `reset=required` refuses a device without
+//!    one), reset, and put on the guest's PCI bus, where the
 //!    PCI platform places its BARs (KVM memory slots over the BAR mmaps) and its interrupts
 //!    (MSI/MSI-X eventfds = KVM irqfds; INTx with a resample eventfd).
 //!
 //! Teardown: the devices (owned by the PCI platform) disable their interrupts, remove their BAR
-//! slots and reset; then the container unmaps guest RAM and closes the groups.
+//! slots and reset with their strategy; then the container unmaps guest RAM and closes the groups.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -24,12 +27,13 @@ use devices::kvm::{DeviceSlots, KvmVfioDevice, KvmVfioError};
 use devices::pci::{BarKind, PciAddress, PciDevice};
 use devices::vfio::host::{self, HostError, HostRoot};
 use devices::vfio::{
-    GuestMemoryMapper, LegacyContainer, VfioContainer, VfioDeviceAddress, VfioPciDevice,
+    GuestMemoryMapper, LegacyContainer, ResetHost, ResetStrategy, VfioContainer, VfioDeviceAddress,
+    VfioPciDevice,
 };
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
-use crate::config::{DeviceConfig, RamConfig};
+use crate::config::{DeviceConfig, RamConfig, ResetPolicy};
 use crate::memory::populate::Progress;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::platform::Platform;
@@ -81,6 +85,14 @@ pub enum PassthroughError {
     /// The same device given twice.
     #[error("--device {0} is given twice: give each device once")]
     Duplicate(String),
+    /// `reset=required`, and the device cannot be reset.
+    #[error("{bdf}: reset=required, but vfiovm cannot reset this device: {why} (or drop reset=required to pass it through unreset)")]
+    ResetRequired {
+        /// The device.
+        bdf: String,
+        /// Why, with the fix.
+        why: String,
+    },
 }
 
 /// The VFIO state of a VM. Drop it after the devices (the PCI platform) and before guest RAM.
@@ -210,7 +222,8 @@ pub fn setup(
     }))
 }
 
-/// Opens every device, resets it and puts it on the PCI platform; `added` gets `(slot, bdf)`
+/// Opens every device, chooses its reset strategy (refusing a device without one when it is
+/// `reset=required`), resets it and puts it on the PCI platform; `added` gets `(slot, bdf)`
 /// of each device placed, also when a later one fails.
 fn open_devices(
     container: &LegacyContainer,
@@ -221,6 +234,7 @@ fn open_devices(
     added: &mut Vec<(u8, String)>,
     bar64_sizes: &mut Vec<u64>,
 ) -> Result<(), PassthroughError> {
+    let root = HostRoot::default();
     let bdfs: Vec<host::Bdf> = reports.iter().map(|(_, r)| r.bdf).collect();
     // Guest slot of each host device whose function 0 is placed: its other functions join it.
     let mut slot_of: Vec<((u32, u8, u8), u8)> = Vec::new();
@@ -231,17 +245,38 @@ fn open_devices(
         let addr = VfioDeviceAddress::new(&bdf, report.group, cfg.vf_token.as_deref())?;
         let fd = container.open_device(&addr)?;
         let rom = rom.clone();
-        let mut dev = VfioPciDevice::new(
+        // Every group is in the container before any device opens; their fds live as long as it.
+        let reset_host = ResetHost {
+            methods: host::reset_methods(&root, &report.bdf),
+            groups: container
+                .groups()
+                .into_iter()
+                .filter_map(|g| Some((g, container.group_fd(g)?)))
+                .collect(),
+        };
+        let mut dev = VfioPciDevice::with_reset(
             &bdf,
             Box::new(fd),
             &**platform.interrupts(),
             mapper.clone(),
             rom,
+            &reset_host,
         )
         .map_err(|err| PassthroughError::Device {
             bdf: bdf.clone(),
             err,
         })?;
+        let strategy = dev.reset_strategy();
+        log::info!(
+            "{bdf} reset: {}; vfiovm uses {strategy}{}",
+            reset_host.methods,
+            if dev.guest_flr() {
+                "; a guest FLR resets it the same way"
+            } else {
+                ""
+            }
+        );
+        check_reset_policy(cfg, &bdf, strategy)?;
         // A clean device before the guest sees it (logs when the device cannot reset).
         dev.reset();
         bar64_sizes.extend(
@@ -282,6 +317,23 @@ fn open_devices(
         added.push((at.device, bdf));
     }
     Ok(())
+}
+
+/// `reset=required` refuses a device vfiovm cannot reset, with the reason and its fix.
+fn check_reset_policy(
+    cfg: &DeviceConfig,
+    bdf: &str,
+    strategy: &ResetStrategy,
+) -> Result<(), PassthroughError> {
+    match (cfg.reset, strategy) {
+        (ResetPolicy::Required, ResetStrategy::None { why }) => {
+            Err(PassthroughError::ResetRequired {
+                bdf: bdf.to_string(),
+                why: why.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Per group of the given devices, the other members vfio-pci owns that are not given: they are
@@ -434,6 +486,7 @@ mod tests {
             addr: String::new(),
             rom: None,
             vf_token: None,
+            reset: ResetPolicy::Auto,
         };
         let gpu_only = [
             (&cfg, report("0000:01:00.0", 7)),
@@ -448,6 +501,39 @@ mod tests {
             (&cfg, report("0000:01:00.1", 7)),
         ];
         assert!(left_in_groups(&both).is_empty());
+    }
+
+    /// `reset=required` refuses exactly the devices without a reset, naming why and the fix;
+    /// `reset=auto` takes every device.
+    #[test]
+    fn reset_required_refuses_a_device_without_reset() {
+        let mut cfg = DeviceConfig::parse("0000:06:0d.0,reset=required").unwrap();
+        let none = ResetStrategy::None {
+            why: "0000:06:0d.0 cannot be reset alone, and a reset of its bus would also reset \
+                  0000:06:0e.0 (IOMMU group 27), which this VM does not hold: pass it through too"
+                .into(),
+        };
+        let e = check_reset_policy(&cfg, "0000:06:0d.0", &none).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("0000:06:0d.0: reset=required, but vfiovm cannot reset this device: 0000:06:0d.0 cannot be reset alone"),
+            "{msg}"
+        );
+        assert!(msg.contains("pass it through too"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        for ok in [
+            ResetStrategy::Flr,
+            ResetStrategy::Pm,
+            ResetStrategy::Kernel { method: None },
+            ResetStrategy::BusHotReset {
+                groups: vec![26, 27],
+                devices: vec![],
+            },
+        ] {
+            check_reset_policy(&cfg, "0000:06:0d.0", &ok).unwrap();
+        }
+        cfg.reset = ResetPolicy::Auto;
+        check_reset_policy(&cfg, "0000:06:0d.0", &none).unwrap();
     }
 
     /// Functions of one host device come out function 0 first, right where the first of them

@@ -7,13 +7,15 @@
 //!   epoll, signalfd, stdin, kicks, teardown; installed once every vCPU thread is spawned.
 //!
 //! - virtio I/O threads (`virtio-*`), [`ThreadKind::Device`]: epoll on the queues' eventfds,
-//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`;
+//!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`,
+//!   `io_uring_enter` on a disk's restricted ring, `preadv2` for a read the page cache holds;
 //!   virtio-net's frames are `read`/`write` on its tap, allowed for every thread) and irqfd
 //!   writes; virtio-console's output to a socket is `sendto` with `MSG_DONTWAIT |
 //!   MSG_NOSIGNAL` only. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
 //!
-//! The VMM spawns no other threads. Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
+//! The VMM spawns no other threads (the kernel may add io_uring workers, `iou-wrk-*`, for a
+//! disk's ring: they run no user-space code). Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
 //! built (devices open, guest RAM and BARs mapped, DMA mapped, vCPUs created); each vCPU thread
 //! installs its filter and waits at a start gate; the VMM thread installs its own filter and
 //! opens the gate; only then does any vCPU enter the guest. Filters are per thread (no TSYNC)
@@ -79,6 +81,8 @@ mod nr {
     ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
     ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
     ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+    // The same number as VFIO_IOMMU_MAP_DMA (a container's): the filter cannot tell them apart.
+    ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO, VFIO_BASE + 13);
     ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
 
     ioctl_iow_nr!(TUNSETOFFLOAD, TUN, 208, libc::c_uint);
@@ -331,6 +335,12 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     // A passed-through device's interrupt mode follows the guest's MSI/MSI-X
                     // enable bits.
                     nr::VFIO_DEVICE_SET_IRQS(),
+                    // A guest's function-level reset resets the device with its strategy. The
+                    // hot reset's number is also VFIO_IOMMU_MAP_DMA's, which gives this thread
+                    // no power KVM_SET_USER_MEMORY_REGION does not (both put memory of the
+                    // process where the guest reaches it).
+                    nr::VFIO_DEVICE_RESET(),
+                    nr::VFIO_DEVICE_PCI_HOT_RESET(),
                     // A guest starting a virtio-net card tells its tap which offloads the
                     // driver takes.
                     nr::TUNSETOFFLOAD(),
@@ -364,6 +374,7 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::KVM_IOEVENTFD(),
                     nr::VFIO_DEVICE_SET_IRQS(),
                     nr::VFIO_DEVICE_RESET(),
+                    nr::VFIO_DEVICE_PCI_HOT_RESET(),
                     nr::VFIO_IOMMU_UNMAP_DMA(),
                     nr::VFIO_GROUP_UNSET_CONTAINER(),
                     // Restoring a terminal stdin from raw mode.
@@ -402,6 +413,13 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_pwrite64,
                 libc::SYS_fdatasync,
                 libc::SYS_fallocate,
+                // virtio-blk's io_uring: submitting and waiting. The ring is set up (and
+                // restricted to READV, WRITEV and FSYNC, with no registration allowed) when
+                // the disk is opened, before any filter, so io_uring_setup and
+                // io_uring_register stay out of every filter.
+                libc::SYS_io_uring_enter,
+                // virtio-blk: a read the page cache holds, done at once (RWF_NOWAIT).
+                libc::SYS_preadv2,
             ]);
             // virtio-console: output to a pipe or terminal is write(2) on a descriptor
             // opened non-blocking while the VM was built, its wait for room epoll; output to
@@ -659,6 +677,7 @@ mod tests {
         assert_eq!(nr::VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);
         assert_eq!(nr::VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(nr::VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(nr::VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
         assert_eq!(nr::VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
         assert_eq!((nr::TCGETS(), nr::TCSETS()), (0x5401, 0x5402));
         assert_eq!(nr::TUNSETOFFLOAD(), libc::TUNSETOFFLOAD);
@@ -726,6 +745,15 @@ mod tests {
 
     fn refused_kvm<T>(r: Result<T, kvm_ioctls::Error>) -> bool {
         matches!(r, Err(e) if e.errno() == REFUSED)
+    }
+
+    /// An io_uring system call `nr` with a bad descriptor and null pointers (EBADF, EFAULT or
+    /// EINVAL if the filter lets it through): whether the filter refused it.
+    fn uring_call(nr: libc::c_long) -> bool {
+        // SAFETY: every argument is a bad descriptor, zero or null; the kernel validates them
+        // and writes nothing.
+        let r = unsafe { libc::syscall(nr, -1, 0, 0, 0, 0usize, 0) };
+        r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED)
     }
 
     fn refused_io<T>(r: std::io::Result<T>) -> bool {
@@ -835,6 +863,14 @@ mod tests {
                     "VFIO_DEVICE_SET_IRQS",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_SET_IRQS()),
                 ),
+                (
+                    "VFIO_DEVICE_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                ),
+                (
+                    "VFIO_DEVICE_PCI_HOT_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_PCI_HOT_RESET()),
+                ),
                 ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),
                 ("eventfd read/write", eventfd_round_trip(&k)),
                 ("pwrite64", refused_io(k.file.write_at(b"12345678", 0))),
@@ -850,8 +886,8 @@ mod tests {
                 ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
                 ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
                 (
-                    "VFIO_DEVICE_RESET",
-                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                    "VFIO_IOMMU_UNMAP_DMA",
+                    refused_ioctl(&k.evt, nr::VFIO_IOMMU_UNMAP_DMA()),
                 ),
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
                 (
@@ -905,6 +941,10 @@ mod tests {
                 (
                     "VFIO_DEVICE_RESET",
                     refused_ioctl(&k.evt, nr::VFIO_DEVICE_RESET()),
+                ),
+                (
+                    "VFIO_DEVICE_PCI_HOT_RESET",
+                    refused_ioctl(&k.evt, nr::VFIO_DEVICE_PCI_HOT_RESET()),
                 ),
                 (
                     "VFIO_IOMMU_UNMAP_DMA",
@@ -989,6 +1029,8 @@ mod tests {
                     falloc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
                 ),
                 ("write/read of frames (virtio-net's tap)", frames),
+                ("io_uring_enter", uring_call(libc::SYS_io_uring_enter)),
+                ("preadv2", uring_call(libc::SYS_preadv2)),
                 (
                     "sendto MSG_DONTWAIT|MSG_NOSIGNAL (virtio-console)",
                     sent(&k, dontwait),
@@ -1005,6 +1047,8 @@ mod tests {
                 // The tap's offloads are set where the driver starts the card (a vCPU).
                 ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),
                 ("mmap with PROT_EXEC", exec_mapping()),
+                ("io_uring_setup", uring_call(libc::SYS_io_uring_setup)),
+                ("io_uring_register", uring_call(libc::SYS_io_uring_register)),
                 ("sendto that may block", sent(&k, libc::MSG_NOSIGNAL)),
             ];
             (allowed, refused)

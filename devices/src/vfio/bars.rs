@@ -241,13 +241,21 @@ impl Bar {
             return;
         }
         for (offset, size) in mappable_pieces(&self.region.mmap_areas(), holes) {
+            let t0 = std::time::Instant::now();
             match ops.mmap_region(&self.region, offset, size) {
-                Ok(mmap) => self.areas.push(Area {
-                    offset,
-                    size,
-                    mmap,
-                    slot: None,
-                }),
+                Ok(mmap) => {
+                    log::info!(
+                        "VFIO {name}: BAR {} offset {offset:#x}: mmapped {size:#x} bytes in {:.2} ms",
+                        self.index,
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                    self.areas.push(Area {
+                        offset,
+                        size,
+                        mmap,
+                        slot: None,
+                    })
+                }
                 Err(e) => log::warn!(
                     "VFIO {name}: BAR {}: {e}; accesses there will trap (slower)",
                     self.index
@@ -279,10 +287,21 @@ impl Bar {
             let Some(gpa) = addr.checked_add(a.offset) else {
                 continue;
             };
+            let t0 = std::time::Instant::now();
             // SAFETY: `a.mmap` is owned by this BAR and is dropped only by `release`, which
             // removes the slot first and leaks the mapping if that fails.
             match unsafe { mapper.map(gpa, a.size, a.mmap.as_ptr()) } {
-                Ok(slot) => a.slot = Some(slot),
+                Ok(slot) => {
+                    // debug: the guest decides how often BARs move
+                    log::debug!(
+                        "VFIO {name}: BAR {} offset {:#x}: {:#x} bytes are guest memory at {gpa:#x} ({:.2} ms)",
+                        self.index,
+                        a.offset,
+                        a.size,
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                    a.slot = Some(slot)
+                }
                 Err(e) => log::warn!(
                     "VFIO {name}: BAR {} offset {:#x}: mapping {:#x} bytes at guest address {gpa:#x}: {e}; accesses there will trap (slower)",
                     self.index, a.offset, a.size

@@ -18,13 +18,26 @@
 //! decoding turned off, power state set to D3hot): vfio-pci faults accesses to a BAR mmap then,
 //! and KVM would turn a guest access into a VMM exit. It comes back when the platform maps the
 //! BAR again, or when the device returns to D0.
+//!
+//! # Reset
+//!
+//! The [`ResetStrategy`] is chosen once, when the model is built ([`super::reset`]), and every
+//! reset uses it: [`VfioPciDevice::reset`] (before the guest sees the device, and whenever the
+//! VMM resets it), the teardown in `Drop`, and a guest's function-level reset. When the device's PCI Express
+//! capability advertises FLR (Device Capabilities bit 28), a guest write of Initiate
+//! Function-Level Reset (Device Control bit 15) never reaches the device as a config write: the
+//! model quiesces the device's interrupts and resets it as [`VfioPciDevice::reset`] does. The
+//! bit always reads 0. A bus hot reset only ever names groups this VMM holds, so a guest cannot
+//! reset a function it does not own.
 
+use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
 use super::bars::{self, Bar, BarError, GuestMemoryMapper};
 use super::config::{ConfigReadError, ErrorLog, VfioConfig};
 use super::irqs::{IrqSetupError, Irqs};
 use super::ops::{DeviceInfo, OpsError, VfioDeviceOps, ROM_REGION};
+use super::reset::{self, ResetHost, ResetStrategy};
 use crate::interrupt::{InterruptManager, IntxLine};
 use crate::pci::bar::{BarKind, BarSpec, DecodedBar, MAX_ROM, MIN_ROM, ROM_BAR};
 use crate::pci::config::{ConfigError, CMD_MEMORY_SPACE};
@@ -38,6 +51,16 @@ const PM_CSR: u16 = 4;
 const PM_STATE_MASK: u8 = 0x3;
 /// Power state D3hot.
 const PM_D3HOT: u8 = 0x3;
+/// PCI Express capability ID.
+const PCIE_CAP_ID: u16 = 0x10;
+/// Device Capabilities register offset in the PCI Express capability.
+const PCIE_DEVCAP: u16 = 4;
+/// Device Capabilities: Function-Level Reset Capability.
+const DEVCAP_FLR: u32 = 1 << 28;
+/// Device Control register offset in the PCI Express capability.
+const PCIE_DEVCTL: u16 = 8;
+/// Device Control bit 15, Initiate Function-Level Reset, as bit 7 of the register's high byte.
+const DEVCTL_BCR_FLR_HIGH: u8 = 0x80;
 
 /// Errors from creating a passthrough device.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +138,15 @@ pub struct VfioPciDevice {
     pm_csr: Option<u16>,
     /// The device is in D3hot: its BAR memory is not mapped into the guest.
     low_power: bool,
+    /// How the device is reset (chosen when the model is built).
+    strategy: ResetStrategy,
+    /// For a bus hot reset: the fd of every group the reset reaches.
+    reset_group_fds: Vec<RawFd>,
+    /// Offset of the high byte of the PCI Express Device Control register, which holds
+    /// Initiate Function-Level Reset, if the guest sees a PCI Express capability.
+    devctl_high: Option<u16>,
+    /// The device advertises FLR: the guest's Initiate Function-Level Reset resets it.
+    guest_flr: bool,
     /// Where BAR memory may be mapped ([`VfioPciDevice::set_bar_windows`]); any address the
     /// device decodes until set.
     windows: Option<crate::pci::PciWindows>,
@@ -144,12 +176,30 @@ impl VfioPciDevice {
     ///
     /// The device starts with decoding, bus mastering and interrupts off; add it to the
     /// platform with [`crate::pci::PciPlatform::add_device`].
+    ///
+    /// The reset strategy is chosen from the device fd alone: `VFIO_DEVICE_RESET` when the
+    /// device supports it, else none (no groups are known for a bus hot reset). A VMM that reads
+    /// the host's `reset_method` and holds the groups uses [`VfioPciDevice::with_reset`].
     pub fn new(
         name: &str,
         device: Box<dyn VfioDeviceOps>,
         interrupts: &dyn InterruptManager,
         mapper: Arc<dyn GuestMemoryMapper>,
         rom: Option<Vec<u8>>,
+    ) -> Result<Self, VfioPciError> {
+        Self::with_reset(name, device, interrupts, mapper, rom, &ResetHost::default())
+    }
+
+    /// [`VfioPciDevice::new`], with the reset strategy chosen from what the host says
+    /// (`reset_host`: its `reset_method` and the IOMMU groups this VMM holds with their fds, which
+    /// must stay open as long as the device); see [`super::reset`].
+    pub fn with_reset(
+        name: &str,
+        device: Box<dyn VfioDeviceOps>,
+        interrupts: &dyn InterruptManager,
+        mapper: Arc<dyn GuestMemoryMapper>,
+        rom: Option<Vec<u8>>,
+        reset_host: &ResetHost,
     ) -> Result<Self, VfioPciError> {
         let ops = device.as_ref();
         let named = || name.to_string();
@@ -224,6 +274,16 @@ impl VfioPciDevice {
             .iter()
             .find(|c| c.id == PM_CAP_ID && c.visible)
             .map(|c| c.offset + PM_CSR);
+        let pcie = config
+            .std_caps()
+            .iter()
+            .find(|c| c.id == PCIE_CAP_ID && c.visible)
+            .map(|c| c.offset);
+        let devctl_high = pcie.map(|c| c + PCIE_DEVCTL + 1);
+        let guest_flr =
+            pcie.is_some_and(|c| config.shadow.read_u32(c + PCIE_DEVCAP) & DEVCAP_FLR != 0);
+        let (strategy, reset_group_fds) =
+            reset::choose(name, &info, reset_host, || ops.hot_reset_info());
 
         let msix = irqs.msix.as_ref().map(|m| (m.cap().table(), m.cap().pba()));
         for b in &mut bars {
@@ -252,6 +312,10 @@ impl VfioPciDevice {
             rom,
             mapper,
             pm_csr,
+            strategy,
+            reset_group_fds,
+            devctl_high,
+            guest_flr,
             low_power: false,
             windows: None,
             errors,
@@ -269,8 +333,19 @@ impl VfioPciDevice {
         self.info.supports_reset()
     }
 
+    /// How the device is reset (chosen when the model was built).
+    pub fn reset_strategy(&self) -> &ResetStrategy {
+        &self.strategy
+    }
+
+    /// Whether a guest's Initiate Function-Level Reset resets the device (its PCI Express
+    /// capability advertises FLR).
+    pub fn guest_flr(&self) -> bool {
+        self.guest_flr
+    }
+
     /// Quiesces and resets the device: interrupts off and the MSI/MSI-X capabilities disabled,
-    /// then `VFIO_DEVICE_RESET` if the device supports it (logged if not). BAR placement and
+    /// then the reset of its [`ResetStrategy`] (logged when there is none). BAR placement and
     /// decoding are kept (the platform owns them); INTx is re-armed if wired.
     pub fn reset(&mut self) {
         self.irqs.off(self.ops.as_ref(), &mut self.errors);
@@ -283,16 +358,27 @@ impl VfioPciDevice {
     }
 
     fn device_reset(&mut self) {
-        if !self.info.supports_reset() {
-            log::info!(
-                "VFIO {}: not reset: the device has no reset method (VFIO_DEVICE_FLAGS_RESET is not set)",
-                self.name
-            );
-            return;
+        let result = match &self.strategy {
+            ResetStrategy::Flr | ResetStrategy::Pm | ResetStrategy::Kernel { .. } => {
+                self.ops.reset()
+            }
+            ResetStrategy::BusHotReset { .. } => self.ops.hot_reset(&self.reset_group_fds),
+            ResetStrategy::None { why } => {
+                log::info!("VFIO {}: not reset: {why}", self.name);
+                return;
+            }
+        };
+        if let Err(e) = result {
+            self.errors.log("reset", &e);
         }
-        if let Err(e) = self.ops.reset() {
-            self.errors.log("VFIO_DEVICE_RESET", &e);
-        }
+    }
+
+    /// If the write sets Initiate Function-Level Reset: its index in `data`.
+    fn flr_bit_written(&self, offset: u16, data: &[u8]) -> Option<usize> {
+        let i = usize::from(self.devctl_high?.checked_sub(offset)?);
+        data.get(i)
+            .is_some_and(|b| b & DEVCTL_BCR_FLR_HIGH != 0)
+            .then_some(i)
     }
 
     /// Why BAR `bar`'s memory must not be mapped at `addr`, whoever asks: the guest is sizing
@@ -410,6 +496,32 @@ impl VfioPciDevice {
         }
     }
 
+    /// A guest config write, with Initiate Function-Level Reset already taken out.
+    fn config_write_through(&mut self, offset: u16, data: &[u8]) {
+        let old = self.config.shadow.command();
+        // Take BAR memory away from the guest before the device stops answering there (vfio-pci
+        // then faults accesses to the mmaps, which KVM would turn into a VMM exit).
+        let pm = self.power_state_written(offset, data);
+        if pm == Some(PM_D3HOT) {
+            self.low_power = true;
+            self.unmap_memory_bars();
+        }
+        if self.config.write(self.ops.as_ref(), offset, data) {
+            let new = self.config.shadow.command();
+            if old & CMD_MEMORY_SPACE != 0 && new & CMD_MEMORY_SPACE == 0 {
+                self.unmap_memory_bars();
+            }
+            self.config.write_command(self.ops.as_ref());
+        }
+        if pm.is_some() {
+            self.power_state_changed();
+        }
+        self.irqs
+            .config_written(&mut self.config.shadow, offset, data.len());
+        self.irqs
+            .sync(self.ops.as_ref(), &self.config.shadow, &mut self.errors);
+    }
+
     fn region_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         let Some(b) = self.bars.iter().find(|b| b.index == bar) else {
             return;
@@ -456,31 +568,48 @@ impl PciDevice for VfioPciDevice {
         self.irqs
             .before_read(&mut self.config.shadow, offset, data.len());
         self.config.read(self.ops.as_ref(), offset, data);
+        // Initiate Function-Level Reset always reads 0.
+        if let Some(i) = self
+            .devctl_high
+            .and_then(|h| h.checked_sub(offset))
+            .map(usize::from)
+        {
+            if let Some(b) = data.get_mut(i) {
+                *b &= !DEVCTL_BCR_FLR_HIGH;
+            }
+        }
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {
-        let old = self.config.shadow.command();
-        // Take BAR memory away from the guest before the device stops answering there (vfio-pci
-        // then faults accesses to the mmaps, which KVM would turn into a VMM exit).
-        let pm = self.power_state_written(offset, data);
-        if pm == Some(PM_D3HOT) {
-            self.low_power = true;
-            self.unmap_memory_bars();
-        }
-        if self.config.write(self.ops.as_ref(), offset, data) {
-            let new = self.config.shadow.command();
-            if old & CMD_MEMORY_SPACE != 0 && new & CMD_MEMORY_SPACE == 0 {
-                self.unmap_memory_bars();
+        // Initiate Function-Level Reset never reaches the device as a config write: the rest of
+        // the bytes do, then the model resets the device with its strategy.
+        let flr = self.flr_bit_written(offset, data);
+        let stripped;
+        let data = match flr {
+            Some(i) => {
+                let mut d = data.to_vec();
+                d[i] &= !DEVCTL_BCR_FLR_HIGH;
+                stripped = d;
+                &stripped[..]
             }
-            self.config.write_command(self.ops.as_ref());
+            None => data,
+        };
+        self.config_write_through(offset, data);
+        if flr.is_some() {
+            if self.guest_flr {
+                log::debug!(
+                    "VFIO {}: the guest initiated an FLR: {}",
+                    self.name,
+                    self.strategy
+                );
+                self.reset();
+            } else {
+                log::debug!(
+                    "VFIO {}: the guest wrote Initiate Function-Level Reset, which the device does not advertise: ignored",
+                    self.name
+                );
+            }
         }
-        if pm.is_some() {
-            self.power_state_changed();
-        }
-        self.irqs
-            .config_written(&mut self.config.shadow, offset, data.len());
-        self.irqs
-            .sync(self.ops.as_ref(), &self.config.shadow, &mut self.errors);
     }
 
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {

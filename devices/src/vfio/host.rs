@@ -22,6 +22,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::reset::{HostResetMethods, ResetHost, ResetStrategy};
+
 /// Driver that must own a passed-through device.
 const VFIO_PCI: &str = "vfio-pci";
 /// Drivers (besides vfio ones) that may own other members of a viable group.
@@ -738,6 +740,137 @@ fn check_container(root: &HostRoot, env: &dyn Env) -> Result<(), HostError> {
     })
 }
 
+/// Reads the kernel's reset methods for `bdf`: `reset_method` (Linux 5.15 and later; the methods
+/// in the order the kernel tries them, empty when an administrator disabled reset), or, without
+/// it, whether the older `reset` file is there. Like every sysfs attribute of its kind, the
+/// kernel only shows them for a function it can reset alone.
+pub fn reset_methods(root: &HostRoot, bdf: &Bdf) -> HostResetMethods {
+    let dir = root.pci_device(&bdf.to_string());
+    match std::fs::read_to_string(dir.join("reset_method")) {
+        Ok(s) => HostResetMethods::Listed(s.split_whitespace().map(str::to_string).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => HostResetMethods::Absent {
+            reset_file: exists(&dir.join("reset")),
+        },
+        Err(_) => HostResetMethods::Unknown,
+    }
+}
+
+/// The other functions on `bdf`'s bus (what a bus reset resets too), each with its driver and
+/// IOMMU group, from `/sys/bus/pci/devices`.
+fn bus_peers(root: &HostRoot, bdf: &Bdf) -> Vec<(Bdf, Option<String>, Option<u32>)> {
+    let Ok(entries) = std::fs::read_dir(root.sys.join("bus/pci/devices")) else {
+        return Vec::new();
+    };
+    let mut peers: Vec<_> = entries
+        .filter_map(|e| parse_bdf(&e.ok()?.file_name().to_string_lossy()).ok())
+        .filter(|b| b.segment == bdf.segment && b.bus == bdf.bus && b != bdf)
+        .map(|b| {
+            let dir = root.pci_device(&b.to_string());
+            let driver = link_name(&dir.join("driver")).ok().flatten();
+            (b, driver, group_of(&b, &dir).ok())
+        })
+        .collect();
+    peers.sort();
+    peers
+}
+
+/// The doctor's reset line: what the kernel offers and what vfiovm will use, predicted from
+/// sysfs (a running VMM asks the device itself). `note` when vfiovm may not be able to reset
+/// the device; a failure when `required` (`reset=required`) and it cannot.
+fn doctor_reset(r: &mut Report, root: &HostRoot, bdf: &Bdf, group: Option<u32>, required: bool) {
+    let name = bdf.to_string();
+    let methods = reset_methods(root, bdf);
+    let none = |r: &mut Report, why: String| {
+        let line = format!("{bdf} reset: {methods}; vfiovm will use none: {why}");
+        if required {
+            r.fails += 1;
+            r.line("FAIL", format!("{line} (reset=required refuses it)"));
+        } else {
+            r.line("note", format!("{line} (reset=required would refuse it)"));
+        }
+    };
+    match &methods {
+        HostResetMethods::Absent { reset_file: false } => {}
+        _ => {
+            let info = super::ops::DeviceInfo {
+                flags: vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_RESET,
+                ..Default::default()
+            };
+            let host = ResetHost {
+                methods: methods.clone(),
+                groups: Vec::new(),
+            };
+            match super::reset::choose(&name, &info, &host, || Ok(Vec::new())).0 {
+                ResetStrategy::None { why } => none(r, why),
+                s => r.line("ok", format!("{bdf} reset: {methods}; vfiovm will use {s}")),
+            }
+            return;
+        }
+    }
+    // A function on a root bus (its sysfs directory sits right under `pciSSSS:BB`) has no bridge
+    // above it to reset the bus.
+    let root_bus = std::fs::canonicalize(root.pci_device(&name))
+        .ok()
+        .and_then(|d| {
+            Some(
+                d.parent()?
+                    .file_name()?
+                    .to_string_lossy()
+                    .starts_with("pci"),
+            )
+        })
+        .unwrap_or(false);
+    if root_bus {
+        return none(
+            r,
+            "it sits on a root bus, which has no bridge to reset it; another slot (behind a \
+             root port or bridge) may allow a bus reset"
+                .to_string(),
+        );
+    }
+    let peers = bus_peers(root, bdf);
+    if peers.is_empty() {
+        return none(
+            r,
+            "no other function shares its bus, so the bus cannot be reset either (a root bus, or \
+             a bridge that cannot reset it); another slot may allow a reset"
+                .to_string(),
+        );
+    }
+    let shown: Vec<String> = peers
+        .iter()
+        .map(|(b, d, g)| {
+            let g = g.map_or("no IOMMU group".to_string(), |g| format!("group {g}"));
+            format!("{b} ({}, {g})", d.as_deref().unwrap_or("no driver"))
+        })
+        .collect();
+    let foreign: Vec<String> = peers
+        .iter()
+        .filter(|(_, d, g)| {
+            (g.is_none() || *g != group) && !d.as_deref().is_some_and(is_vfio_driver)
+        })
+        .map(|(b, d, _)| format!("{b} ({})", d.as_deref().unwrap_or("no driver")))
+        .collect();
+    if foreign.is_empty() {
+        r.line(
+            "note",
+            format!(
+                "{bdf} reset: {methods}; vfiovm will use a bus hot reset if the VM holds the IOMMU group of every function on its bus, {} — pass the ones outside group {} through too (--device); otherwise none",
+                shown.join(", "),
+                group.map_or("?".to_string(), |g| g.to_string())
+            ),
+        );
+    } else {
+        none(
+            r,
+            format!(
+                "a reset of its bus would also reset {}, which no VM can hold while a host driver (or none, outside VFIO) has it; bind them to vfio-pci and pass them through too, or move {bdf} to a slot of its own",
+                foreign.join(", ")
+            ),
+        );
+    }
+}
+
 fn vf_info(root: &HostRoot, dir: &Path) -> Result<Option<VfInfo>, HostError> {
     let Some(pf) = link_name(&dir.join("physfn"))? else {
         return Ok(None);
@@ -878,7 +1011,9 @@ fn doctor_memlock(r: &mut Report, guest_bytes: Option<u64>, env: &dyn Env) {
 fn doctor_device(r: &mut Report, root: &HostRoot, spec: &str, env: &dyn Env) {
     let mut parts = spec.split(',');
     let addr = parts.next().unwrap_or_default();
-    let token_given = parts.any(|p| p.starts_with("vf_token="));
+    let opts: Vec<&str> = parts.collect();
+    let token_given = opts.iter().any(|p| p.starts_with("vf_token="));
+    let reset_required = opts.contains(&"reset=required");
     let bdf = match parse_bdf(addr) {
         Ok(b) => b,
         Err(e) => return r.fail(&e),
@@ -899,9 +1034,10 @@ fn doctor_device(r: &mut Report, root: &HostRoot, spec: &str, env: &dyn Env) {
             driver.as_deref().unwrap_or_default()
         )
     });
-    if let Some(group) = r.check(group_of(&bdf, &dir), |g| {
+    let group = r.check(group_of(&bdf, &dir), |g| {
         format!("{bdf} is in IOMMU group {g}")
-    }) {
+    });
+    if let Some(group) = group {
         let viable =
             group_members(root, group).and_then(|m| check_viable(&bdf, group, &m).map(|()| m));
         r.check(viable, |members| {
@@ -912,6 +1048,7 @@ fn doctor_device(r: &mut Report, root: &HostRoot, spec: &str, env: &dyn Env) {
             format!("/dev/vfio/{group} is present and read/writable")
         });
     }
+    doctor_reset(r, root, &bdf, group, reset_required);
     match vf_info(root, &dir) {
         Ok(None) => {}
         Ok(Some(vf)) if vf.needs_token() && !token_given => {

@@ -9,6 +9,7 @@
 //! | `config` | its config space: shadowed registers, passed-through registers, hidden capabilities |
 //! | `bars` | its BARs: mmapped areas as guest memory through [`GuestMemoryMapper`], the rest trapped |
 //! | `irqs` | its MSI, MSI-X and INTx, wired eventfd → irqfd with `VFIO_DEVICE_SET_IRQS` |
+//! | [`reset`] | [`ResetStrategy`]: how the device is reset (FLR, PM, bus hot reset, none), chosen at open |
 //!
 //! # Wiring it up (what the VMM does)
 //!
@@ -56,6 +57,7 @@
 pub mod container;
 pub mod host;
 pub mod ops;
+pub mod reset;
 
 mod bars;
 mod config;
@@ -73,5 +75,6 @@ pub use config::{ConfigReadError, HIDDEN_EXT_CAPS};
 pub use container::{ContainerError, LegacyContainer, VfioContainer, VfioDeviceAddress};
 pub use device::{VfioPciDevice, VfioPciError};
 pub use irqs::IrqSetupError;
-pub use ops::{OpsError, VfioDeviceOps};
+pub use ops::{HotResetDevice, OpsError, VfioDeviceOps};
+pub use reset::{HostResetMethods, ResetHost, ResetStrategy};
 pub use sys::VfioDeviceFd;

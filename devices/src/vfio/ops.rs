@@ -2,7 +2,8 @@
 //!
 //! [`VfioDeviceOps`] is the whole syscall surface of [`crate::vfio::VfioPciDevice`]: device,
 //! region and interrupt information, region reads and writes (errors returned, never
-//! swallowed), mmap of a region area, `VFIO_DEVICE_SET_IRQS` and `VFIO_DEVICE_RESET`. The kernel
+//! swallowed), mmap of a region area, `VFIO_DEVICE_SET_IRQS`, `VFIO_DEVICE_RESET` and the bus
+//! hot reset pair (`VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`, `VFIO_DEVICE_PCI_HOT_RESET`). The kernel
 //! implementation is [`crate::vfio::VfioDeviceFd`]; unit tests use an in-memory fake device.
 //!
 //! Region offsets handed to the trait are offsets *into the region* (0 = the region's first
@@ -262,6 +263,34 @@ pub enum SetIrqs {
     },
 }
 
+/// One function a bus (or slot) reset of a device's bus would reset too, with its IOMMU group
+/// (`struct vfio_pci_dependent_device` of `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`, group form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HotResetDevice {
+    /// The IOMMU group whose fd the hot reset needs.
+    pub group: u32,
+    /// PCI segment.
+    pub segment: u16,
+    /// Bus number.
+    pub bus: u8,
+    /// Device (bits 7:3) and function (bits 2:0).
+    pub devfn: u8,
+}
+
+impl std::fmt::Display for HotResetDevice {
+    /// `0000:06:0d.0`, as `lspci -D` and sysfs name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.segment,
+            self.bus,
+            self.devfn >> 3,
+            self.devfn & 7
+        )
+    }
+}
+
 /// The syscalls the passthrough device model makes on a VFIO device.
 pub trait VfioDeviceOps: Send + Sync {
     /// `VFIO_DEVICE_GET_INFO`.
@@ -291,4 +320,26 @@ pub trait VfioDeviceOps: Send + Sync {
     fn set_irqs(&self, request: &SetIrqs) -> Result<(), OpsError>;
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self) -> Result<(), OpsError>;
+    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: every function a reset of the device's bus (or
+    /// slot) would reset, this one included, with its IOMMU group. The kernel answers `ENODEV`
+    /// when no such reset exists for the device (a root bus, a bridge that cannot reset it).
+    ///
+    /// The default answers `ENOTTY`: an implementation without it offers no bus reset.
+    fn hot_reset_info(&self) -> Result<Vec<HotResetDevice>, OpsError> {
+        Err(OpsError::Ioctl {
+            what: "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO".into(),
+            source: io::Error::from_raw_os_error(libc::ENOTTY),
+        })
+    }
+    /// `VFIO_DEVICE_PCI_HOT_RESET` with the fds of the IOMMU groups of every function
+    /// [`VfioDeviceOps::hot_reset_info`] names (the kernel refuses a list that misses one).
+    ///
+    /// The default answers `ENOTTY`.
+    fn hot_reset(&self, group_fds: &[RawFd]) -> Result<(), OpsError> {
+        let _ = group_fds;
+        Err(OpsError::Ioctl {
+            what: "VFIO_DEVICE_PCI_HOT_RESET".into(),
+            source: io::Error::from_raw_os_error(libc::ENOTTY),
+        })
+    }
 }

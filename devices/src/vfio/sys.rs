@@ -24,15 +24,17 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
     vfio_irq_info, vfio_region_info, VFIO_BASE, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
-    VFIO_REGION_INFO_FLAG_CAPS, VFIO_TYPE,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_HOT_RESET_FLAG_DEV_ID, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
+    VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS, VFIO_TYPE,
 };
 use vm_memory::FileOffset;
 use vm_memory::MmapRegion;
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr};
 use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 
-use super::ops::{DeviceInfo, IrqInfo, OpsError, RegionInfo, SetIrqs, SparseArea, VfioDeviceOps};
+use super::ops::{
+    DeviceInfo, HotResetDevice, IrqInfo, OpsError, RegionInfo, SetIrqs, SparseArea, VfioDeviceOps,
+};
 
 const VFIO: u32 = VFIO_TYPE as u32;
 
@@ -48,11 +50,21 @@ vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO, VFIO_BASE + 8);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO, VFIO_BASE + 9);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO, VFIO_BASE + 12);
+// The same number as VFIO_IOMMU_MAP_DMA: one is a device ioctl, the other a container's.
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO, VFIO_BASE + 13);
 vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO, VFIO_BASE + 13);
 vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
 
 /// Size of `struct vfio_irq_set` without its data.
 const IRQ_SET_HEADER_WORDS: usize = 5;
+/// Size of `struct vfio_pci_hot_reset_info` and `struct vfio_pci_hot_reset` without their
+/// arrays, in 32-bit words (argsz, flags, count).
+const HOT_RESET_HEADER_WORDS: usize = 3;
+/// Words per `struct vfio_pci_dependent_device` (group id; segment, bus, devfn).
+const DEPENDENT_WORDS: usize = 2;
+/// More functions than this on one bus is a malformed answer (a bus has 256 at most).
+const MAX_HOT_RESET_DEVICES: u32 = 256;
 /// Region info buffers larger than this are refused (a capability chain is a few dozen bytes
 /// per sparse area; 64 KiB is thousands of areas).
 const MAX_REGION_INFO: u32 = 64 << 10;
@@ -180,6 +192,46 @@ pub(crate) fn irq_set_words(request: &SetIrqs) -> Vec<u32> {
     let mut words = vec![argsz, flags, index, start, fds.len() as u32];
     // An eventfd is an `__s32` in the ABI; -1 keeps its bit pattern.
     words.extend(fds.iter().map(|&fd| fd as u32));
+    words
+}
+
+/// Parses a `struct vfio_pci_hot_reset_info` (as 32-bit words: argsz, flags, count, then two
+/// words per device). Only the group form is understood (flags without `DEV_ID`: the legacy
+/// container's); `count` must fit the buffer.
+pub(crate) fn parse_hot_reset_info(words: &[u32]) -> Result<Vec<HotResetDevice>, OpsError> {
+    let bad = || OpsError::Malformed("hot reset info");
+    let (flags, count) = match words {
+        [_, flags, count, ..] => (*flags, *count),
+        _ => return Err(bad()),
+    };
+    if flags & VFIO_PCI_HOT_RESET_FLAG_DEV_ID != 0 || count > MAX_HOT_RESET_DEVICES {
+        return Err(bad());
+    }
+    let body = &words[HOT_RESET_HEADER_WORDS..];
+    if body.len() < count as usize * DEPENDENT_WORDS {
+        return Err(bad());
+    }
+    Ok(body
+        .chunks_exact(DEPENDENT_WORDS)
+        .take(count as usize)
+        .map(|d| {
+            let [seg_lo, seg_hi, bus, devfn] = d[1].to_le_bytes();
+            HotResetDevice {
+                group: d[0],
+                segment: u16::from_le_bytes([seg_lo, seg_hi]),
+                bus,
+                devfn,
+            }
+        })
+        .collect())
+}
+
+/// Builds the `struct vfio_pci_hot_reset` for `group_fds`, as 32-bit words.
+pub(crate) fn hot_reset_words(group_fds: &[RawFd]) -> Vec<u32> {
+    let argsz = ((HOT_RESET_HEADER_WORDS + group_fds.len()) * 4) as u32;
+    let mut words = vec![argsz, 0, group_fds.len() as u32];
+    // A group fd is an `__s32` in the ABI.
+    words.extend(group_fds.iter().map(|&fd| fd as u32));
     words
 }
 
@@ -479,6 +531,55 @@ impl VfioDeviceOps for VfioDeviceFd {
         check(ret).map_err(Self::ioctl_err("VFIO_DEVICE_RESET"))?;
         Ok(())
     }
+
+    fn hot_reset_info(&self) -> Result<Vec<HotResetDevice>, OpsError> {
+        // First with room for the header only: the kernel fills in `count` and answers ENOSPC
+        // when there are devices; then again with room for them. A bus that gained a device in
+        // between answers ENOSPC again, so it is asked a few times.
+        let mut count = 0u32;
+        for _ in 0..4 {
+            let len = HOT_RESET_HEADER_WORDS + count as usize * DEPENDENT_WORDS;
+            let mut words = vec![0u32; len];
+            words[0] = (len * 4) as u32;
+            // SAFETY: `words` is a live, 4-byte aligned buffer of `argsz` bytes laid out as a
+            // vfio_pci_hot_reset_info with room for `count` devices; the kernel writes at most
+            // `argsz` bytes into it.
+            let ret = unsafe {
+                ioctl_with_mut_ptr(
+                    &*self.file,
+                    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                    words.as_mut_ptr(),
+                )
+            };
+            match check(ret) {
+                Ok(_) => return parse_hot_reset_info(&words),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && words[2] > count => {
+                    if words[2] > MAX_HOT_RESET_DEVICES {
+                        return Err(OpsError::Malformed("hot reset info device count"));
+                    }
+                    count = words[2];
+                }
+                Err(e) => return Err(Self::ioctl_err("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO")(e)),
+            }
+        }
+        Err(OpsError::Malformed(
+            "hot reset info (the device count kept changing)",
+        ))
+    }
+
+    fn hot_reset(&self, group_fds: &[RawFd]) -> Result<(), OpsError> {
+        let words = hot_reset_words(group_fds);
+        // SAFETY: `words` is a live buffer holding a complete vfio_pci_hot_reset (header plus
+        // one __s32 group fd per entry, `argsz` = its length in bytes) that the kernel only
+        // reads.
+        let ret =
+            unsafe { ioctl_with_ptr(&*self.file, VFIO_DEVICE_PCI_HOT_RESET(), words.as_ptr()) };
+        check(ret).map_err(Self::ioctl_err(format!(
+            "VFIO_DEVICE_PCI_HOT_RESET({} groups)",
+            group_fds.len()
+        )))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -493,6 +594,8 @@ mod tests {
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD(), 0x3b6a);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(), 0x3b70);
+        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
         assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
     }
@@ -513,6 +616,23 @@ mod tests {
         assert_eq!(w, vec![24, 0x14, 0, 0, 1, 5]);
         let w = irq_set_words(&SetIrqs::Disable { index: 1 });
         assert_eq!(w, vec![20, 0x21, 1, 0, 0]);
+    }
+
+    #[test]
+    fn hot_reset_layouts() {
+        // Two devices: 0000:06:0d.0 in group 26, 0001:06:0d.1 in group 27.
+        let w = [28, 0, 2, 26, 0x6806_0000, 27, 0x6906_0001];
+        let d = parse_hot_reset_info(&w).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].group, d[0].to_string()), (26, "0000:06:0d.0".into()));
+        assert_eq!((d[1].group, d[1].to_string()), (27, "0001:06:0d.1".into()));
+        // A count past the buffer, the device-id form, a short header: refused.
+        assert!(parse_hot_reset_info(&[28, 0, 3, 26, 0, 27, 0]).is_err());
+        assert!(parse_hot_reset_info(&[20, VFIO_PCI_HOT_RESET_FLAG_DEV_ID, 1, 5, 0]).is_err());
+        assert!(parse_hot_reset_info(&[12, 0]).is_err());
+        assert!(parse_hot_reset_info(&[12, 0, 0]).unwrap().is_empty());
+        assert_eq!(hot_reset_words(&[7, 9]), vec![20, 0, 2, 7, 9]);
+        assert_eq!(hot_reset_words(&[]), vec![12, 0, 0]);
     }
 
     fn cap_buf(caps: &[(u16, Vec<u8>)]) -> (Vec<u8>, u32) {

@@ -217,6 +217,23 @@ impl<'a> Chain<'a> {
         done == len
     }
 
+    /// The guest RAM the buffers are in.
+    pub fn ram(&self) -> &'a dyn GuestRam {
+        self.ram
+    }
+
+    /// The guest ranges `(address, length)` holding `[offset, offset + len)` of the readable
+    /// (or writable) stream, in order; `None` if that runs past the stream.
+    pub fn ranges(&self, writable: bool, offset: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        let len = usize::try_from(len).ok()?;
+        let mut v = Vec::new();
+        self.pieces(writable, offset, len, |addr, r| {
+            v.push((addr, r.len() as u64));
+            true
+        })
+        .then_some(v)
+    }
+
     /// Reads `buf.len()` bytes at `offset` into the readable buffers; `false` if that runs
     /// past them (or RAM went away).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> bool {

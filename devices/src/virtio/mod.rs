@@ -71,13 +71,17 @@
 //! the INTx resample `EventFd` (and, for a device whose backend delivers data on its own
 //! schedule, the descriptors [`QueueHandler::extra_fds`] names), pops the available chains,
 //! calls the handler and delivers the completion through
-//! [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or INTx. The handler's
-//! I/O is synchronous on that thread. Why one thread per device: `docs/architecture.md`.
+//! [`crate::interrupt::MsiVector::trigger`] (an irqfd write under KVM) or INTx. The rng and
+//! net handlers' I/O is synchronous on that thread; virtio-blk keeps several requests in flight
+//! on an io_uring, whose completion eventfd is one of its extra descriptors (module
+//! [`blk`]). Why one thread per device: `docs/architecture.md`.
 //!
 //! System calls the I/O thread makes (for a per-thread seccomp filter): `epoll_wait`,
 //! `epoll_ctl` and `epoll_create1` (at start), `read` and `write` (eventfds), `futex` (the
 //! interrupt state's mutex, the stop handshake), `getrandom` (virtio-rng), `pread64`,
-//! `pwrite64`, `fdatasync`, `fallocate` (virtio-blk), `read` and `write` on the tap and
+//! `pwrite64`, `fdatasync`, `fallocate`, `io_uring_enter`, `preadv2` (virtio-blk; its ring is
+//! set up when the image is opened, so `io_uring_setup` and `io_uring_register` are never made
+//! on the I/O thread), `read` and `write` on the tap and
 //! `epoll_ctl` for it (virtio-net), `write` to the host output (opened non-blocking) or
 //! `sendto` with `MSG_DONTWAIT | MSG_NOSIGNAL` when it is a socket, `read` of its input
 //! eventfd, `epoll_ctl` for both (virtio-console), `madvise`, `munmap`, `mmap` (allocator),
@@ -121,14 +125,17 @@ pub mod test_util {
 
     use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestMemory;
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+    use super::queues::{Queues, Rings};
     pub use super::worker::ServeError;
-    use super::QueueHandler;
+    use super::{QueueHandler, Ready};
 
     /// One queue, served on the caller's thread.
     #[derive(Debug)]
     pub struct QueueRunner {
-        queue: Queue,
+        /// Indexed by queue number: only `index` is set.
+        queues: Vec<Option<Queue>>,
         index: u16,
     }
 
@@ -143,28 +150,108 @@ pub mod test_util {
             rings: (u64, u64, u64),
             event_idx: bool,
         ) -> Result<Self, String> {
-            super::worker::make_queue(mem, max, size, rings, event_idx)
-                .map(|queue| QueueRunner { queue, index })
+            let queue = super::worker::make_queue(mem, max, size, rings, event_idx)?;
+            let mut queues: Vec<Option<Queue>> = (0..index).map(|_| None).collect();
+            queues.push(Some(queue));
+            Ok(QueueRunner { queues, index })
+        }
+
+        fn queue(&self) -> &Queue {
+            self.queues[usize::from(self.index)]
+                .as_ref()
+                .expect("the runner's queue is set")
         }
 
         /// Serves every available chain with `handler`: `Ok(whether to interrupt the
-        /// driver)`, or the error that would put the device in NEEDS_RESET.
+        /// driver)`, or the error that would put the device in NEEDS_RESET. A handler that
+        /// serves the queue itself ([`QueueHandler::serves_itself`]) is called as the I/O
+        /// thread calls it: [`QueueHandler::ready`] for the notify, then, while it has
+        /// requests in flight, again for each of its extra descriptors that becomes
+        /// readable; so this returns once every chain popped is complete.
         pub fn serve<M: GuestMemory + Send + Sync>(
             &mut self,
             mem: &M,
             handler: &mut dyn QueueHandler,
         ) -> Result<bool, ServeError> {
-            super::worker::serve_queue(mem, &mut self.queue, self.index, handler)
+            if !handler.serves_itself(self.index) {
+                let queue = self.queues[usize::from(self.index)]
+                    .as_mut()
+                    .expect("the runner's queue is set");
+                return super::worker::serve_queue(mem, queue, self.index, handler);
+            }
+            let mut notify = self.ready(mem, handler, Ready::Queue(self.index))?;
+            if handler.in_flight() == 0 {
+                return Ok(notify);
+            }
+            let epoll = Epoll::new().map_err(|e| ServeError::Wait(e.to_string()))?;
+            for (i, fd) in handler.extra_fds().into_iter().enumerate() {
+                let ev = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, i as u64);
+                epoll
+                    .ctl(ControlOperation::Add, fd, ev)
+                    .map_err(|e| ServeError::Wait(e.to_string()))?;
+            }
+            // An edge already passed is not reported: look at every descriptor once first.
+            let mut events = vec![EpollEvent::default(); 8];
+            let mut first = true;
+            while handler.in_flight() > 0 {
+                let fired: Vec<usize> = if first {
+                    first = false;
+                    (0..handler.extra_fds().len()).collect()
+                } else {
+                    match epoll.wait(-1, &mut events) {
+                        Ok(n) => events[..n].iter().map(|e| e.data() as usize).collect(),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(ServeError::Wait(e.to_string())),
+                    }
+                };
+                for i in fired {
+                    notify |= self.ready(mem, handler, Ready::Fd(i))?;
+                }
+            }
+            Ok(notify)
+        }
+
+        /// One call of [`QueueHandler::ready`], as the I/O thread makes it: `Ok(whether to
+        /// interrupt the driver)`, or the error that would put the device in NEEDS_RESET.
+        /// Returns without waiting for I/O the handler started.
+        pub fn ready<M: GuestMemory + Send + Sync>(
+            &mut self,
+            mem: &M,
+            handler: &mut dyn QueueHandler,
+            why: Ready,
+        ) -> Result<bool, ServeError> {
+            let n = self.queues.len();
+            let mut rings = Rings {
+                mem,
+                queues: &mut self.queues,
+            };
+            let mut queues = Queues::new(&mut rings, n);
+            handler.ready(why, &mut queues);
+            let (completed, error) = queues.finish();
+            if let Some(e) = error {
+                return Err(e);
+            }
+            if !completed
+                .get(usize::from(self.index))
+                .copied()
+                .unwrap_or(false)
+            {
+                return Ok(false);
+            }
+            let queue = self.queues[usize::from(self.index)]
+                .as_mut()
+                .expect("the runner's queue is set");
+            queue.needs_notification(mem).map_err(ServeError::Ring)
         }
 
         /// The next available-ring index the device will read.
         pub fn next_avail(&self) -> u16 {
-            self.queue.next_avail()
+            self.queue().next_avail()
         }
 
         /// The next used-ring index the device will write.
         pub fn next_used(&self) -> u16 {
-            self.queue.next_used()
+            self.queue().next_used()
         }
     }
 
@@ -304,6 +391,16 @@ pub trait GuestRam: Send + Sync {
     fn read_at(&self, addr: u64, buf: &mut [u8]) -> bool;
     /// Writes `buf` at `addr`; `false` (nothing written) if not all of it is RAM.
     fn write_at(&self, addr: u64, buf: &[u8]) -> bool;
+    /// The host memory behind `[addr, addr + len)`, appended to `out` as `(host address,
+    /// length)` pieces (more than one where the range crosses regions); `false` (`out`
+    /// unchanged) if not all of it is RAM the device may access (`write`: for writing). For
+    /// I/O the kernel does straight into guest RAM; the addresses stay valid while this
+    /// memory (the mapping behind it) lives. The default has no host addresses to give
+    /// (`false`): a device then copies through its own buffers.
+    fn host_ranges(&self, addr: u64, len: u64, write: bool, out: &mut Vec<(usize, usize)>) -> bool {
+        let _ = (addr, len, write, out);
+        false
+    }
 }
 
 impl<M: GuestMemory + Send + Sync> GuestRam for M {
@@ -331,6 +428,38 @@ impl<M: GuestMemory + Send + Sync> GuestRam for M {
     fn write_at(&self, addr: u64, buf: &[u8]) -> bool {
         self.contains(addr, buf.len() as u64, true)
             && self.write_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
+    fn host_ranges(&self, addr: u64, len: u64, write: bool, out: &mut Vec<(usize, usize)>) -> bool {
+        let (Ok(count), true) = (usize::try_from(len), self.contains(addr, len, write)) else {
+            return false;
+        };
+        if count == 0 {
+            return true;
+        }
+        let perm = if write {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        let Ok(slices) = self.get_slices(GuestAddress(addr), count, perm) else {
+            return false;
+        };
+        let start = out.len();
+        let mut got = 0usize;
+        for s in slices {
+            let Ok(s) = s else {
+                out.truncate(start);
+                return false;
+            };
+            out.push((s.ptr_guard_mut().as_ptr() as usize, s.len()));
+            got += s.len();
+        }
+        if got != count {
+            out.truncate(start);
+            return false;
+        }
+        true
     }
 }
 
@@ -435,6 +564,12 @@ pub trait QueueHandler: Send {
     /// readable: serve the rings through `queues`. Not called while the device needs a reset.
     fn ready(&mut self, why: Ready, queues: &mut Queues<'_, '_>) {
         let _ = (why, queues);
+    }
+    /// Chains the handler popped and has not completed yet because their I/O is still
+    /// running (virtio-blk on io_uring); their completions arrive on an extra descriptor.
+    /// A handler with requests in flight waits for them when it is dropped.
+    fn in_flight(&self) -> usize {
+        0
     }
 }
 

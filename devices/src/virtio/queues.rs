@@ -1,10 +1,12 @@
 //! [`Queues`]: a started device's rings, for a handler that serves a queue on its own terms
 //! instead of chain by chain through [`QueueHandler::process`].
 //!
-//! Most devices complete each chain as the driver makes it available (rng, blk, a network
-//! transmit queue). A network receive queue is the other kind: its buffers wait, available,
+//! Most devices complete each chain as the driver makes it available (rng, a network
+//! transmit queue). A network receive queue is another kind: its buffers wait, available,
 //! until the backend has a frame, and one frame may fill several of them
-//! (`VIRTIO_NET_F_MRG_RXBUF`). Such a handler names the queue in
+//! (`VIRTIO_NET_F_MRG_RXBUF`). virtio-blk on io_uring is a third: it pops many chains,
+//! completes them later and in any order as the kernel finishes their I/O, writing their
+//! status bytes through [`Queues::ram`]. Such a handler names the queue in
 //! [`QueueHandler::serves_itself`], lists the backend's file descriptors in
 //! [`QueueHandler::extra_fds`], and gets [`QueueHandler::ready`] with a [`Queues`] when either
 //! the queue is notified or a descriptor becomes readable. Through it the handler pops chains
@@ -54,6 +56,7 @@ pub(crate) trait RingOps<'r> {
     fn add_used(&mut self, q: u16, head: u16, len: u32) -> Result<(), ServeError>;
     fn enable_notification(&mut self, q: u16) -> Result<bool, ServeError>;
     fn avail_idx(&mut self, q: u16) -> Result<u16, ServeError>;
+    fn ram(&self) -> &'r dyn GuestRam;
 }
 
 /// A started device's rings, lent to its handler during
@@ -141,6 +144,24 @@ impl<'a, 'r> Queues<'a, 'r> {
         self.check(r)
     }
 
+    /// The guest RAM behind the rings: for a handler that completes a chain after the
+    /// [`Chain`] itself is gone (writing a status byte it located when it popped the chain).
+    pub fn ram(&self) -> &'r dyn GuestRam {
+        self.ops.ram()
+    }
+
+    /// Refuses the chain with head `head` of queue `q` as the device's rules cannot report
+    /// in the chain itself (what [`Completion::Fault`](super::Completion::Fault) does for
+    /// [`QueueHandler::process`](super::QueueHandler::process)): the device goes to
+    /// NEEDS_RESET once the handler returns.
+    pub fn refuse(&mut self, q: u16, head: u16) -> RingFault {
+        let _ = q;
+        if self.error.is_none() {
+            self.error = Some(ServeError::Refused(head));
+        }
+        RingFault
+    }
+
     /// The queues with completions, and the first ring error (worker side).
     pub(crate) fn finish(self) -> (Vec<bool>, Option<ServeError>) {
         (self.completed, self.error)
@@ -213,5 +234,9 @@ impl<'r, M: GuestMemory + Send + Sync> RingOps<'r> for Rings<'r, M> {
                 .map_err(ServeError::Ring),
             None => Ok(0),
         }
+    }
+
+    fn ram(&self) -> &'r dyn GuestRam {
+        self.mem
     }
 }

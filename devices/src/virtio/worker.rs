@@ -41,6 +41,9 @@ pub type ThreadStart = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Everything one start of the device hands its I/O thread.
 pub(crate) struct Worker<M> {
+    /// Declared first so it is dropped first: a handler with I/O in flight into guest RAM
+    /// (virtio-blk on io_uring) waits for it when dropped, and `mem` must still be mapped then.
+    pub(crate) handler: Box<dyn QueueHandler>,
     pub(crate) name: String,
     pub(crate) mem: M,
     /// The driver's queues (`None`: not enabled), by index.
@@ -49,7 +52,6 @@ pub(crate) struct Worker<M> {
     pub(crate) resample: Option<RawFd>,
     pub(crate) irq: Arc<Mutex<IrqState>>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) handler: Box<dyn QueueHandler>,
 }
 
 type Job = Box<dyn FnOnce(&EventFd) + Send>;
@@ -118,7 +120,8 @@ impl IoThread {
     }
 
     /// Stops the running worker and waits until the thread is idle again. The worker finishes
-    /// the chain it is on (synchronous I/O) and returns at its next wait.
+    /// the chain it is on (synchronous I/O) and returns at its next wait; dropping it drops
+    /// its handler, which first waits for any I/O it has in flight (virtio-blk on io_uring).
     pub(crate) fn stop(&mut self) {
         if !std::mem::take(&mut self.running) {
             return;
@@ -336,6 +339,10 @@ pub enum ServeError {
     /// The device answered `Completion::Fault`.
     #[error("the device refused the chain from head {0}")]
     Refused(u16),
+    /// Waiting for the handler's I/O failed (test runner only).
+    #[cfg(any(test, feature = "test-util"))]
+    #[error("waiting for the device's I/O: {0}")]
+    Wait(String),
 }
 
 /// Pops and serves every available chain of `queue`; returns whether the driver wants an

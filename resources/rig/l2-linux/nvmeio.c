@@ -6,6 +6,8 @@
 //   nvmeio bench  DEV OFFSET BYTES        sequential O_DIRECT write (+fsync) then read, 1 MiB
 //                                         requests, 3 passes; prints the median pass
 //   nvmeio reads  DEV OFFSET COUNT        COUNT 4 KiB O_DIRECT reads, one at a time
+//   nvmeio mmapwrite FILE OFFSET BYTES SEED  mmap FILE (a PCI BAR's sysfs resourceN) there, write
+//                                         the pattern through the mapping, read it back, compare
 //
 // The pattern is a function of the seed and of each 8-byte word's byte offset on the device, so
 // data that lands at the wrong offset is caught as surely as wrong data. Output lines start with
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -125,6 +128,37 @@ static int pattern(const char *dev, uint64_t off, uint64_t len, uint64_t seed, i
     return bad ? 1 : 0;
 }
 
+// the pattern through a shared mapping of [off, off+len) of path (page-aligned offset)
+static int mmapwrite(const char *path, uint64_t off, uint64_t len, uint64_t seed) {
+    int fd = open(path, O_RDWR | O_SYNC);
+    if (fd < 0) {
+        fprintf(stderr, "NVMEIO error open %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    double t0 = now();
+    void *p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)off);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "NVMEIO error mmap %s at %" PRIu64 ": %s\n", path, off, strerror(errno));
+        return 2;
+    }
+    volatile uint64_t *w = p;
+    for (size_t i = 0; i < len / 8; i++) w[i] = word_at(seed, off + i * 8);
+    uint64_t bad = 0, first = 0;
+    for (size_t i = 0; i < len / 8; i++) {
+        if (w[i] != word_at(seed, off + i * 8)) {
+            if (bad == 0) first = off + i * 8;
+            bad++;
+        }
+    }
+    double t1 = now();
+    munmap(p, (size_t)len);
+    close(fd);
+    printf("NVMEIO mmapwrite seed=%" PRIu64 " offset=%" PRIu64 " bytes=%" PRIu64 " mismatched_words=%" PRIu64, seed, off, len, bad);
+    if (bad) printf(" first_bad_offset=%" PRIu64, first);
+    printf(" s=%8.3f\n", t1 - t0);
+    return bad ? 1 : 0;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -180,6 +214,7 @@ int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "check")) return pattern(argv[2], num(argv[3]), num(argv[4]), num(argv[5]), 0);
     if (argc == 5 && !strcmp(argv[1], "bench")) return bench(argv[2], num(argv[3]), num(argv[4]));
     if (argc == 5 && !strcmp(argv[1], "reads")) return reads(argv[2], num(argv[3]), num(argv[4]));
-    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT\n");
+    if (argc == 6 && !strcmp(argv[1], "mmapwrite")) return mmapwrite(argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
+    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT | mmapwrite FILE OFFSET BYTES SEED\n");
     return 2;
 }

@@ -195,11 +195,26 @@ pub struct DeviceConfig {
     pub rom: Option<PathBuf>,
     /// The VF token (a UUID) for an SR-IOV VF whose PF is owned by a userspace driver.
     pub vf_token: Option<String>,
+    /// `reset=`: whether a device that cannot be reset is refused.
+    pub reset: ResetPolicy,
+}
+
+/// `reset=` of `--device`: what to do with a device vfiovm cannot reset (docs/passthrough.md,
+/// "Reset").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetPolicy {
+    /// `reset=auto` (the default): use the best reset the host offers; without one, pass the
+    /// device through anyway, with whatever state it has (logged at info).
+    #[default]
+    Auto,
+    /// `reset=required`: refuse the device, before the guest runs, when it cannot be reset.
+    Required,
 }
 
 impl DeviceConfig {
     /// The syntax of a `--device` value; also the help text.
-    pub const SYNTAX: &'static str = "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID]";
+    pub const SYNTAX: &'static str =
+        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required]";
 
     /// Parses one `--device` value.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
@@ -213,7 +228,9 @@ impl DeviceConfig {
             addr: addr.to_string(),
             rom: None,
             vf_token: None,
+            reset: ResetPolicy::Auto,
         };
+        let mut reset_seen = false;
         for part in parts {
             match part.split_once('=') {
                 Some(("rom", f)) if !f.is_empty() => {
@@ -230,6 +247,16 @@ impl DeviceConfig {
                     if dev.vf_token.replace(t.to_ascii_lowercase()).is_some() {
                         return Err(bad("vf_token= given twice"));
                     }
+                }
+                Some(("reset", r)) => {
+                    if std::mem::replace(&mut reset_seen, true) {
+                        return Err(bad("reset= given twice"));
+                    }
+                    dev.reset = match r {
+                        "auto" => ResetPolicy::Auto,
+                        "required" => ResetPolicy::Required,
+                        _ => return Err(bad("reset= takes auto or required")),
+                    };
                 }
                 _ => return Err(bad(&format!("unknown option '{part}'"))),
             }
@@ -361,7 +388,9 @@ OPTIONS:
                          does), threads=N (populating threads) [default: host CPUs]
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
-                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID], e.g. 0000:06:0d.0
+                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required],
+                         e.g. 0000:06:0d.0; reset=required refuses a device vfiovm cannot
+                         reset (FLR, PM, a bus reset of devices it holds) [default: auto]
     --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
                          path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
@@ -888,6 +917,12 @@ mod tests {
             d.vf_token.as_deref(),
             Some("2ab74924-c335-45f4-9b16-8569e5b08258")
         );
+        assert_eq!(d.reset, ResetPolicy::Auto);
+        let d = DeviceConfig::parse("06:0d.0,reset=required").unwrap();
+        assert_eq!(d.reset, ResetPolicy::Required);
+        let d = DeviceConfig::parse("06:0d.0,reset=auto,rom=r").unwrap();
+        assert_eq!(d.reset, ResetPolicy::Auto);
+        assert!(DeviceConfig::SYNTAX.contains("[,reset=auto|required]"));
         for bad in [
             "",
             ",rom=x",
@@ -896,6 +931,9 @@ mod tests {
             "0000:06:0d.0,vf_token=2ab74924-c335-45f4-9b16-8569e5b0825",
             "0000:06:0d.0,color=red",
             "0000:06:0d.0,rom=a,rom=b",
+            "0000:06:0d.0,reset=always",
+            "0000:06:0d.0,reset=",
+            "0000:06:0d.0,reset=auto,reset=required",
         ] {
             assert!(
                 matches!(DeviceConfig::parse(bad), Err(ConfigError::BadDevice(..))),

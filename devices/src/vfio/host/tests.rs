@@ -31,9 +31,21 @@ impl FakeHost {
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
     }
-    /// A PCI function with a class code, an optional group and driver.
+    /// A PCI function with a class code, an optional group and driver, on root bus 0000:00.
     fn device(&self, bdf: &str, class: u32, group: Option<u32>, driver: Option<&str>) {
-        let dev = self.path(&format!("sys/devices/pci0000:00/{bdf}"));
+        self.device_in("sys/devices/pci0000:00", bdf, class, group, driver);
+    }
+    /// [`FakeHost::device`] with its directory under `parent` (a bridge's, for a device behind
+    /// it).
+    fn device_in(
+        &self,
+        parent: &str,
+        bdf: &str,
+        class: u32,
+        group: Option<u32>,
+        driver: Option<&str>,
+    ) {
+        let dev = self.path(&format!("{parent}/{bdf}"));
         std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("vendor"), "0x8086\n").unwrap();
         std::fs::write(dev.join("device"), "0x10D3\n").unwrap();
@@ -523,6 +535,12 @@ fn vf_of_a_vfio_pf_needs_a_token() {
     assert!(pass, "{text}");
     assert!(text.contains(&format!("note: {e}")), "{text}");
     let token = format!("{DEV},vf_token=2ab74924-c335-45f4-9b16-8569e5b08258");
+    // A VF resets with FLR: no reset note either.
+    std::fs::write(
+        h.path(&format!("sys/devices/pci0000:00/{DEV}/reset_method")),
+        "flr\n",
+    )
+    .unwrap();
     let (text, pass) = run_doctor(&h, &[&token], None, &FakeEnv::unlimited());
     assert!(pass && !text.contains("note:"), "{text}");
     assert!(text.contains(
@@ -561,4 +579,102 @@ fn open_errors_map_to_their_fixes() {
         let e = group_open_error(26, io::Error::from_raw_os_error(errno));
         assert!(e.to_string().starts_with(want), "{errno}: {e}");
     }
+}
+
+/// The doctor's reset line: the kernel's methods and the one vfiovm will use; a note when it
+/// may use none, a failure when the spec says `reset=required`.
+#[test]
+fn doctor_reports_the_reset_strategy() {
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("0000:06:0d.0 reset:"))
+            .unwrap_or_else(|| panic!("no reset line in\n{text}"))
+            .to_string()
+    };
+    // On the root bus (the good host's layout): no bus reset at all.
+    let h = good_host();
+    let (text, pass) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(pass, "{text}");
+    assert!(
+        line(&text).contains("vfiovm will use none: it sits on a root bus"),
+        "{text}"
+    );
+    // Behind root port 00:1c.0, with 0000:06:0d.1 beside it in group 26.
+    let h = FakeHost::new();
+    h.device("0000:00:1c.0", 0x060400, Some(26), Some("pcieport"));
+    let port = "sys/devices/pci0000:00/0000:00:1c.0";
+    h.device_in(port, DEV, 0x020000, Some(26), Some("vfio-pci"));
+    h.device_in(port, "0000:06:0d.1", 0x0c0330, Some(26), None);
+    h.dev_node("26");
+    let dev = h.path(&format!("{port}/{DEV}"));
+    // No reset_method and no reset: only a bus reset, and 0000:06:0d.1 shares group 26.
+    let (text, pass) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(pass, "{text}");
+    let l = line(&text);
+    assert!(l.starts_with("note: 0000:06:0d.0 reset: the kernel offers no reset of the function alone (no reset_method); vfiovm will use a bus hot reset if the VM holds"), "{l}");
+    assert!(l.contains("0000:06:0d.1 (no driver, group 26)"), "{l}");
+
+    // A NIC on the same bus, driven by the host: no reset; refused with reset=required.
+    h.device_in(port, "0000:06:0e.0", 0x020000, Some(27), Some("e1000e"));
+    let (text, pass) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(
+        pass,
+        "a missing reset is only a note without reset=required:\n{text}"
+    );
+    let l = line(&text);
+    assert!(l.starts_with("note: "), "{l}");
+    assert!(
+        l.contains(
+            "vfiovm will use none: a reset of its bus would also reset 0000:06:0e.0 (e1000e)"
+        ),
+        "{l}"
+    );
+    let (text, pass) = run_doctor(
+        &h,
+        &[&format!("{DEV},reset=required")],
+        None,
+        &FakeEnv::unlimited(),
+    );
+    assert!(!pass);
+    assert!(line(&text).starts_with("FAIL: "), "{text}");
+    assert!(
+        line(&text).ends_with("(reset=required refuses it)"),
+        "{text}"
+    );
+
+    // The kernel's methods: the first one is what VFIO_DEVICE_RESET does.
+    std::fs::write(dev.join("reset_method"), "flr pm bus\n").unwrap();
+    let (text, pass) = run_doctor(
+        &h,
+        &[&format!("{DEV},reset=required")],
+        None,
+        &FakeEnv::unlimited(),
+    );
+    assert!(pass, "{text}");
+    assert_eq!(
+        line(&text),
+        "ok: 0000:06:0d.0 reset: the kernel offers flr pm bus; vfiovm will use function-level reset (VFIO_DEVICE_RESET)"
+    );
+    std::fs::write(dev.join("reset_method"), "pm\n").unwrap();
+    let (text, _) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(
+        line(&text).ends_with("vfiovm will use PM reset, D3hot to D0 (VFIO_DEVICE_RESET)"),
+        "{text}"
+    );
+    // Disabled by the administrator.
+    std::fs::write(dev.join("reset_method"), "\n").unwrap();
+    let (text, _) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(
+        line(&text).contains("echo default > /sys/bus/pci/devices/0000:06:0d.0/reset_method"),
+        "{text}"
+    );
+    // An old kernel: `reset` without `reset_method`.
+    std::fs::remove_file(dev.join("reset_method")).unwrap();
+    std::fs::write(dev.join("reset"), "").unwrap();
+    assert_eq!(
+        reset_methods(&h.root(), &bdf()),
+        HostResetMethods::Absent { reset_file: true }
+    );
+    let (text, _) = run_doctor(&h, &[DEV], None, &FakeEnv::unlimited());
+    assert!(line(&text).starts_with("ok: 0000:06:0d.0 reset: the kernel can reset it alone but has no reset_method to say how (before Linux 5.15); vfiovm will use VFIO_DEVICE_RESET"), "{text}");
 }

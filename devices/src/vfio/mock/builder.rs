@@ -29,6 +29,7 @@ pub struct MockBuilder {
     info: Option<DeviceInfo>,
     strict: bool,
     fail_set_irqs: bool,
+    hot_reset_info: Option<Vec<HotResetDevice>>,
 }
 
 impl MockBuilder {
@@ -60,6 +61,7 @@ impl MockBuilder {
             info: None,
             strict: false,
             fail_set_irqs: false,
+            hot_reset_info: None,
         };
         b.config(0, &vendor.to_le_bytes());
         b.config(2, &device.to_le_bytes());
@@ -85,6 +87,13 @@ impl MockBuilder {
     /// The device does not support `VFIO_DEVICE_RESET`.
     pub fn no_reset(&mut self) -> &mut Self {
         self.reset = false;
+        self
+    }
+
+    /// What `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` answers: the functions a bus reset reaches,
+    /// with their groups (without it: `ENODEV`, no bus reset).
+    pub fn hot_reset_info(&mut self, devices: Vec<HotResetDevice>) -> &mut Self {
+        self.hot_reset_info = Some(devices);
         self
     }
 
@@ -388,6 +397,7 @@ impl MockBuilder {
                     .pm_csr
                     .filter(|&csr| self.reachable_caps().contains(&(csr - 4))),
                 strict: self.strict,
+                hot_reset_info: self.hot_reset_info.clone(),
                 ..Default::default()
             })),
         }

@@ -100,6 +100,10 @@ pub struct MockState {
     pub mmaps: Vec<(u32, u64, u64, usize)>,
     /// Number of `VFIO_DEVICE_RESET`s.
     pub resets: u32,
+    /// What `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` answers (`None`: `ENODEV`).
+    pub hot_reset_info: Option<Vec<HotResetDevice>>,
+    /// The group fds of every `VFIO_DEVICE_PCI_HOT_RESET`, in order.
+    pub hot_resets: Vec<Vec<RawFd>>,
     /// Requests the model should never have made (see the module documentation).
     pub violations: Vec<String>,
     /// Make every `SET_IRQS` fail (`EINVAL`) from now on.
@@ -438,6 +442,22 @@ impl VfioDeviceOps for MockDevice {
             st.violation("VFIO_DEVICE_RESET of a device without reset support".into());
         }
         st.resets += 1;
+        Ok(())
+    }
+
+    fn hot_reset_info(&self) -> Result<Vec<HotResetDevice>, OpsError> {
+        self.st().hot_reset_info.clone().ok_or(OpsError::Ioctl {
+            what: "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+        })
+    }
+
+    fn hot_reset(&self, group_fds: &[RawFd]) -> Result<(), OpsError> {
+        let mut st = self.st();
+        if st.hot_reset_info.is_none() {
+            st.violation("VFIO_DEVICE_PCI_HOT_RESET of a device without a bus reset".into());
+        }
+        st.hot_resets.push(group_fds.to_vec());
         Ok(())
     }
 }

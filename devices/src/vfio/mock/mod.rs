@@ -19,7 +19,11 @@
 //! - `SET_IRQS` with more vectors than the device has for that index, a non-zero start, an
 //!   unmask eventfd while INTx is off, or enabling one interrupt type while another is enabled
 //!   (the kernel refuses that);
-//! - `VFIO_DEVICE_RESET` of a device without reset support.
+//! - `VFIO_DEVICE_RESET` of a device without reset support;
+//! - `VFIO_DEVICE_PCI_HOT_RESET` of a device whose hot reset info answers an error.
+//!
+//! `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` answers what [`MockBuilder::hot_reset_info`] gave
+//! (`ENODEV` without it); every hot reset's group fds are recorded ([`MockState::hot_resets`]).
 //!
 //! Region contents are a pattern, `offset as u8 ^ (index << 4)`, except the config space and a
 //! ROM given with [`MockBuilder::rom`]; writes are kept. The config space's status register
@@ -63,8 +67,8 @@ use vm_memory::MmapRegion;
 
 use super::bars::{GuestMemoryMapper, MapperError, SlotHandle, HOST_PAGE_SIZE};
 use super::ops::{
-    DeviceInfo, IrqInfo, OpsError, RegionInfo, SetIrqs, SparseArea, VfioDeviceOps, CONFIG_REGION,
-    INTX_IRQ, MSIX_IRQ, MSI_IRQ, ROM_REGION,
+    DeviceInfo, HotResetDevice, IrqInfo, OpsError, RegionInfo, SetIrqs, SparseArea, VfioDeviceOps,
+    CONFIG_REGION, INTX_IRQ, MSIX_IRQ, MSI_IRQ, ROM_REGION,
 };
 
 const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;

@@ -61,6 +61,12 @@ impl VfioDeviceOps for Failing {
     fn reset(&self) -> Result<(), OpsError> {
         self.mock.reset()
     }
+    fn hot_reset_info(&self) -> Result<Vec<crate::vfio::ops::HotResetDevice>, OpsError> {
+        self.mock.hot_reset_info()
+    }
+    fn hot_reset(&self, group_fds: &[std::os::unix::io::RawFd]) -> Result<(), OpsError> {
+        self.mock.hot_reset(group_fds)
+    }
 }
 
 fn open(ops: Box<dyn VfioDeviceOps>, irq: &FakeInterrupts) -> String {

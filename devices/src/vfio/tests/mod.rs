@@ -14,6 +14,7 @@ mod errors;
 mod garbage;
 mod irqs;
 mod platform;
+mod reset;
 
 /// A device under test with its fakes.
 pub(super) struct Rig {

@@ -202,6 +202,16 @@ impl Disk {
         self.readonly
     }
 
+    /// Whether the image was opened with `O_DIRECT`.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The open image (for setting up its io_uring).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Reads `buf.len()` bytes at `offset` (at most [`MAX_CHUNK`]).
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         if !self.direct {

@@ -9,9 +9,10 @@
 //!   [`BlockError`] that says how to convert it (`qemu-img convert -O raw`).
 //! - `readonly`: opened read-only with a shared lock; the device offers `VIRTIO_BLK_F_RO`, and
 //!   writes, discards and write-zeroes fail with `VIRTIO_BLK_S_IOERR`.
-//! - `direct`: `O_DIRECT` (no host page cache). Transfers go through a bounce buffer aligned
-//!   to 4096 bytes, unaligned writes are read-modified-written; the image size must then be a
-//!   multiple of 4096.
+//! - `direct`: `O_DIRECT` (no host page cache). Transfers whose guest buffers and image offset
+//!   are aligned to 4096 bytes go straight between guest RAM and the disk; others go through a
+//!   bounce buffer aligned to 4096 bytes, unaligned writes read-modified-written; the image size
+//!   must then be a multiple of 4096.
 //! - `serial`: what `VIRTIO_BLK_T_GET_ID` returns (zero-padded to 20 bytes; empty by default).
 //! - `id`: the VMM's name for the device.
 //!
@@ -29,8 +30,27 @@
 //! `VIRTIO_BLK_S_IOERR`; nothing is reported written that was not. A chain without a
 //! device-writable byte for the status puts the device in NEEDS_RESET.
 //!
-//! The I/O is synchronous, one request at a time, on the device's I/O thread; several
-//! requests in flight (io_uring or a thread pool) is a later step.
+//! # Requests in flight
+//!
+//! Up to [`QUEUE_SIZE`] requests are in flight at once, through an io_uring the device sets
+//! up when it opens the image ([`BlockIo::Uring`], the default): the handler serves the
+//! request queue itself on the device's I/O thread, pops every available chain, queues its
+//! read or write with the guest buffers' host addresses as iovecs (no copy), submits them in
+//! one `io_uring_enter` and completes each chain when its completion arrives, in any order. A
+//! `FLUSH` is an `fdatasync` queued with `IOSQE_IO_DRAIN`: it starts only after every request
+//! made available before it has completed (and nothing after it starts before it ends), so
+//! it covers every write the driver had seen complete. Reads the page cache holds are done at
+//! once (`preadv2` with `RWF_NOWAIT`); `DISCARD`, `WRITE_ZEROES` and `direct` transfers that are
+//! not aligned wait until nothing is in flight, then run synchronously. The ring accepts
+//! only `READV`, `WRITEV` and `FSYNC` and no registration once enabled. The buffers stay mapped
+//! while the kernel uses them: a handler waits for its requests in flight when it is dropped
+//! (driver reset, device stop, VM teardown), before the I/O thread lets go of guest RAM.
+//!
+//! Where io_uring cannot be set up (`ENOSYS`, `EPERM`, `kernel.io_uring_disabled`, a kernel
+//! without ring restrictions), opening logs one warning and the device serves one request at a
+//! time with synchronous system calls on its I/O thread, as [`BlockIo::Sync`] asks for.
+//! Why io_uring and not a thread pool, with measurements: `docs/architecture.md`,
+//! `docs/benchmarks.md`.
 //!
 //! # Device configuration (offsets into it, little-endian)
 //!
@@ -61,8 +81,10 @@ use super::{QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_BLOCK};
 
 pub mod image;
 mod request;
+mod uring;
 
 pub use image::Disk;
+use uring::Uring;
 
 /// Bytes per sector (the unit of every virtio-blk address and length).
 pub const SECTOR_SIZE: u64 = 512;
@@ -224,9 +246,24 @@ impl BlockConfig {
     }
 }
 
+/// How a [`Block`] does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockIo {
+    /// Several requests in flight through an io_uring, falling back to [`BlockIo::Sync`]
+    /// (with a warning) where io_uring cannot be set up.
+    #[default]
+    Uring,
+    /// One request at a time, synchronous system calls on the I/O thread.
+    Sync,
+}
+
 /// The virtio-blk device.
 #[derive(Debug)]
 pub struct Block {
+    /// The image's io_uring, made at open; a running handler holds it and puts it back,
+    /// drained, when it is dropped. `None` inside: synchronous I/O. Declared before `disk`
+    /// so it goes first: it names the image's descriptor.
+    ring: Arc<Mutex<Option<Uring>>>,
     /// Shared with the handler of the running device; the lock is uncontended (only the I/O
     /// thread uses it) and keeps the image open and locked across driver resets.
     disk: Arc<Mutex<Disk>>,
@@ -239,8 +276,25 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the image and builds the device.
+    /// Opens the image and builds the device, with an io_uring ([`BlockIo::Uring`]).
     pub fn open(config: &BlockConfig) -> Result<Self, BlockError> {
+        Self::open_with(config, BlockIo::Uring)
+    }
+
+    /// Opens the image and builds the device, doing its I/O as `io` says.
+    pub fn open_with(config: &BlockConfig, io: BlockIo) -> Result<Self, BlockError> {
+        Self::open_ring(config, |file| match io {
+            BlockIo::Uring => Some(Uring::new(file, u32::from(QUEUE_SIZE))),
+            BlockIo::Sync => None,
+        })
+    }
+
+    /// [`Block::open_with`], the ring made by `setup` (`None`: synchronous by choice; an
+    /// error: io_uring unavailable, logged once, synchronous).
+    pub(crate) fn open_ring(
+        config: &BlockConfig,
+        setup: impl FnOnce(&std::fs::File) -> Option<std::io::Result<Uring>>,
+    ) -> Result<Self, BlockError> {
         let mut serial = [0u8; ID_BYTES];
         if let Some(s) = &config.serial {
             if s.len() > ID_BYTES {
@@ -250,8 +304,20 @@ impl Block {
         }
         let disk = Disk::open(config)?;
         let capacity = disk.size() / SECTOR_SIZE;
+        let ring = match setup(disk.file()) {
+            None => None,
+            Some(Ok(ring)) => Some(ring),
+            Some(Err(e)) => {
+                log::warn!(
+                    "disk image {}: io_uring unavailable ({e}); serving its requests one at a time with synchronous I/O",
+                    config.path.display()
+                );
+                None
+            }
+        };
         let mut b = Block {
             disk: Arc::new(Mutex::new(disk)),
+            ring: Arc::new(Mutex::new(ring)),
             id: config.id.clone(),
             serial,
             readonly: config.readonly,
@@ -333,11 +399,25 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, features: u64) -> Result<Box<dyn QueueHandler>, VirtioError> {
-        Ok(Box::new(request::BlockHandler::new(
+        Ok(Box::new(self.handler(features)))
+    }
+}
+
+impl Block {
+    fn handler(&self, features: u64) -> request::BlockHandler {
+        request::BlockHandler::new(
             self.disk.clone(),
+            self.ring.clone(),
             self.capacity,
             self.serial,
             features,
-        )))
+        )
+    }
+
+    /// A handler that completes only on the ring's eventfd (no read done at once from the
+    /// page cache, no reaping right after a submit), so tests see requests in flight.
+    #[cfg(test)]
+    pub(crate) fn lazy_handler(&self, features: u64) -> Box<dyn QueueHandler> {
+        Box::new(self.handler(features).lazy())
     }
 }

@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::*;
-use crate::virtio::blk::{features, Block, BlockConfig, BlockError};
+use crate::virtio::blk::{features, Block, BlockConfig, BlockError, BlockIo};
 use crate::virtio::VIRTIO_F_RING_EVENT_IDX;
 
 pub(super) const T_IN: u32 = 0;
@@ -56,7 +56,12 @@ impl Drop for TempImage {
 }
 
 pub(super) fn blk_up(config: &BlockConfig) -> Driver {
-    let dev = Block::open(config).unwrap();
+    blk_up_with(BlockIo::Uring, config)
+}
+
+/// The device up, its I/O done as `io` says.
+pub(super) fn blk_up_with(io: BlockIo, config: &BlockConfig) -> Driver {
+    let dev = Block::open_with(config, io).unwrap();
     let mut d = Driver::new(Box::new(dev));
     let offered = d.device_features() & !VIRTIO_F_VERSION_1;
     d.bring_up(offered, &[16]);
@@ -139,10 +144,9 @@ fn identity_features_and_config() {
     assert_eq!(d.read8(cfg + 0x38), 1, "write_zeroes_may_unmap");
 }
 
-#[test]
-fn write_then_read_against_the_host_file() {
-    let img = TempImage::new("rw", 1 << 20);
-    let mut d = blk_up(&img.config());
+fn write_then_read_against_the_host_file(io: BlockIo) {
+    let img = TempImage::new(&format!("rw-{io:?}"), 1 << 20);
+    let mut d = blk_up_with(io, &img.config());
     let data = pattern(1024, 0x5a);
     assert_eq!(d.blk(T_OUT, 3, &data, 0), (S_OK, 1));
     assert_eq!(
@@ -152,7 +156,7 @@ fn write_then_read_against_the_host_file() {
     );
     assert_eq!(
         img.bytes(2 * 512, 512),
-        TempImage::new("rw-ref", 1 << 20).bytes(2 * 512, 512),
+        TempImage::new(&format!("rw-ref-{io:?}"), 1 << 20).bytes(2 * 512, 512),
         "the sector before is untouched"
     );
     // Read back, and read a part the host wrote.
@@ -183,12 +187,11 @@ fn write_then_read_against_the_host_file() {
     assert_eq!(d.data(1024), data);
 }
 
-#[test]
-fn flush_and_get_id() {
-    let img = TempImage::new("id", 64 << 10);
+fn flush_and_get_id(io: BlockIo) {
+    let img = TempImage::new(&format!("id-{io:?}"), 64 << 10);
     let mut c = img.config();
     c.serial = Some("VFIOVM-DISK-1".into());
-    let mut d = blk_up(&c);
+    let mut d = blk_up_with(io, &c);
     assert_eq!(d.blk(T_FLUSH, 0, &[], 0), (S_OK, 1));
     assert_eq!(d.blk(T_GET_ID, 0, &[], 20), (S_OK, 21));
     let mut want = b"VFIOVM-DISK-1".to_vec();
@@ -205,10 +208,9 @@ fn discard_seg(sector: u64, num: u32, flags: u32) -> Vec<u8> {
     s
 }
 
-#[test]
-fn discard_and_write_zeroes() {
-    let img = TempImage::new("discard", 1 << 20);
-    let mut d = blk_up(&img.config());
+fn discard_and_write_zeroes(io: BlockIo) {
+    let img = TempImage::new(&format!("discard-{io:?}"), 1 << 20);
+    let mut d = blk_up_with(io, &img.config());
     let before = img.bytes(0, 8192);
     assert!(before.iter().any(|&b| b != 0));
     // Discard 8 sectors from 0: reads back zeros (a hole), the size stays.
@@ -227,7 +229,7 @@ fn discard_and_write_zeroes() {
         (S_OK, 1)
     );
     assert_eq!(img.bytes(16 * 512, 512), vec![0; 512]);
-    let reference = TempImage::new("discard-ref", 1 << 20);
+    let reference = TempImage::new(&format!("discard-ref-{io:?}"), 1 << 20);
     assert_eq!(img.bytes(17 * 512, 512), reference.bytes(17 * 512, 512));
     // Discard with the unmap flag, unknown flags, two segments: unsupported.
     assert_eq!(d.blk(T_DISCARD, 0, &discard_seg(0, 1, 1), 0).0, S_UNSUPP);
@@ -250,12 +252,11 @@ fn discard_and_write_zeroes() {
     );
 }
 
-#[test]
-fn readonly_refuses_writes() {
-    let img = TempImage::new("ro", 64 << 10);
+fn readonly_refuses_writes(io: BlockIo) {
+    let img = TempImage::new(&format!("ro-{io:?}"), 64 << 10);
     let mut c = img.config();
     c.readonly = true;
-    let dev = Block::open(&c).unwrap();
+    let dev = Block::open_with(&c, io).unwrap();
     let mut d = Driver::new(Box::new(dev));
     let f = d.device_features();
     assert_ne!(f & features::RO, 0);
@@ -273,10 +274,9 @@ fn readonly_refuses_writes() {
     assert_eq!(d.data(512), before[..512].to_vec());
 }
 
-#[test]
-fn bad_requests_fail_with_a_status() {
-    let img = TempImage::new("bad", 64 << 10);
-    let mut d = blk_up(&img.config());
+fn bad_requests_fail_with_a_status(io: BlockIo) {
+    let img = TempImage::new(&format!("bad-{io:?}"), 64 << 10);
+    let mut d = blk_up_with(io, &img.config());
     let before = img.bytes(0, 64 << 10);
     // Capacity is 128 sectors.
     assert_eq!(d.blk(T_IN, 128, &[], 512).0, S_IOERR);
@@ -297,10 +297,9 @@ fn bad_requests_fail_with_a_status() {
     assert_eq!(img.bytes(0, 64 << 10), before, "nothing was written");
 }
 
-#[test]
-fn host_io_error_is_reported() {
-    let img = TempImage::new("eio", 64 << 10);
-    let mut d = blk_up(&img.config());
+fn host_io_error_is_reported(io: BlockIo) {
+    let img = TempImage::new(&format!("eio-{io:?}"), 64 << 10);
+    let mut d = blk_up_with(io, &img.config());
     // The image shrinks under the device: reads past the new end fail on the host.
     std::fs::OpenOptions::new()
         .write(true)
@@ -312,12 +311,11 @@ fn host_io_error_is_reported() {
     assert_eq!(d.blk(T_IN, 0, &[], 512).0, S_OK);
 }
 
-#[test]
-fn direct_io_round_trip() {
-    let img = TempImage::new("direct", 1 << 20);
+fn direct_io_round_trip(io: BlockIo) {
+    let img = TempImage::new(&format!("direct-{io:?}"), 1 << 20);
     let mut c = img.config();
     c.direct = true;
-    let mut d = blk_up(&c);
+    let mut d = blk_up_with(io, &c);
     // Unaligned to 4 KiB: read-modify-write on the host.
     let data = pattern(1536, 0x33);
     let around = img.bytes(0, 8192);
@@ -326,7 +324,7 @@ fn direct_io_round_trip() {
     assert_eq!(img.bytes(0, 7 * 512), around[..7 * 512].to_vec());
     assert_eq!(
         img.bytes(10 * 512, 512),
-        TempImage::new("direct-ref", 1 << 20).bytes(10 * 512, 512)
+        TempImage::new(&format!("direct-ref-{io:?}"), 1 << 20).bytes(10 * 512, 512)
     );
     assert_eq!(d.blk(T_IN, 7, &[], 1536), (S_OK, 1537));
     assert_eq!(d.data(1536), data);
@@ -449,13 +447,37 @@ fn option_parsing() {
     ));
 }
 
-#[test]
-fn event_idx_with_blk() {
-    let img = TempImage::new("evidx", 64 << 10);
-    let dev = Block::open(&img.config()).unwrap();
+fn event_idx_with_blk(io: BlockIo) {
+    let img = TempImage::new(&format!("evidx-{io:?}"), 64 << 10);
+    let dev = Block::open_with(&img.config(), io).unwrap();
     let mut d = Driver::new(Box::new(dev));
     d.bring_up(VIRTIO_F_RING_EVENT_IDX, &[16]);
     d.queues[0].set_used_event(&d.mem, 0);
     assert_eq!(d.blk(T_FLUSH, 0, &[], 0).0, S_OK);
     assert_eq!(d.wait_deliveries(1), vec![(d.gsis[1], Driver::msg(1))]);
 }
+
+/// The request tests, once on each I/O path.
+macro_rules! on_both_paths {
+    ($($t:ident),* $(,)?) => {
+        mod sync_io {
+            use super::BlockIo;
+            $( #[test] fn $t() { super::$t(BlockIo::Sync) } )*
+        }
+        mod io_uring {
+            use super::BlockIo;
+            $( #[test] fn $t() { super::$t(BlockIo::Uring) } )*
+        }
+    };
+}
+
+on_both_paths!(
+    write_then_read_against_the_host_file,
+    flush_and_get_id,
+    discard_and_write_zeroes,
+    readonly_refuses_writes,
+    bad_requests_fail_with_a_status,
+    host_io_error_is_reported,
+    direct_io_round_trip,
+    event_idx_with_blk,
+);

@@ -21,6 +21,7 @@ use crate::pci::config::{CMD_BUS_MASTER, CMD_MEMORY_SPACE, COMMAND};
 use crate::pci::{BarAccess, PciDevice};
 
 mod blk;
+mod blk_queue;
 mod console;
 mod hostile;
 mod net;

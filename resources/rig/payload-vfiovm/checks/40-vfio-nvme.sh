@@ -69,7 +69,9 @@ else
 	i=0
 	blk=
 	while [ -z "$blk" ] && [ $i -lt 100 ]; do
-		blk=$(ls "$d"/nvme/*/ 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
+		# the namespace's block device: under the controller, or (a shared namespace, as QEMU 10's
+		# nvme makes it, with native multipath) under the subsystem; L1 has no other NVMe
+		blk=$(ls /sys/block 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
 		[ -n "$blk" ] || sleep 0.1
 		i=$((i + 1))
 	done
