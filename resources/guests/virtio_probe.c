@@ -365,11 +365,13 @@ struct test {
 
 static void run_hostile(void) { test_hostile(devs, ndevs); }
 static void run_net(void) { test_net(devs, ndevs); }
+static void run_console(void) { test_console(devs, ndevs); }
+static void run_console_spam(void) { test_console_spam(devs, ndevs); }
 
 static const struct test tests[] = {
     { "list", test_list },         { "rng", test_rng },         { "blk", test_blk },
     { "blk-read", test_blk_read }, { "blk-ro", test_blk_ro },   { "hostile", run_hostile },
-    { "net", run_net },
+    { "net", run_net },            { "console", run_console },  { "console-spam", run_console_spam },
 };
 
 static uint64_t cmdline_number(const char *key, uint64_t fallback, uint64_t max)

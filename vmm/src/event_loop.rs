@@ -1,5 +1,6 @@
 //! The VMM thread's event loop (event-manager): the stop latch, SIGINT/SIGTERM through a
-//! signalfd, and the console's input from stdin into the guest's serial port.
+//! signalfd, and the console's input from stdin into the guest's console (COM1, or the virtio
+//! console with `--console virtio`).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -89,19 +90,19 @@ impl MutEventSubscriber for SignalWatcher {
     }
 }
 
-/// Where console input goes: the guest's serial port.
+/// Where console input goes: COM1's receive FIFO, or the virtio console's input buffer.
 pub trait ConsoleSink: Send {
-    /// Queues bytes for the guest; returns how many were taken (the FIFO may be full).
+    /// Queues bytes for the guest; returns how many were taken (the FIFO or buffer may be full).
     fn enqueue(&mut self, bytes: &[u8]) -> usize;
-    /// Becomes readable when the guest has drained the receive FIFO.
+    /// Becomes readable when the guest has made room after a short `enqueue`.
     fn space_event(&self) -> &EventFd;
 }
 
 const CTRL_A: u8 = 0x01;
 const PENDING_MAX: usize = 4096;
 
-/// Feeds stdin to the serial port. When the guest's FIFO is full it stops watching stdin and
-/// waits for the FIFO's space event instead, so nothing spins and nothing is dropped. On a
+/// Feeds stdin to the guest's console. When the guest's FIFO (or the virtio console's buffer) is
+/// full it stops watching stdin and waits for the sink's space event instead, so nothing spins and nothing is dropped. On a
 /// terminal (raw mode), Ctrl-A x quits and Ctrl-A Ctrl-A sends a Ctrl-A.
 pub struct ConsoleInput {
     stdin: RawFd,
@@ -260,7 +261,7 @@ impl MutEventSubscriber for ConsoleInput {
         let sink = self.sink.clone();
         let sink = sink.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = ops.add(Events::new(sink.space_event(), EventSet::IN)) {
-            log::error!("cannot watch the serial port's receive FIFO: {e}");
+            log::error!("cannot watch the console's input space event: {e}");
         }
         drop(sink);
         if self.stdin >= 0 {

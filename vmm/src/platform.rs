@@ -15,6 +15,7 @@ use devices::legacy::{
 use devices::pci::{
     LpcBridge, PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
 };
+use devices::virtio::console::HostInput;
 use devices::{Bus, BusDevice, BusError, ExitSink};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -121,11 +122,25 @@ impl ConsoleSink for SerialConsole {
     }
 }
 
+/// The virtio console's input buffer as the event loop's console sink (`--console virtio`).
+struct VirtioConsole(Arc<HostInput>);
+
+impl ConsoleSink for VirtioConsole {
+    fn enqueue(&mut self, bytes: &[u8]) -> usize {
+        self.0.push(bytes)
+    }
+
+    fn space_event(&self) -> &EventFd {
+        self.0.space_event()
+    }
+}
+
 /// The devices of one VM and the buses they sit on.
 pub struct Platform {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
-    console: Arc<Mutex<SerialConsole>>,
+    /// Where stdin goes: COM1, or the virtio console.
+    console: Arc<Mutex<dyn ConsoleSink>>,
     pci: PciPlatform,
     irq: Arc<KvmInterruptManager>,
     stop: Arc<AtomicBool>,
@@ -203,7 +218,7 @@ impl Platform {
             drained,
             StdoutWriter::stdout_with_abort(stop.clone()),
         )));
-        let console = Arc::new(Mutex::new(SerialConsole {
+        let serial_console = Arc::new(Mutex::new(SerialConsole {
             serial: serial.clone(),
             drained: drained_clone,
         }));
@@ -327,11 +342,16 @@ impl Platform {
             log::info!("PCI test device at {addr}");
         }
         let device_gate = Arc::new(DeviceGate::default());
-        if let Err(e) = crate::virtio::add_devices(&pci, vm, mem, &irq, &device_gate, config) {
-            // before the devices already made are dropped (joining their threads)
-            device_gate.open(None);
-            return Err(e);
-        }
+        let console: Arc<Mutex<dyn ConsoleSink>> =
+            match crate::virtio::add_devices(&pci, vm, mem, &irq, &device_gate, config) {
+                Ok(Some(input)) => Arc::new(Mutex::new(VirtioConsole(input))),
+                Ok(None) => serial_console,
+                Err(e) => {
+                    // before the devices already made are dropped (joining their threads)
+                    device_gate.open(None);
+                    return Err(e);
+                }
+            };
         Ok(Platform {
             fw_cfg,
             device_gate,
@@ -380,7 +400,8 @@ impl Platform {
         self.stop.clone()
     }
 
-    /// The console's input side (COM1's receive FIFO).
+    /// The console's input side: COM1's receive FIFO, or with `--console virtio` the virtio
+    /// console's input buffer (COM1 then gets no input).
     pub fn console_input(&self) -> Option<Arc<Mutex<dyn ConsoleSink>>> {
         Some(self.console.clone())
     }

@@ -10,7 +10,8 @@
 //!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`,
 //!   `io_uring_enter` on a disk's restricted ring, `preadv2` for a read the page cache holds;
 //!   virtio-net's frames are `read`/`write` on its tap, allowed for every thread) and irqfd
-//!   writes. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
+//!   writes; virtio-console's output to a socket is `sendto` with `MSG_DONTWAIT |
+//!   MSG_NOSIGNAL` only. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
 //!
 //! The VMM spawns no other threads (the kernel may add io_uring workers, `iou-wrk-*`, for a
@@ -420,6 +421,12 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 // virtio-blk: a read the page cache holds, done at once (RWF_NOWAIT).
                 libc::SYS_preadv2,
             ]);
+            // virtio-console: output to a pipe or terminal is write(2) on a descriptor
+            // opened non-blocking while the VM was built, its wait for room epoll; output to
+            // a socket (stdout under systemd, say) is send(2) with exactly these flags, so
+            // it never blocks and never raises SIGPIPE.
+            let dontwait = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+            r.arg_in(libc::SYS_sendto, 3, &[dontwait])?;
         }
     }
     Ok(r)
@@ -964,11 +971,20 @@ mod tests {
         check(ThreadKind::Vmm, allowed, refused);
     }
 
+    /// Whether a `send(2)` with `flags` on the kit's datagram pair was refused by the filter.
+    fn sent(k: &Kit, flags: libc::c_int) -> bool {
+        let out = [1u8; 8];
+        // SAFETY: send(2) reads `out`, a live buffer of the length passed.
+        let n = unsafe { libc::send(k.pair.0.as_raw_fd(), out.as_ptr().cast(), out.len(), flags) };
+        n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED)
+    }
+
     #[test]
     fn device_filter_allows_queue_work_and_backend_io_and_nothing_else() {
         let tmp = TempFile::new().unwrap();
         let mut k = kit(&tmp);
         let (allowed, refused) = confined(ThreadKind::Device, move || {
+            let dontwait = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&k.evt);
             let ev = EpollEvent::new(EventSet::IN, fd as u64);
             let fresh = Epoll::new();
@@ -1015,6 +1031,10 @@ mod tests {
                 ("write/read of frames (virtio-net's tap)", frames),
                 ("io_uring_enter", uring_call(libc::SYS_io_uring_enter)),
                 ("preadv2", uring_call(libc::SYS_preadv2)),
+                (
+                    "sendto MSG_DONTWAIT|MSG_NOSIGNAL (virtio-console)",
+                    sent(&k, dontwait),
+                ),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
@@ -1029,6 +1049,7 @@ mod tests {
                 ("mmap with PROT_EXEC", exec_mapping()),
                 ("io_uring_setup", uring_call(libc::SYS_io_uring_setup)),
                 ("io_uring_register", uring_call(libc::SYS_io_uring_register)),
+                ("sendto that may block", sent(&k, libc::MSG_NOSIGNAL)),
             ];
             (allowed, refused)
         });

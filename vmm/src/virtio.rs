@@ -1,4 +1,5 @@
-//! The virtio devices the command line asks for (`--disk`, `--rng`, `--net`), built on
+//! The virtio devices the command line asks for (`--disk`, `--rng`, `--net`, `--console
+//! virtio`), built on
 //! [`devices::virtio`] and put on the guest's PCI bus after the test device and before the
 //! passed-through devices.
 //!
@@ -11,6 +12,10 @@
 //! A `--net` tap is opened here, while the VM is built (before any filter and before
 //! `--user` drops root); an error names the flag's value and the fix, and what was already
 //! made is dropped with the half-built VM.
+//!
+//! With `--console virtio` the console's output is opened here too (stdout again, without
+//! blocking: [`HostOutput::stdout`]), and its input buffer goes back to the platform, which
+//! hands it to the event loop in place of COM1's receive FIFO.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,18 +23,20 @@ use devices::ioevent::IoEventRegistrar;
 use devices::kvm::{KvmInterruptManager, KvmIoEvents};
 use devices::pci::PciPlatform;
 use devices::virtio::blk::Block;
+use devices::virtio::console::{Console, HostInput, HostOutput};
 use devices::virtio::net::{MacAddr, Net};
 use devices::virtio::rng::Rng;
 use devices::virtio::tap::Tap;
 use devices::virtio::{ThreadStart, VirtioDevice, VirtioPciDevice};
 use kvm_ioctls::VmFd;
 
-use crate::config::{NetBackendConfig, NetConfig, VmConfig};
+use crate::config::{ConsoleKind, NetBackendConfig, NetConfig, VmConfig};
 use crate::memory::GuestMemory;
 use crate::platform::PlatformError;
 use crate::seccomp::DeviceGate;
 
-/// Creates the virtio devices `config` asks for and adds each to `pci` in a free slot.
+/// Creates the virtio devices `config` asks for and adds each to `pci` in a free slot; returns
+/// the virtio console's input side when there is one.
 pub fn add_devices(
     pci: &PciPlatform,
     vm: &Arc<VmFd>,
@@ -37,7 +44,7 @@ pub fn add_devices(
     irq: &KvmInterruptManager,
     gate: &Arc<DeviceGate>,
     config: &VmConfig,
-) -> Result<(), PlatformError> {
+) -> Result<Option<Arc<HostInput>>, PlatformError> {
     let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm.clone()));
     let add = |name: &str, device: Box<dyn VirtioDevice>| -> Result<(), PlatformError> {
         let thread_gate = gate.clone();
@@ -81,7 +88,18 @@ pub fn add_devices(
             .map_err(|e| PlatformError::Virtio(name.clone(), e.to_string()))?;
         add(&name, Box::new(card))?;
     }
-    Ok(())
+    if config.console == ConsoleKind::Virtio {
+        let name = "virtio-console";
+        let fail = |what: &str, e: std::io::Error| {
+            PlatformError::Virtio(name.to_string(), format!("{what}: {e}"))
+        };
+        let input = Arc::new(HostInput::new().map_err(|e| fail("its input buffer", e))?);
+        let output =
+            HostOutput::stdout().map_err(|e| fail("opening stdout without blocking", e))?;
+        add(name, Box::new(Console::new(input.clone(), output)))?;
+        return Ok(Some(input));
+    }
+    Ok(None)
 }
 
 /// Opens a `--net` card's tap; its MAC is the one given or one derived from the tap's name.

@@ -1,6 +1,7 @@
 //! Virtio 1.x devices over PCI (feature `virtio`): the modern PCI transport
-//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng) and [`blk::Block`]
-//! (virtio-blk on a raw image). Register maps: `docs/devices.md`.
+//! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng), [`blk::Block`]
+//! (virtio-blk on a raw image), [`net::Net`] (virtio-net) and [`console::Console`]
+//! (virtio-console). Register maps: `docs/devices.md`.
 //!
 //! # Pieces
 //!
@@ -10,6 +11,7 @@
 //! | [`chain`] | [`Chain`]: a descriptor chain checked against guest RAM, read and written by offset |
 //! | [`rng`] | virtio-rng (type 4) |
 //! | [`blk`] | virtio-blk (type 2) |
+//! | [`console`] | virtio-console (type 3): one port on the host's stdin and stdout |
 //! | [`net`] | virtio-net (type 1) over a [`tap`] |
 //! | [`queues`] | [`Queues`]: the rings for a handler serving a queue itself (network receive) |
 //!
@@ -80,7 +82,9 @@
 //! `pwrite64`, `fdatasync`, `fallocate`, `io_uring_enter`, `preadv2` (virtio-blk; its ring is
 //! set up when the image is opened, so `io_uring_setup` and `io_uring_register` are never made
 //! on the I/O thread), `read` and `write` on the tap and
-//! `epoll_ctl` for it (virtio-net), `madvise`, `munmap`, `mmap` (allocator),
+//! `epoll_ctl` for it (virtio-net), `write` to the host output (opened non-blocking) or
+//! `sendto` with `MSG_DONTWAIT | MSG_NOSIGNAL` when it is a socket, `read` of its input
+//! eventfd, `epoll_ctl` for both (virtio-console), `madvise`, `munmap`, `mmap` (allocator),
 //! `close`, `exit`, `sigaltstack`, `rt_sigprocmask` (thread exit), and `write` to stderr (logs).
 //!
 //! # Hostile guests
@@ -100,6 +104,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 pub mod blk;
 pub mod chain;
+pub mod console;
 mod irq;
 pub mod pci;
 pub mod rng;
@@ -364,6 +369,8 @@ pub const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x40;
 pub const VIRTIO_TYPE_NET: u16 = 1;
 /// Virtio device type: block device.
 pub const VIRTIO_TYPE_BLOCK: u16 = 2;
+/// Virtio device type: console.
+pub const VIRTIO_TYPE_CONSOLE: u16 = 3;
 /// Virtio device type: entropy source.
 pub const VIRTIO_TYPE_RNG: u16 = 4;
 
@@ -560,6 +567,13 @@ pub trait QueueHandler: Send {
     /// reads until it would block, or remembers that it stopped early and resumes on another
     /// event. Asked once per start of the device.
     fn extra_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// File descriptors the handler writes to without blocking (a host console's output), which
+    /// the I/O thread waits on for room, edge-triggered: after a write that would block the
+    /// handler keeps what it could not write and tries again at [`QueueHandler::ready`] with
+    /// [`Ready::Writable`]. Asked once per start of the device.
+    fn writable_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
     /// A queue the handler serves itself was notified, or one of its extra descriptors became

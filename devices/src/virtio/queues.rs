@@ -38,6 +38,9 @@ pub enum Ready {
     /// The handler's extra descriptor with this index (into
     /// [`QueueHandler::extra_fds`](super::QueueHandler::extra_fds)) became readable.
     Fd(usize),
+    /// The handler's output descriptor with this index (into
+    /// [`QueueHandler::writable_fds`](super::QueueHandler::writable_fds)) has room again.
+    Writable(usize),
 }
 
 /// A ring operation failed: the ring or a chain is malformed. The handler stops touching the

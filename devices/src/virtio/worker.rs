@@ -31,6 +31,8 @@ const STOP: u64 = 0;
 const RESAMPLE: u64 = u64::MAX;
 /// Epoll data of the handler's extra descriptor *i*: `EXTRA + i` (queue *n* is `n + 1`).
 const EXTRA: u64 = 1 << 32;
+/// Epoll data of the handler's writable descriptor *i*: `WRITABLE + i`.
+const WRITABLE: u64 = 2 << 32;
 
 /// A hook the I/O thread runs first, with its name, before it serves anything: where a VMM
 /// installs the thread's seccomp filter ([`super::VirtioPciDevice::with_thread_start`]).
@@ -173,6 +175,14 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
                 EpollEvent::new(ev, EXTRA + i as u64),
             )?;
         }
+        for (i, fd) in self.handler.writable_fds().into_iter().enumerate() {
+            let ev = EventSet::OUT | EventSet::EDGE_TRIGGERED;
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(ev, WRITABLE + i as u64),
+            )?;
+        }
         Ok(epoll)
     }
 
@@ -204,6 +214,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
                         return;
                     }
                     RESAMPLE => lock(&self.irq).resample(),
+                    d if d >= WRITABLE => self.ready(Ready::Writable((d - WRITABLE) as usize)),
                     d if d >= EXTRA => self.ready(Ready::Fd((d - EXTRA) as usize)),
                     d => {
                         let q = (d - 1) as usize;

@@ -18,6 +18,9 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// Default kernel command line when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// The default kernel command line with `--console virtio`: early messages on COM1 (earlycon)
+/// until the virtio console (`hvc0`) is up, then everything there.
+pub const DEFAULT_CMDLINE_VIRTIO: &str = "earlycon=uart8250,io,0x3f8 console=hvc0";
 /// The xAPIC ID space (8 bits, 0xff is broadcast) bounds the vCPU count.
 pub const MAX_CPUS_XAPIC: u32 = 254;
 
@@ -47,6 +50,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-net cards (`--net`), in order.
     pub net: Vec<NetConfig>,
+    /// Which device is the guest's console (`--console`).
+    pub console: ConsoleKind,
     /// Attach the PCI test device (for the project's own guest tests).
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
@@ -69,8 +74,35 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             net: Vec::new(),
+            console: ConsoleKind::Serial,
             test_pci_device: false,
             verbosity: 0,
+        }
+    }
+}
+
+/// `--console`: where the host's terminal meets the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsoleKind {
+    /// COM1 (`ttyS0`): stdout shows what the guest writes to it, stdin feeds it.
+    #[default]
+    Serial,
+    /// A virtio-console PCI device (`hvc0`): its transmit queue goes to stdout, stdin feeds
+    /// its receive queue. COM1 is still there and still writes to stdout (early boot
+    /// messages), but gets no input.
+    Virtio,
+}
+
+impl ConsoleKind {
+    /// The syntax of `--console`, for help and error messages.
+    pub const SYNTAX: &'static str = "serial|virtio";
+
+    /// Parses a `--console` value.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "serial" => Ok(ConsoleKind::Serial),
+            "virtio" => Ok(ConsoleKind::Virtio),
+            _ => Err(ConfigError::BadConsole(s.to_string())),
         }
     }
 }
@@ -310,6 +342,9 @@ pub enum ConfigError {
     /// A `--net` value that does not parse.
     #[error("invalid --net '{0}': {1} (syntax: {syntax})", syntax = NetConfig::SYNTAX)]
     BadNet(String, String),
+    /// A `--console` value other than `serial` or `virtio`.
+    #[error("invalid --console '{0}': use serial or virtio (syntax: {syntax})", syntax = ConsoleKind::SYNTAX)]
+    BadConsole(String),
     /// `--test-seccomp-violation` with a value other than `vmm` or `vcpu`.
     #[error("invalid --test-seccomp-violation '{0}': use vmm or vcpu")]
     BadViolationSite(String),
@@ -344,7 +379,8 @@ OPTIONS:
     --firmware-vars PATH A writable copy of the matching OVMF VARS image: UEFI variables
                          persist in it [default: an in-memory copy, lost at power-off]
     --initramfs PATH     Initramfs (alias --initrd)
-    --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0]
+    --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0; with
+                         --console virtio: earlycon=uart8250,io,0x3f8 console=hvc0]
     --memory SIZE[,OPT]  Guest RAM: 512M, 4G, 1024 (MiB) (alias -m) [default: 512M], with
                          options: hugepages=off|thp|on|2M|1G (4 KiB pages, transparent huge
                          pages [default], or the host's reserved huge pages), shared=on (a
@@ -363,6 +399,11 @@ OPTIONS:
                          A virtio-net card on a tap (repeatable): the tap NAME (created if
                          missing; needs CAP_NET_ADMIN unless it belongs to you) or an open tap
                          descriptor N; MAC defaults to 52:54:00:xx:xx:xx from the tap's name
+    --console serial|virtio
+                         The guest's console [default: serial]: COM1 (ttyS0), or a virtio
+                         console (the guest's virtio_console driver: /dev/hvc0), whose output
+                         goes to stdout and which stdin feeds; COM1 then still writes to stdout
+                         (early boot messages) but gets no input
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
                          default; turn them off only to debug a SIGSYS, see docs/security.md)
     --user UID:GID       Once the VM is built, drop root and run as this numeric user and
@@ -371,8 +412,9 @@ OPTIONS:
     -h, --help           Print this help
     -V, --version        Print the version
 
-The guest's COM1 is on stdout; stdin feeds COM1 (when stdin is a terminal it is put in raw
-mode: type Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A).
+The guest's COM1 is on stdout; stdin feeds COM1, or the virtio console with --console virtio
+(when stdin is a terminal it is put in raw mode: type Ctrl-A x to quit, Ctrl-A Ctrl-A to send
+Ctrl-A, with either console).
 
 EXIT STATUS:
     0        the guest reset or powered off
@@ -540,6 +582,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut disks = Vec::new();
     let mut rng = false;
     let mut net = Vec::new();
+    let mut console = None;
     let mut test_pci_device = false;
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
@@ -585,6 +628,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             }
             "--rng" => rng = true,
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
+            "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
             "--no-seccomp" => sandbox.seccomp = false,
             "--user" => once(&mut sandbox.user, parse_user(&value(&mut it)?)?, &flag)?,
@@ -616,6 +660,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             return Err(ConfigError::NeedsKernel("--cmdline"));
         }
     }
+    let console = console.unwrap_or_default();
+    let default_cmdline = match console {
+        ConsoleKind::Serial => DEFAULT_CMDLINE,
+        ConsoleKind::Virtio => DEFAULT_CMDLINE_VIRTIO,
+    };
     Ok(Command::Run {
         vm: VmConfig {
             kernel,
@@ -624,7 +673,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                 vars: firmware_vars,
             }),
             initramfs,
-            cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            cmdline: cmdline.unwrap_or_else(|| default_cmdline.to_string()),
             memory: memory.map_or(DEFAULT_MEMORY, |m| m.0),
             ram: memory.map(|m| m.1).unwrap_or_default(),
             cpus: cpus.unwrap_or(1),
@@ -632,6 +681,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             disks,
             rng,
             net,
+            console,
             test_pci_device,
             verbosity,
         },
@@ -919,6 +969,37 @@ mod tests {
             parse_args(args(&["--kernel", "k", "--net", "fd=x"])),
             Err(ConfigError::BadNet(..))
         ));
+    }
+
+    #[test]
+    fn console_flag_picks_the_device_and_the_default_cmdline() {
+        let c = run(&["--kernel", "k"]);
+        assert_eq!(c.console, ConsoleKind::Serial);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let c = run(&["--kernel", "k", "--console", "virtio"]);
+        assert_eq!(c.console, ConsoleKind::Virtio);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE_VIRTIO);
+        let c = run(&["--kernel", "k", "--console=virtio", "--cmdline", "x"]);
+        assert_eq!((c.console, c.cmdline.as_str()), (ConsoleKind::Virtio, "x"));
+        assert_eq!(
+            run(&["--kernel", "k", "--console", "serial"]).console,
+            ConsoleKind::Serial
+        );
+        let e = parse_args(args(&["--kernel", "k", "--console", "hvc"])).unwrap_err();
+        assert!(matches!(e, ConfigError::BadConsole(..)), "{e:?}");
+        assert!(e.to_string().contains("use serial or virtio"), "{e}");
+        assert!(matches!(
+            parse_args(args(&[
+                "--kernel",
+                "k",
+                "--console",
+                "virtio",
+                "--console",
+                "serial"
+            ])),
+            Err(ConfigError::Repeated(..))
+        ));
+        assert!(HELP.contains("--console serial|virtio"));
     }
 
     #[test]

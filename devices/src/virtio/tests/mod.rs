@@ -22,6 +22,7 @@ use crate::pci::{BarAccess, PciDevice};
 
 mod blk;
 mod blk_queue;
+mod console;
 mod hostile;
 mod net;
 mod platform;
