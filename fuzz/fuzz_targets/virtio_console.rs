@@ -495,8 +495,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let self_modifying = overlaps(&writable, &rings0)
                     || overlaps(&writable, &rings1)
                     || overlaps(&rings0, &rings1);
-                let completed_before =
-                    [set.next_used(0), set.next_used(1)];
+                let completed_before = [set.next_used(0), set.next_used(1)];
                 let res = set.ready(&mem, handler.as_mut(), why);
                 trace!("ready {why:?}: {res:?}");
                 let after = snapshot(&mem);
