@@ -1,6 +1,7 @@
 # Sourced by ../run. The stock Debian L2 kernel with its root file system on a virtio-blk disk
 # (linux/root.img, ext4; the kernel's own virtio modules from the initrd, then switch_root), a
-# virtio-rng, a virtio-net card on a tap in L1, and QEMU's NVMe controller passed through at the
+# virtio-rng, a virtio-net card on a tap in L1, a virtio console (/dev/hvc0, --console virtio; the
+# kernel's own console stays on ttyS0), and QEMU's NVMe controller passed through at the
 # same time (its driver binds it and a pattern goes through it). The guest writes /from-l2 with a
 # mark unique to this run; after vfiovm exits, the mark is in the image file here in L1. Over the
 # network the guest pings L1 and sends 1 MiB of random bytes by TCP to a listener here, which
@@ -26,8 +27,8 @@ else
 	VFIOVM_TMO=${VFIOVM_TMO:-120} MARK="L2-LINUX: init reached" expect virtio-root 0 "L2-LINUX: done fails=0" -- \
 		--kernel linux/vmlinuz --initramfs linux/initrd.gz --memory 256M --cpus "${LINUX_CPUS:-2}" -v \
 		--disk path=linux/root.img,serial=l2root --rng --device "$nvme" \
-		--net tap=$tap,mac=52:54:00:12:34:56 \
-		--cmdline "console=ttyS0 panic=-1 l2.root=vda l2.mark=$mark l2.test=nvme l2.write=4@4M l2.ip=10.0.2.15/24,10.0.2.1 l2.send=1048576"
+		--net tap=$tap,mac=52:54:00:12:34:56 --console virtio \
+		--cmdline "console=ttyS0 panic=-1 l2.root=vda l2.mark=$mark l2.test=nvme l2.write=4@4M l2.ip=10.0.2.15/24,10.0.2.1 l2.send=1048576 l2.hvc=1"
 	# the listener ends with the guest's connection (or at its timeout, when none came)
 	wait $listener 2>/dev/null
 	grep -q "L2-LINUX: root /dev/vda / ext4 rw" out.virtio-root || bad "virtio-root: / is not the ext4 on /dev/vda"
@@ -40,6 +41,8 @@ else
 	else
 		bad "virtio-root-image: the mark $mark the guest wrote is not in linux/root.img"
 	fi
+	# the virtio console: a line the guest wrote to /dev/hvc0 reaches vfiovm's stdout
+	grep -q "L2-LINUX: hello through hvc0" out.virtio-root || bad "virtio-console: the guest's line through /dev/hvc0 is not on vfiovm's stdout"
 	# the network: the card the guest's virtio_net driver bound, ping, and the stream's checksum
 	grep -q "L2-LINUX: eth0 52:54:00:12:34:56 driver=virtio_net" out.virtio-root || bad "virtio-net: the guest's eth0 is not the virtio_net card with the MAC given"
 	grep -q "L2-LINUX: ping 3 packets transmitted, 3 packets received" out.virtio-root || bad "virtio-net: the guest's 3 pings to L1 did not all come back"
