@@ -1,0 +1,24 @@
+# Sourced by ../run. UEFI boot on real KVM (docs/firmware.md): Debian's OVMF (CODE read-only, a
+# copy of the VARS template as the persistent variable store behind the CFI flash model) boots
+# from a virtio-blk disk holding an EFI system partition (ovmf/esp.img, made by scripts/rig-test):
+# with no boot entry of its own the firmware starts its shell, which runs startup.nsh: the L2
+# kernel through its EFI stub, with the L2 initrd loaded by the stub from the same FAT. The guest
+# reaches its init and powers off; the firmware wrote its variables to the VARS file.
+if [ ! -f ovmf/OVMF_CODE_4M.fd ] || [ ! -f ovmf/esp.img ]; then
+	bad "uefi: no OVMF or ESP image in the payload (scripts/rig-test)"
+else
+	cp ovmf/OVMF_VARS_4M.fd vars.fd
+	before=$(md5sum <vars.fd | cut -c1-32)
+	VFIOVM_TMO=${VFIOVM_TMO:-180} MARK="L2-LINUX: init reached" expect uefi-linux 0 "L2-LINUX: done fails=0" -- \
+		--firmware ovmf/OVMF_CODE_4M.fd --firmware-vars vars.fd --memory 512M --cpus 1 -v \
+		--disk path=ovmf/esp.img,readonly=on
+	grep -q "EFI stub: Loaded initrd from command line option" out.uefi-linux ||
+		bad "uefi-linux: the kernel's EFI stub did not load the initrd from the ESP"
+	grep -q "Shell> .*vmlinuz" out.uefi-linux || bad "uefi-linux: the firmware's shell did not run startup.nsh"
+	after=$(md5sum <vars.fd | cut -c1-32)
+	if [ "$before" != "$after" ]; then
+		ok "uefi-vars (the firmware wrote its variable store: $before -> $after)"
+	else
+		bad "uefi-vars: vars.fd is unchanged after a UEFI boot"
+	fi
+fi
