@@ -361,15 +361,7 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| c.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.config(), offset, data);
     }
 
     fn activate(&mut self, _features: u64) -> Result<Box<dyn QueueHandler>, VirtioError> {

@@ -602,6 +602,19 @@ pub(crate) fn thread_name(name: &str) -> String {
     n
 }
 
+/// A device configuration read at `offset` out of the structure `config`: bytes past its end
+/// (or an offset that overflows) read 0, as [`VirtioDevice::read_config`] asks.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// Feature bits as `0x…` for logs.
 pub(crate) struct Features(pub u64);
 

@@ -7,8 +7,10 @@
 # before any guest code runs; with the PF owner's token the guest finds the VF (8086:10ca) on its
 # bus 0. The PF's vfiovm ends on SIGTERM (143) and the VFs are removed.
 pf=$(dev_of 8086:10c9)
-if [ -z "$pf" ]; then
-	bad "sriov: no igb PF (8086:10c9) bound to vfio-pci (scripts/rig-test sets RIG_IGB=1)"
+if [ -z "$pf" ] && ! grep -qx 0x10c9 /sys/bus/pci/devices/*/device; then
+	echo "VFIOVM skip sriov: no igb in L1 (RIG_IGB=0, or a QEMU before 8.0: scripts/rig-test adds it on QEMU 10)"
+elif [ -z "$pf" ]; then
+	bad "sriov: the igb PF (8086:10c9) is not bound to vfio-pci"
 else
 	d=/sys/bus/pci/devices/$pf
 	echo Y >/sys/module/vfio_pci/parameters/enable_sriov 2>/dev/null ||
