@@ -320,6 +320,20 @@ fn block_device_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
+/// Whether `file` lives in memory (tmpfs or ramfs): its reads and writes are memory copies that
+/// never wait for a device. `false` if the file system cannot be asked.
+pub fn in_memory(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: an all-zero `statfs` is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fstatfs` writes only into `st`, which lives for the call; `file` is open.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,9 @@
 //!
 //! Where io_uring cannot be set up (`ENOSYS`, `EPERM`, `kernel.io_uring_disabled`, a kernel
 //! without ring restrictions), opening logs one warning and the device serves one request at a
-//! time with synchronous system calls on its I/O thread, as [`BlockIo::Sync`] asks for.
+//! time with synchronous system calls on its I/O thread, as [`BlockIo::Sync`] asks for. An
+//! image in memory (tmpfs, ramfs) is served that way too, by choice ([`Block::open`]): its
+//! requests are memory copies with no device latency to overlap.
 //! Why io_uring and not a thread pool, with measurements: `docs/architecture.md`,
 //! `docs/benchmarks.md`.
 //!
@@ -276,9 +278,23 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the image and builds the device, with an io_uring ([`BlockIo::Uring`]).
+    /// Opens the image and builds the device, with an io_uring ([`BlockIo::Uring`]) unless
+    /// the image is in memory (tmpfs, ramfs: [`BlockIo::Sync`], logged): there each request
+    /// is a memory copy with nothing to overlap, which the I/O thread does at once, while
+    /// through the ring it would cost a kernel worker thread's hand-off (kernels before 6.6
+    /// give tmpfs no non-blocking reads, so io_uring hands every read to a worker, and
+    /// `preadv2(RWF_NOWAIT)` refuses them too).
     pub fn open(config: &BlockConfig) -> Result<Self, BlockError> {
-        Self::open_with(config, BlockIo::Uring)
+        Self::open_ring(config, |file| {
+            if image::in_memory(file) {
+                log::info!(
+                    "disk image {} is in memory (tmpfs or ramfs): its requests are served with synchronous copies, not io_uring",
+                    config.path.display()
+                );
+                return None;
+            }
+            Some(Uring::new(file, u32::from(QUEUE_SIZE)))
+        })
     }
 
     /// Opens the image and builds the device, doing its I/O as `io` says.
@@ -306,6 +322,7 @@ impl Block {
         let capacity = disk.size() / SECTOR_SIZE;
         let ring = match setup(disk.file()) {
             None => None,
+
             Some(Ok(ring)) => Some(ring),
             Some(Err(e)) => {
                 log::warn!(

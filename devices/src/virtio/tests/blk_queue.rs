@@ -33,7 +33,7 @@ impl Rig {
     /// Completing only on the ring's eventfd, so requests stay in flight until
     /// [`Rig::finish`] (or another `ready` for the eventfd).
     fn lazy(config: &BlockConfig) -> Self {
-        Self::make(Block::open(config).unwrap(), true)
+        Self::make(Block::open_with(config, BlockIo::Uring).unwrap(), true)
     }
 
     fn with(dev: Block) -> Self {
@@ -137,6 +137,36 @@ fn io_uring_is_used_unless_asked_otherwise() {
     let r = Rig::new(&img.config(), BlockIo::Sync);
     assert!(!r.handler.serves_itself(0));
     assert!(r.handler.extra_fds().is_empty());
+}
+
+/// An image in memory (tmpfs: /dev/shm) gets synchronous I/O from `Block::open`, one on a disk
+/// file system (the temporary directory, unless that is tmpfs too) the io_uring.
+#[test]
+fn images_in_memory_are_served_synchronously() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("SKIPPED: no /dev/shm");
+        return;
+    }
+    let p = shm.join(format!("vfiovm-blk-{}-inmem.raw", std::process::id()));
+    std::fs::write(&p, vec![0u8; 64 << 10]).unwrap();
+    let config = BlockConfig {
+        path: p.clone(),
+        ..Default::default()
+    };
+    let in_memory = crate::virtio::blk::image::in_memory(&std::fs::File::open(&p).unwrap());
+    let r = Rig::with(Block::open(&config).unwrap());
+    let served_itself = r.handler.serves_itself(0);
+    drop(r);
+    std::fs::remove_file(&p).unwrap();
+    assert!(in_memory, "/dev/shm is not tmpfs here");
+    assert!(!served_itself, "an image on tmpfs went to the io_uring");
+
+    let img = TempImage::new("q-ondisk", 64 << 10);
+    let on_disk =
+        !crate::virtio::blk::image::in_memory(&std::fs::File::open(img.config().path).unwrap());
+    let r = Rig::with(Block::open(&img.config()).unwrap());
+    assert_eq!(r.handler.serves_itself(0), on_disk);
 }
 
 #[test]
