@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release -p vfiovm-devices --features test-util --example io_threads -- \
 //!     [--seconds 3] [--runs 3] [--io sync,uring] [--direct off,on] [--qd 32] \
-//!     [--image-a /var/tmp/vfiovm-io-threads-a.raw] [--image-b /var/tmp/vfiovm-io-threads-b.raw]
+//!     [--image-a /var/tmp/vfiovm-io-threads-a.raw] [--image-b /var/tmp/vfiovm-io-threads-b.raw] \
+//!     [--a blk|rng]
 //! ```
 //!
 //! Two disks, each with its own "guest" (a driver thread standing in for a vCPU):
@@ -15,6 +16,9 @@
 //! - disk B (256 MiB image) gets a 1 MiB write at a random 1 MiB-aligned offset, then a FLUSH
 //!   (`fdatasync` on the host), then the next write: one request at a time, as
 //!   `fio --fdatasync=1` does.
+//!
+//! With `--a rng` device A is a virtio-rng instead, `qd` requests of 4 KiB each kept available
+//! (`--io` and `--direct` then apply to disk B only).
 //!
 //! The device side is the I/O thread's loop ([`serve`], a copy of `worker.rs`'s loop without
 //! the interrupt resampling): `epoll_wait` on each device's notify eventfd (level-triggered,
@@ -41,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfiovm_devices::virtio::blk::{Block, BlockConfig, BlockIo};
+use vfiovm_devices::virtio::rng::Rng;
 use vfiovm_devices::virtio::test_util::QueueSet;
 use vfiovm_devices::virtio::{QueueHandler, Ready, VirtioDevice, VIRTIO_F_VERSION_1};
 use vfiovm_devices::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -80,6 +85,8 @@ struct Opts {
     qd: u16,
     ios: Vec<BlockIo>,
     directs: Vec<bool>,
+    /// Device A is a virtio-rng instead of a disk.
+    rng: bool,
 }
 
 fn opts() -> Opts {
@@ -92,6 +99,7 @@ fn opts() -> Opts {
         qd: 32,
         ios: vec![BlockIo::Sync, BlockIo::Uring],
         directs: vec![false, true],
+        rng: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -103,6 +111,13 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = v.parse().expect("--seconds S"),
             "--warmup" => o.warmup = v.parse().expect("--warmup S"),
             "--runs" => o.runs = v.parse().expect("--runs N"),
+            "--a" => {
+                o.rng = match v.as_str() {
+                    "blk" => false,
+                    "rng" => true,
+                    _ => panic!("--a blk|rng"),
+                }
+            }
             "--qd" => {
                 o.qd = v.parse().expect("--qd N");
                 assert!((1..=64).contains(&o.qd), "--qd 1..=64");
@@ -182,8 +197,8 @@ struct Dev {
     notify: Arc<EventFd>,
     /// Device → driver (the interrupt's irqfd).
     call: Arc<EventFd>,
-    /// Kept open for the handler (the image, the ring's home).
-    _block: Block,
+    /// Kept open for the handler (the image, the ring's home); `None` for the rng.
+    _block: Option<Block>,
 }
 
 /// The driver's side of a device.
@@ -234,7 +249,34 @@ fn open(
         queues,
         notify,
         call,
-        _block: block,
+        _block: Some(block),
+    };
+    (dev, guest)
+}
+
+/// A virtio-rng as device `name`.
+fn open_rng(name: char) -> (Dev, Guest) {
+    let mem = Mem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let handler = Rng::new().activate(VIRTIO_F_VERSION_1).unwrap();
+    let mut queues = QueueSet::new(1);
+    queues
+        .set(&mem, 0, QSIZE, QSIZE, (DESC, AVAIL, USED), false)
+        .unwrap();
+    let notify = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let call = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let guest = Guest {
+        mem: mem.clone(),
+        notify: notify.clone(),
+        call: call.clone(),
+    };
+    let dev = Dev {
+        name,
+        handler,
+        mem,
+        queues,
+        notify,
+        call,
+        _block: None,
     };
     (dev, guest)
 }
@@ -322,8 +364,8 @@ impl Guest {
         mem.write_obj(i + 1, GuestAddress(at.0 + 14)).unwrap();
     }
 
-    /// Puts request `k` (header at `HDRS + 16 k`, head descriptor `head`) in the available
-    /// ring; the index is published by [`Guest::kick`].
+    /// Puts block request `k` (header at `HDRS + 16 k`, head descriptor `head`) in the
+    /// available ring; the index is published by [`Guest::kick`].
     fn offer(&self, avail: &mut u16, k: u16, head: u16, kind: u32, sector: u64) {
         let hdr = GuestAddress(HDRS + 16 * u64::from(k));
         self.mem.write_obj(kind, hdr).unwrap();
@@ -331,6 +373,11 @@ impl Guest {
         self.mem
             .write_obj(0xffu8, GuestAddress(STATUS + u64::from(k)))
             .unwrap();
+        self.offer_head(avail, head);
+    }
+
+    /// Puts the chain at descriptor `head` in the available ring.
+    fn offer_head(&self, avail: &mut u16, head: u16) {
         let slot = u64::from(*avail % QSIZE);
         self.mem
             .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
@@ -383,8 +430,15 @@ impl Guest {
         epoll
     }
 
-    /// The used entries from `*seen` on: (descriptor head, status).
-    fn used(&self, seen: &mut u16, out: &mut Vec<(u16, u8)>) {
+    /// The status byte of block request `k`.
+    fn status(&self, k: u16) -> u8 {
+        self.mem
+            .read_obj(GuestAddress(STATUS + u64::from(k)))
+            .unwrap()
+    }
+
+    /// The used entries from `*seen` on: (descriptor head, length written).
+    fn used(&self, seen: &mut u16, out: &mut Vec<(u16, u32)>) {
         let used: u16 = self
             .mem
             .load(GuestAddress(USED + 2), Ordering::Acquire)
@@ -392,12 +446,8 @@ impl Guest {
         while *seen != used {
             let at = GuestAddress(USED + 4 + 8 * u64::from(*seen % QSIZE));
             let id: u32 = self.mem.read_obj(at).unwrap();
-            let k = (id / 3) as u16;
-            let status: u8 = self
-                .mem
-                .read_obj(GuestAddress(STATUS + u64::from(k)))
-                .unwrap();
-            out.push((id as u16, status));
+            let len: u32 = self.mem.read_obj(GuestAddress(at.0 + 4)).unwrap();
+            out.push((id as u16, len));
             *seen = seen.wrapping_add(1);
         }
     }
@@ -410,28 +460,35 @@ struct ReadStats {
     lat: Vec<u64>,
 }
 
-/// Disk A's driver: `qd` 4 KiB random reads kept available from `from` to `until`, counted
-/// from `count_from`.
+/// Device A's driver: `qd` 4 KiB random reads (or, with `blocks` 0, 4 KiB requests to a
+/// virtio-rng) kept available until `until`, counted from `count_from`.
 fn drive_reads(g: &Guest, qd: u16, blocks: u64, count_from: Instant, until: Instant) -> ReadStats {
+    let rng_dev = blocks == 0;
     for k in 0..qd {
         let kk = u64::from(k);
+        if rng_dev {
+            g.desc(3 * k, DATA + BLOCK * kk, BLOCK as u32, F_WRITE);
+            continue;
+        }
         g.desc(3 * k, HDRS + 16 * kk, 16, F_NEXT);
         g.desc(3 * k + 1, DATA + BLOCK * kk, BLOCK as u32, F_NEXT | F_WRITE);
         g.desc(3 * k + 2, STATUS + kk, 1, F_WRITE);
     }
+    let blocks = blocks.max(1);
+    let offer = |avail: &mut u16, k: u16, sector: u64| {
+        if rng_dev {
+            g.offer_head(avail, 3 * k);
+        } else {
+            g.offer(avail, k, 3 * k, T_IN, sector);
+        }
+    };
     let epoll = g.epoll();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut sent = vec![Instant::now(); usize::from(qd)];
     let (mut avail, mut seen) = (0u16, 0u16);
     let now = Instant::now();
     for k in 0..qd {
-        g.offer(
-            &mut avail,
-            k,
-            3 * k,
-            T_IN,
-            rng.next() % blocks * (BLOCK / 512),
-        );
+        offer(&mut avail, k, rng.next() % blocks * (BLOCK / 512));
         sent[usize::from(k)] = now;
     }
     g.kick(avail);
@@ -444,19 +501,17 @@ fn drive_reads(g: &Guest, qd: u16, blocks: u64, count_from: Instant, until: Inst
             continue;
         }
         let now = Instant::now();
-        for &(head, status) in &done {
-            assert_eq!(status, 0, "a read failed");
+        for &(head, len) in &done {
             let k = head / 3;
+            if rng_dev {
+                assert_eq!(len, BLOCK as u32, "the rng filled less");
+            } else {
+                assert_eq!(g.status(k), 0, "a read failed");
+            }
             if now >= count_from {
                 lat.push((now - sent[usize::from(k)]).as_nanos() as u64);
             }
-            g.offer(
-                &mut avail,
-                k,
-                head,
-                T_IN,
-                rng.next() % blocks * (BLOCK / 512),
-            );
+            offer(&mut avail, k, rng.next() % blocks * (BLOCK / 512));
             sent[usize::from(k)] = now;
         }
         g.kick(avail);
@@ -490,8 +545,8 @@ fn drive_writes(g: &Guest, blocks: u64, count_from: Instant, until: Instant) -> 
     while g.wait(&epoll, until) {
         done.clear();
         g.used(&mut seen, &mut done);
-        for &(_, status) in &done {
-            assert_eq!(status, 0, "a write or flush failed");
+        for &(head, _) in &done {
+            assert_eq!(g.status(head / 3), 0, "a write or flush failed");
             if writing {
                 g.offer(&mut avail, 1, 3, T_FLUSH, 0);
             } else {
@@ -537,9 +592,17 @@ struct Outcome {
 }
 
 fn run(o: &Opts, io: BlockIo, direct: bool, arr: Arrangement) -> Outcome {
-    let size_a = std::fs::metadata(&o.image_a).unwrap().len();
+    let size_a = if o.rng {
+        0
+    } else {
+        std::fs::metadata(&o.image_a).unwrap().len()
+    };
     let size_b = std::fs::metadata(&o.image_b).unwrap().len();
-    let (dev_a, guest_a) = open('A', &o.image_a, true, direct, io);
+    let (dev_a, guest_a) = if o.rng {
+        open_rng('A')
+    } else {
+        open('A', &o.image_a, true, direct, io)
+    };
     let b = (arr != Arrangement::Alone).then(|| open('B', &o.image_b, false, direct, io));
     let stop = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
     let spawn = |name: &str, devs: Vec<Dev>| {
@@ -635,13 +698,19 @@ fn on_off(direct: bool) -> &'static str {
 
 fn main() {
     let o = opts();
-    make_image(&o.image_a, 1024 << 20);
+    if !o.rng {
+        make_image(&o.image_a, 1024 << 20);
+    }
     make_image(&o.image_b, 256 << 20);
+    let a = if o.rng {
+        "virtio-rng, 4 KiB requests".to_string()
+    } else {
+        format!("disk, 4 KiB random reads ({})", o.image_a.display())
+    };
     println!(
-        "disk A: 4 KiB random reads at qd {} ({}); disk B: 1 MiB write + FLUSH, one at a time \
-         ({}); {} s per run after {} s warm-up, {} runs",
+        "A: {a} at qd {}; disk B: 1 MiB write + FLUSH, one at a time ({}); \
+         {} s per run after {} s warm-up, {} runs",
         o.qd,
-        o.image_a.display(),
         o.image_b.display(),
         o.seconds,
         o.warmup,
@@ -670,7 +739,7 @@ fn main() {
     let mut summary = Vec::new();
     for &direct in &o.directs {
         for &io in &o.ios {
-            if !direct {
+            if !direct && !o.rng {
                 warm(&o.image_a);
             }
             let mut got: Vec<Vec<Outcome>> = arrs.iter().map(|_| Vec::new()).collect();
