@@ -47,6 +47,8 @@ NVME=${RIG_NVME_IMG:-}
 if [ -n "$NVME" ]; then BIND=${RIG_BIND-1234:11e8,1b36:0010}; else BIND=${RIG_BIND-1234:11e8}; fi
 # RIG_BIGBAR's ivshmem too, unless RIG_BIND names the list
 [ -z "${RIG_BIGBAR:-}" ] || [ -n "${RIG_BIND+set}" ] || BIND+=,1af4:1110
+# RIG_IGB's PF too
+[ "${RIG_IGB:-0}" != 1 ] || [ -n "${RIG_BIND+set}" ] || BIND+=,8086:10c9
 BIND_BDF=${RIG_BIND_BDF:-}
 # 00:11.0 is an edu, bound with the other edus by id; its sibling needs its BDF.
 [ "${RIG_MULTIFN:-0}" != 1 ] || BIND_BDF=${BIND_BDF:+$BIND_BDF,}0000:00:11.1
@@ -127,6 +129,11 @@ if [ -n "${RIG_BIGBAR:-}" ]; then
 	truncate -s "${RIG_BIGBAR_SIZE:-64G}" "$RIG_BIGBAR" || finish 125 "FAIL step=bigbar cannot size $RIG_BIGBAR"
 	DEVS+=(-object "memory-backend-file,id=bigbar,mem-path=$RIG_BIGBAR,size=${RIG_BIGBAR_SIZE:-64G},share=on"
 		-device ivshmem-plain,memdev=bigbar -global q35-pcihost.pci-hole64-size=256G)
+fi
+if [ "${RIG_IGB:-0}" = 1 ]; then
+	# QEMU 10's igb (82576 PF, SR-IOV with up to 7 VFs, 8086:10ca) behind a PCIe root port, so its
+	# VFs (routing ID offset 0x80) land on the port's secondary bus
+	DEVS+=(-device pcie-root-port,id=rigrp,chassis=3,slot=3,addr=0x12 -device igb,bus=rigrp)
 fi
 if [ "${RIG_MULTIFN:-0}" = 1 ]; then
 	DEVS+=(-device edu,addr=0x11.0,multifunction=on -device pci-testdev,addr=0x11.1)

@@ -180,7 +180,8 @@ pub fn reset_lapic(cpu: u32) -> kvm_lapic_state {
 /// interrupt shadow cleared, the MP state (vCPU 0 runnable, the others waiting for INIT/SIPI as
 /// APs do), the LAPIC ([`reset_lapic`]), and the MSRs in [`RESET_MSRS`] (SYSENTER/SYSCALL,
 /// `KERNEL_GS_BASE`, PAT, MTRRs off, and the paravirtual kvmclock, steal-time, async-#PF and
-/// PV-EOI areas turned off; those KVM refuses are reported at debug level, not failed on).
+/// PV-EOI areas turned off; those KVM refuses are reported at debug level, not failed on); XCR0
+/// = x87 where the host has XSAVE.
 ///
 /// Not reset: extended XSAVE state beyond x87/SSE (AVX and later registers keep their values
 /// until the guest's next XRSTOR or VZEROUPPER), the TSC (all vCPUs must be written together to
@@ -213,7 +214,11 @@ pub fn power_on(fd: &VcpuFd, cpu: u32, signature: u32) -> Result<(), ResetError>
         value: 1,
         ..Default::default()
     };
-    fd.set_xcrs(&xcrs).map_err(err("KVM_SET_XCRS"))?;
+    // XCR0 exists only where the host has XSAVE; KVM refuses KVM_SET_XCRS otherwise (EINVAL),
+    // as on the rig's L1 (QEMU's qemu64 CPU model, no XSAVE).
+    if std::is_x86_feature_detected!("xsave") {
+        fd.set_xcrs(&xcrs).map_err(err("KVM_SET_XCRS"))?;
+    }
     fd.set_vcpu_events(&kvm_vcpu_events {
         flags: KVM_VCPUEVENT_VALID_NMI_PENDING
             | KVM_VCPUEVENT_VALID_SIPI_VECTOR
