@@ -223,7 +223,10 @@ fn sigterm_stops_a_vm_whose_virtio_console_nobody_reads() {
     let took = start.elapsed();
     drop(stdout);
     let stderr = err.join().unwrap();
-    assert!(took < Duration::from_secs(2), "took {took:?}: {stderr}");
+    // Not a time bound (a loaded CI host took 3.9 s to tear the process down): what shows the
+    // stop did not wait on the blocked console is that every vCPU joined before its deadline
+    // (no "did not stop within" below), well inside the 10 s this loop allows.
+    eprintln!("stopped {took:?} after SIGTERM");
     assert_eq!(status, 143, "{stderr}");
     assert!(stderr.contains("stopped by signal 15"), "{stderr}");
     assert!(
