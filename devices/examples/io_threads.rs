@@ -231,33 +231,23 @@ fn open(
         io == BlockIo::Uring,
         "io_uring unavailable here"
     );
-    let mut queues = QueueSet::new(1);
-    queues
-        .set(&mem, 0, QSIZE, QSIZE, (DESC, AVAIL, USED), false)
-        .unwrap();
-    let notify = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-    let call = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-    let guest = Guest {
-        mem: mem.clone(),
-        notify: notify.clone(),
-        call: call.clone(),
-    };
-    let dev = Dev {
-        name,
-        handler,
-        mem,
-        queues,
-        notify,
-        call,
-        _block: Some(block),
-    };
-    (dev, guest)
+    wire(name, mem, handler, Some(block))
 }
 
 /// A virtio-rng as device `name`.
 fn open_rng(name: char) -> (Dev, Guest) {
     let mem = Mem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     let handler = Rng::new().activate(VIRTIO_F_VERSION_1).unwrap();
+    wire(name, mem, handler, None)
+}
+
+/// Device `name` with one queue set up in `mem`, and the guest side that drives it.
+fn wire(
+    name: char,
+    mem: Mem,
+    handler: Box<dyn QueueHandler>,
+    block: Option<Block>,
+) -> (Dev, Guest) {
     let mut queues = QueueSet::new(1);
     queues
         .set(&mem, 0, QSIZE, QSIZE, (DESC, AVAIL, USED), false)
@@ -276,7 +266,7 @@ fn open_rng(name: char) -> (Dev, Guest) {
         queues,
         notify,
         call,
-        _block: None,
+        _block: block,
     };
     (dev, guest)
 }
