@@ -198,6 +198,26 @@ impl MsixCap {
         Ok(cap)
     }
 
+    /// The same capability with its table at `table_offset` and its PBA at `pba_offset`, both
+    /// in BAR `bar`: where a VMM shows the guest an emulated table it moved off the device's
+    /// registers. The placement rules of [`MsixCap::new`] apply.
+    pub fn relocated(
+        &self,
+        bar: usize,
+        table_offset: u32,
+        pba_offset: u32,
+    ) -> Result<Self, MsixError> {
+        let cap = MsixCap {
+            table_bar: bar,
+            table_offset: table_offset.into(),
+            pba_bar: bar,
+            pba_offset: pba_offset.into(),
+            ..*self
+        };
+        cap.check_placement()?;
+        Ok(cap)
+    }
+
     /// Config offset of the capability.
     pub fn offset(&self) -> u16 {
         self.offset
@@ -319,6 +339,23 @@ impl Msix {
     /// The capability layout.
     pub fn cap(&self) -> &MsixCap {
         &self.cap
+    }
+
+    /// Moves the table and PBA the guest sees to BAR `bar` at `table_offset` and `pba_offset`
+    /// ([`MsixCap::relocated`]) and writes the capability's Table and PBA registers in `cfg`.
+    /// Entries, masks and pending bits stay as they are; on an error nothing changes.
+    pub fn relocate(
+        &mut self,
+        cfg: &mut ConfigSpace,
+        bar: usize,
+        table_offset: u32,
+        pba_offset: u32,
+    ) -> Result<(), MsixError> {
+        let cap = self.cap.relocated(bar, table_offset, pba_offset)?;
+        cfg.set_u32(cap.offset + TABLE, table_offset | bar as u32);
+        cfg.set_u32(cap.offset + PBA, pba_offset | bar as u32);
+        self.cap = cap;
+        Ok(())
     }
 
     /// The hypervisor vector behind table entry `v`.

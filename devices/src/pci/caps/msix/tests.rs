@@ -256,3 +256,38 @@ fn existing_capability_is_parsed() {
     assert_eq!(m.cap().table(), (2, 0, 80));
     assert_eq!(m.cap().pba(), (2, 0x1000, 8));
 }
+
+#[test]
+fn relocation_moves_table_and_pba_keeping_entries() {
+    let mut r = Rig::new(4);
+    r.program(1, 0xfee0_0000, 0x31, false);
+    r.ctrl(MSIX_CTRL_ENABLE);
+    let off = r.m.cap().offset();
+    // Bad placements are refused and change nothing.
+    assert!(r.m.relocate(&mut r.c, 6, 0x1000, 0x1040).is_err());
+    assert!(r.m.relocate(&mut r.c, 2, 0x1004, 0x1040).is_err());
+    assert!(
+        r.m.relocate(&mut r.c, 2, 0x1000, 0x1020).is_err(),
+        "PBA inside the table"
+    );
+    assert_eq!(r.m.cap().table(), (2, 0, 64));
+    assert_eq!(r.c.read_u32(off + 4), 2);
+    r.m.relocate(&mut r.c, 2, 0x1000, 0x1040).unwrap();
+    assert_eq!(r.m.cap().table(), (2, 0x1000, 64));
+    assert_eq!(r.m.cap().pba(), (2, 0x1040, 8));
+    assert_eq!(r.c.read_u32(off + 4), 0x1002);
+    assert_eq!(r.c.read_u32(off + 8), 0x1042);
+    // Still read-only to the guest.
+    let mut c = r.c.clone();
+    c.write(off + 4, &[0; 8]);
+    assert_eq!(c.read_u32(off + 4), 0x1002);
+    // The old offsets are no longer the table's; the new ones are, with the entry kept.
+    let mut d = [0u8; 4];
+    assert!(!r.m.bar_read(2, 0x18, &mut d));
+    assert!(r.m.bar_read(2, 0x1018, &mut d));
+    assert_eq!(u32::from_le_bytes(d), 0x31);
+    // A write through the new location reaches the route.
+    assert!(r.m.bar_write(2, 0x1018, &0x55u32.to_le_bytes()));
+    assert_eq!(r.irq.log(r.gsis[1]).route.unwrap().data, 0x55);
+    assert_eq!(r.m.fire(1), Delivery::Delivered);
+}
