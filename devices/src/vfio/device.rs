@@ -36,7 +36,9 @@ use std::sync::Arc;
 use super::bars::{self, Bar, BarError, GuestMemoryMapper};
 use super::config::{ConfigReadError, ErrorLog, VfioConfig};
 use super::irqs::{IrqSetupError, Irqs};
+use super::msix_reloc;
 use super::ops::{DeviceInfo, OpsError, VfioDeviceOps, ROM_REGION};
+use super::options::VfioPciOptions;
 use super::reset::{self, ResetHost, ResetStrategy};
 use crate::interrupt::{InterruptManager, IntxLine};
 use crate::pci::bar::{BarKind, BarSpec, DecodedBar, MAX_ROM, MIN_ROM, ROM_BAR};
@@ -179,7 +181,8 @@ impl VfioPciDevice {
     ///
     /// The reset strategy is chosen from the device fd alone: `VFIO_DEVICE_RESET` when the
     /// device supports it, else none (no groups are known for a bus hot reset). A VMM that reads
-    /// the host's `reset_method` and holds the groups uses [`VfioPciDevice::with_reset`].
+    /// the host's `reset_method` and holds the groups uses [`VfioPciDevice::with_reset`]. The
+    /// other options are [`VfioPciOptions`]' defaults (MSI-X relocation `auto`).
     pub fn new(
         name: &str,
         device: Box<dyn VfioDeviceOps>,
@@ -187,7 +190,8 @@ impl VfioPciDevice {
         mapper: Arc<dyn GuestMemoryMapper>,
         rom: Option<Vec<u8>>,
     ) -> Result<Self, VfioPciError> {
-        Self::with_reset(name, device, interrupts, mapper, rom, &ResetHost::default())
+        let options = VfioPciOptions::default().rom(rom);
+        Self::with_options(name, device, interrupts, mapper, options)
     }
 
     /// [`VfioPciDevice::new`], with the reset strategy chosen from what the host says
@@ -201,6 +205,26 @@ impl VfioPciDevice {
         rom: Option<Vec<u8>>,
         reset_host: &ResetHost,
     ) -> Result<Self, VfioPciError> {
+        let options = VfioPciOptions::default()
+            .rom(rom)
+            .reset_host(reset_host.clone());
+        Self::with_options(name, device, interrupts, mapper, options)
+    }
+
+    /// [`VfioPciDevice::new`] with every option spelled out ([`VfioPciOptions`]: the ROM, what
+    /// the host says about resets, MSI-X relocation).
+    pub fn with_options(
+        name: &str,
+        device: Box<dyn VfioDeviceOps>,
+        interrupts: &dyn InterruptManager,
+        mapper: Arc<dyn GuestMemoryMapper>,
+        options: VfioPciOptions,
+    ) -> Result<Self, VfioPciError> {
+        let VfioPciOptions {
+            rom,
+            reset_host,
+            msix_relocation,
+        } = options;
         let ops = device.as_ref();
         let named = || name.to_string();
         let info = ops
@@ -223,17 +247,6 @@ impl VfioPciDevice {
                 source,
             }
         })?;
-        for b in &bars {
-            config
-                .shadow
-                .set_bar(b.index, b.spec)
-                .map_err(|source| VfioPciError::Declare {
-                    name: named(),
-                    bar: b.index,
-                    source,
-                })?;
-        }
-
         let rom = match rom {
             Some(bytes) if bytes.is_empty() || bytes.len() as u64 > MAX_ROM => {
                 return Err(VfioPciError::RomSize {
@@ -256,7 +269,7 @@ impl VfioPciDevice {
                 })?;
         }
 
-        let irqs = Irqs::setup(
+        let mut irqs = Irqs::setup(
             &mut config,
             ops,
             info.num_irqs,
@@ -268,6 +281,29 @@ impl VfioPciDevice {
             name: named(),
             source,
         })?;
+        if let Some(m) = irqs.msix.as_mut() {
+            if let Some(r) = msix_reloc::plan(msix_relocation, m.cap(), &bars, name) {
+                match m.relocate(&mut config.shadow, r.bar, r.table_offset, r.pba_offset) {
+                    Ok(()) => {
+                        if let Some(b) = bars.iter_mut().find(|b| b.index == r.bar) {
+                            b.spec.size = r.size;
+                        }
+                    }
+                    Err(e) => log::warn!("VFIO {name}: MSI-X not relocated: {e}"),
+                }
+            }
+        }
+        // Declared after MSI-X relocation, which may have grown the table's BAR.
+        for b in &bars {
+            config
+                .shadow
+                .set_bar(b.index, b.spec)
+                .map_err(|source| VfioPciError::Declare {
+                    name: named(),
+                    bar: b.index,
+                    source,
+                })?;
+        }
         config.relink();
         let pm_csr = config
             .std_caps()
@@ -283,7 +319,7 @@ impl VfioPciDevice {
         let guest_flr =
             pcie.is_some_and(|c| config.shadow.read_u32(c + PCIE_DEVCAP) & DEVCAP_FLR != 0);
         let (strategy, reset_group_fds) =
-            reset::choose(name, &info, reset_host, || ops.hot_reset_info());
+            reset::choose(name, &info, &reset_host, || ops.hot_reset_info());
 
         let msix = irqs.msix.as_ref().map(|m| (m.cap().table(), m.cap().pba()));
         for b in &mut bars {

@@ -9,6 +9,8 @@
 //! | `config` | its config space: shadowed registers, passed-through registers, hidden capabilities |
 //! | `bars` | its BARs: mmapped areas as guest memory through [`GuestMemoryMapper`], the rest trapped |
 //! | `irqs` | its MSI, MSI-X and INTx, wired eventfd → irqfd with `VFIO_DEVICE_SET_IRQS` |
+//! | `msix_reloc` | [`MsixRelocation`]: moving the emulated MSI-X table off the device's registers |
+//! | `options` | [`VfioPciOptions`]: ROM, reset host, MSI-X relocation, for [`VfioPciDevice::with_options`] |
 //! | [`reset`] | [`ResetStrategy`]: how the device is reset (FLR, PM, bus hot reset, none), chosen at open |
 //!
 //! # Wiring it up (what the VMM does)
@@ -63,6 +65,8 @@ mod bars;
 mod config;
 mod device;
 mod irqs;
+mod msix_reloc;
+mod options;
 mod sys;
 
 #[cfg(any(test, feature = "test-util"))]
@@ -75,6 +79,8 @@ pub use config::{ConfigReadError, HIDDEN_EXT_CAPS};
 pub use container::{ContainerError, LegacyContainer, VfioContainer, VfioDeviceAddress};
 pub use device::{VfioPciDevice, VfioPciError};
 pub use irqs::IrqSetupError;
+pub use msix_reloc::MsixRelocation;
 pub use ops::{HotResetDevice, OpsError, VfioDeviceOps};
+pub use options::VfioPciOptions;
 pub use reset::{HostResetMethods, ResetHost, ResetStrategy};
 pub use sys::VfioDeviceFd;

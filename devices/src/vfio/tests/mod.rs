@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::mock::{MockBuilder, MockDevice, MockMapper};
-use super::VfioPciDevice;
+use super::{VfioPciDevice, VfioPciOptions};
 use crate::interrupt::fake::FakeInterrupts;
 use crate::pci::{BarAccess, PciDevice};
 
@@ -13,6 +13,7 @@ mod caps;
 mod errors;
 mod garbage;
 mod irqs;
+mod msix_reloc;
 mod platform;
 mod reset;
 
@@ -30,15 +31,20 @@ impl Rig {
     }
 
     pub fn with_rom(b: &mut MockBuilder, rom: Option<Vec<u8>>) -> Self {
+        Self::with_options(b, VfioPciOptions::default().rom(rom))
+    }
+
+    /// The device built with `options`; its mapper checks that every slot maps a device mmap.
+    pub fn with_options(b: &mut MockBuilder, options: VfioPciOptions) -> Self {
         let mock = b.build();
         let irq = FakeInterrupts::new();
-        let mapper = Arc::new(MockMapper::default());
-        let dev = VfioPciDevice::new(
+        let mapper = Arc::new(MockMapper::default().backed_by(&mock));
+        let dev = VfioPciDevice::with_options(
             "0000:06:0d.0",
             Box::new(mock.clone()),
             &irq,
             mapper.clone(),
-            rom,
+            options,
         )
         .unwrap();
         Rig {
