@@ -32,8 +32,9 @@ struct Layout {
 }
 
 /// A device with every feature: 32/64-bit, I/O and sub-page BARs, MSI, MSI-X sharing a page
-/// with registers, hidden extended capabilities, a ROM.
-fn rich_device() -> (MockBuilder, Layout) {
+/// with registers, hidden extended capabilities, a ROM. With `msix_mappable` the kernel reports
+/// BAR 0 mmappable whole, so the model relocates the table and PBA to BAR 0's upper half.
+fn rich_device(msix_mappable: bool) -> (MockBuilder, Layout) {
     let mut b = MockBuilder::new(0x8086, 0x1521);
     b.mem_bar(0, 0x4000, false, false);
     b.io_bar(1, 0x20);
@@ -43,6 +44,9 @@ fn rich_device() -> (MockBuilder, Layout) {
     let pm = b.cap(0x01, &[0; 6]);
     let msi = b.msi(8, true, true);
     let msix = b.msix(5, (0, 0x800), (2, 0x1_f000));
+    if msix_mappable {
+        b.msix_mappable(0);
+    }
     b.cap(0x10, &[0; 0x3a]);
     b.ext_cap(0x01, &[0; 0x44]);
     let sriov = b.ext_cap(EXT_CAP_SRIOV, &[0x22; 0x3c]);
@@ -76,8 +80,8 @@ fn check(mock: &MockDevice, layout: &Layout, violations: Vec<String>) {
     }
 }
 
-fn garbage_on_device(seed: u64, rounds: usize) {
-    let (mut b, layout) = rich_device();
+fn garbage_on_device(seed: u64, rounds: usize, msix_mappable: bool) {
+    let (mut b, layout) = rich_device(msix_mappable);
     let mut r = Rig::new(&mut b);
     let line = crate::interrupt::InterruptManager::allocate_intx(&r.irq, 17).unwrap();
     r.dev.attach_intx(line);
@@ -105,7 +109,7 @@ fn garbage_on_device(seed: u64, rounds: usize) {
                 let bar = [0, 1, 2, 4, 5, ROM_BAR, 9][rng.below(7) as usize];
                 let off = match rng.below(4) {
                     0 => rng.next(),
-                    1 => 0x800 + rng.below(0x100),
+                    1 => [0x800, 0x4000][rng.below(2) as usize] + rng.below(0x100),
                     _ => rng.below(0x2_0000),
                 };
                 if rng.below(2) == 0 {
@@ -154,13 +158,22 @@ fn garbage_on_device(seed: u64, rounds: usize) {
 #[test]
 fn garbage_on_the_device_model() {
     for seed in 1..=6u64 {
-        garbage_on_device(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 4000);
+        garbage_on_device(
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            4000,
+            seed % 2 == 0,
+        );
     }
 }
 
 #[test]
 fn every_config_offset_and_size() {
-    let (mut b, layout) = rich_device();
+    every_config_offset_and_size_of(false);
+    every_config_offset_and_size_of(true);
+}
+
+fn every_config_offset_and_size_of(msix_mappable: bool) {
+    let (mut b, layout) = rich_device(msix_mappable);
     let mut r = Rig::new(&mut b);
     for off in 0..0x1000u16 {
         for len in [1usize, 2, 4] {
@@ -178,7 +191,12 @@ fn every_config_offset_and_size() {
 
 #[test]
 fn garbage_through_the_platform() {
-    let (mut b, layout) = rich_device();
+    garbage_through_the_platform_of(false);
+    garbage_through_the_platform_of(true);
+}
+
+fn garbage_through_the_platform_of(msix_mappable: bool) {
+    let (mut b, layout) = rich_device(msix_mappable);
     let r = PlatformRig::new(&mut b);
     let mut rng = Rng(0x1234_5678);
     let ecam = ECAM + (3 << 15);
@@ -197,8 +215,12 @@ fn garbage_through_the_platform() {
         }
         // And whatever is mapped where the guest put it.
         let addr = [0xc000_0000u64, 0xc000_0800, 0x10_0000_0000][rng.below(3) as usize]
-            + rng.below(0x2000);
-        r.mmio.read(addr, &mut data);
+            + rng.below(0x8000);
+        if rng.below(4) == 0 {
+            r.mmio.write(addr, &data);
+        } else {
+            r.mmio.read(addr, &mut data);
+        }
     }
     check(&r.mock, &layout, {
         let mut v = r.mock.st().violations.clone();

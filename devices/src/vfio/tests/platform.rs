@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::super::mock::{MockBuilder, MockDevice, MockMapper};
 use super::super::ops::{SetIrqs, INTX_IRQ};
-use super::super::VfioPciDevice;
+use super::super::{VfioPciDevice, VfioPciOptions};
 use crate::bus::Bus;
 use crate::exit::{ExitSink, GuestExit};
 use crate::interrupt::fake::FakeInterrupts;
@@ -52,15 +52,16 @@ fn new_platform(intx_gsi: fn(u8, u8) -> u32) -> (Arc<Bus>, Arc<Bus>, FakeInterru
 fn new_device(
     b: &mut MockBuilder,
     irq: &FakeInterrupts,
+    options: VfioPciOptions,
 ) -> (MockDevice, Arc<MockMapper>, Arc<Mutex<VfioPciDevice>>) {
     let mock = b.build();
-    let mapper = Arc::new(MockMapper::default());
-    let dev = VfioPciDevice::new(
+    let mapper = Arc::new(MockMapper::default().backed_by(&mock));
+    let dev = VfioPciDevice::with_options(
         "0000:06:0d.0",
         Box::new(mock.clone()),
         irq,
         mapper.clone(),
-        None,
+        options,
     )
     .unwrap();
     (mock, mapper, Arc::new(Mutex::new(dev)))
@@ -68,19 +69,23 @@ fn new_device(
 
 /// A platform with one passthrough device in slot 3.
 pub(super) struct PlatformRig {
+    pub irq: FakeInterrupts,
     pub mmio: Arc<Bus>,
     pub platform: PciPlatform,
     pub mock: MockDevice,
     pub mapper: Arc<MockMapper>,
     pub dev: Arc<Mutex<VfioPciDevice>>,
     pub addr: PciAddress,
-    pub _irq: FakeInterrupts,
 }
 
 impl PlatformRig {
     pub fn new(b: &mut MockBuilder) -> Self {
+        Self::with_options(b, VfioPciOptions::default())
+    }
+
+    pub fn with_options(b: &mut MockBuilder, options: VfioPciOptions) -> Self {
         let (_pio, mmio, irq, platform) = new_platform(swizzle);
-        let (mock, mapper, dev) = new_device(b, &irq);
+        let (mock, mapper, dev) = new_device(b, &irq, options);
         let addr = platform.add_device(3, dev.clone()).unwrap();
         PlatformRig {
             mmio,
@@ -89,7 +94,7 @@ impl PlatformRig {
             mapper,
             dev,
             addr,
-            _irq: irq,
+            irq,
         }
     }
 
@@ -101,6 +106,12 @@ impl PlatformRig {
 
     pub fn write32(&self, off: u16, v: u32) {
         self.platform.config_write(self.addr, off, &v.to_le_bytes());
+    }
+
+    /// The config offset of the MSI-X capability the guest sees.
+    pub fn msix_cap(&self) -> u16 {
+        let dev = self.dev.lock().unwrap();
+        dev.irqs().msix.as_ref().unwrap().cap().offset()
     }
 }
 
@@ -180,7 +191,7 @@ fn dropping_the_platform_releases_its_devices() {
         mapper,
         dev,
         addr: _,
-        _irq,
+        irq: _irq,
     } = PlatformRig::new(&mut b);
     let bar0 = {
         let mut d = [0u8; 4];
@@ -245,7 +256,7 @@ fn add_fails_and_leaves_nothing(
     b.mem_bar(0, 0x10_0000, false, false);
     b.mem_bar(2, 0x20_0000, true, true);
     b.io_bar(4, 0x40);
-    let (mock, mapper, dev) = new_device(&mut b, &irq);
+    let (mock, mapper, dev) = new_device(&mut b, &irq, VfioPciOptions::default());
     let regs = |dev: &Arc<Mutex<VfioPciDevice>>| {
         let mut d = dev.lock().unwrap();
         [0x04u16, 0x10, 0x14, 0x18, 0x1c, 0x20, 0x3c].map(|off| {
