@@ -28,7 +28,7 @@ use devices::pci::{BarKind, PciAddress, PciDevice};
 use devices::vfio::host::{self, HostError, HostRoot};
 use devices::vfio::{
     GuestMemoryMapper, LegacyContainer, ResetHost, ResetStrategy, VfioContainer, VfioDeviceAddress,
-    VfioPciDevice,
+    VfioPciDevice, VfioPciOptions,
 };
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -254,13 +254,16 @@ fn open_devices(
                 .filter_map(|g| Some((g, container.group_fd(g)?)))
                 .collect(),
         };
-        let mut dev = VfioPciDevice::with_reset(
+        let options = VfioPciOptions::default()
+            .rom(rom)
+            .reset_host(reset_host.clone())
+            .msix_relocation(cfg.msix_relocation);
+        let mut dev = VfioPciDevice::with_options(
             &bdf,
             Box::new(fd),
             &**platform.interrupts(),
             mapper.clone(),
-            rom,
-            &reset_host,
+            options,
         )
         .map_err(|err| PassthroughError::Device {
             bdf: bdf.clone(),
@@ -487,6 +490,7 @@ mod tests {
             rom: None,
             vf_token: None,
             reset: ResetPolicy::Auto,
+            msix_relocation: Default::default(),
         };
         let gpu_only = [
             (&cfg, report("0000:01:00.0", 7)),

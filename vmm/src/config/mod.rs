@@ -5,6 +5,7 @@
 //! `--no-seccomp`, `--user`. Aliases: `--initrd`, `--append`, `-m`, `--smp`. `--flag value`
 //! and `--flag=value` both work.
 
+use devices::vfio::MsixRelocation;
 use std::path::PathBuf;
 
 mod virtio;
@@ -197,6 +198,9 @@ pub struct DeviceConfig {
     pub vf_token: Option<String>,
     /// `reset=`: whether a device that cannot be reset is refused.
     pub reset: ResetPolicy,
+    /// `msix_relocation=`: whether the MSI-X table the guest sees may be moved off the
+    /// device's registers (docs/passthrough.md, "The MSI-X page").
+    pub msix_relocation: MsixRelocation,
 }
 
 /// `reset=` of `--device`: what to do with a device vfiovm cannot reset (docs/passthrough.md,
@@ -214,7 +218,7 @@ pub enum ResetPolicy {
 impl DeviceConfig {
     /// The syntax of a `--device` value; also the help text.
     pub const SYNTAX: &'static str =
-        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required]";
+        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required][,msix_relocation=auto|off]";
 
     /// Parses one `--device` value.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
@@ -229,8 +233,10 @@ impl DeviceConfig {
             rom: None,
             vf_token: None,
             reset: ResetPolicy::Auto,
+            msix_relocation: MsixRelocation::Auto,
         };
         let mut reset_seen = false;
+        let mut msix_seen = false;
         for part in parts {
             match part.split_once('=') {
                 Some(("rom", f)) if !f.is_empty() => {
@@ -257,6 +263,12 @@ impl DeviceConfig {
                         "required" => ResetPolicy::Required,
                         _ => return Err(bad("reset= takes auto or required")),
                     };
+                }
+                Some(("msix_relocation", m)) => {
+                    if std::mem::replace(&mut msix_seen, true) {
+                        return Err(bad("msix_relocation= given twice"));
+                    }
+                    dev.msix_relocation = m.parse().map_err(|e: String| bad(&e))?;
                 }
                 _ => return Err(bad(&format!("unknown option '{part}'"))),
             }
@@ -388,9 +400,12 @@ OPTIONS:
                          does), threads=N (populating threads) [default: host CPUs]
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
-                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required],
-                         e.g. 0000:06:0d.0; reset=required refuses a device vfiovm cannot
-                         reset (FLR, PM, a bus reset of devices it holds) [default: auto]
+                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required]
+                         [,msix_relocation=auto|off], e.g. 0000:06:0d.0; reset=required
+                         refuses a device vfiovm cannot reset (FLR, PM, a bus reset of devices
+                         it holds) [default: auto]; msix_relocation=off keeps the MSI-X
+                         table where the device has it, its pages trapping [default: auto:
+                         moved off the registers when the kernel lets the BAR be mapped whole]
     --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
                          path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
@@ -922,7 +937,14 @@ mod tests {
         assert_eq!(d.reset, ResetPolicy::Required);
         let d = DeviceConfig::parse("06:0d.0,reset=auto,rom=r").unwrap();
         assert_eq!(d.reset, ResetPolicy::Auto);
+        assert_eq!(d.msix_relocation, MsixRelocation::Auto);
+        let d = DeviceConfig::parse("06:0d.0,msix_relocation=off,reset=required").unwrap();
+        assert_eq!(d.msix_relocation, MsixRelocation::Off);
+        assert_eq!(d.reset, ResetPolicy::Required);
+        let d = DeviceConfig::parse("06:0d.0,msix_relocation=auto").unwrap();
+        assert_eq!(d.msix_relocation, MsixRelocation::Auto);
         assert!(DeviceConfig::SYNTAX.contains("[,reset=auto|required]"));
+        assert!(DeviceConfig::SYNTAX.contains("[,msix_relocation=auto|off]"));
         for bad in [
             "",
             ",rom=x",
@@ -933,6 +955,9 @@ mod tests {
             "0000:06:0d.0,rom=a,rom=b",
             "0000:06:0d.0,reset=always",
             "0000:06:0d.0,reset=",
+            "0000:06:0d.0,msix_relocation=on",
+            "0000:06:0d.0,msix_relocation=",
+            "0000:06:0d.0,msix_relocation=off,msix_relocation=auto",
             "0000:06:0d.0,reset=auto,reset=required",
         ] {
             assert!(
