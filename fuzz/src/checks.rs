@@ -26,6 +26,7 @@
 //! DMA: a test device DMAs only with bus mastering on, and only inside guest RAM.
 
 use devices::interrupt::MsiMessage;
+use devices::pci::bar::BarKind;
 use devices::pci::testdev::{
     DMA_DONE, REGS_BAR, REG_DMA_ADDR_HI, REG_DMA_ADDR_LO, REG_DMA_COUNT, REG_DMA_STATUS,
 };
@@ -341,8 +342,39 @@ impl Rig {
             }
         }
 
-        // Memory slots.
+        // BAR sizes: the device's (its region rounded up to a power of two), or, for the BAR
+        // the MSI-X table was relocated to, larger, with the table and PBA the guest sees past
+        // the device's part (MSI-X relocation never puts the table over the device's BAR).
         let specs = d.inner.bar_specs();
+        for &(bar, spec) in &specs {
+            let Ok(index) = u32::try_from(bar) else {
+                continue;
+            };
+            let Some(region) = v.mock.st().regions.get(&index).map(|r| r.info.size) else {
+                continue;
+            };
+            let min = if spec.kind == BarKind::Io { 4 } else { 16 };
+            let own = region
+                .checked_next_power_of_two()
+                .unwrap_or(u64::MAX)
+                .max(min);
+            if spec.size > own {
+                let m = msix
+                    .as_ref()
+                    .expect("a BAR larger than the device's without MSI-X");
+                assert!(
+                    m.table_bar == bar
+                        && m.pba_bar == bar
+                        && m.table_offset >= own
+                        && m.pba_offset >= own
+                        && spec.size == 2 * m.table_offset,
+                    "BAR {bar} is {:#x} bytes, the device's {own:#x}, with MSI-X at {m:x?}",
+                    spec.size
+                );
+            }
+        }
+
+        // Memory slots.
         let d3 = v.mock.power_state() == Some(3);
         for slot in v.mapper.slots() {
             // The strict mapper refuses host memory that is no mmap of the device.

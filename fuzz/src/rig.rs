@@ -19,7 +19,7 @@ use devices::pci::{
     PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
 };
 use devices::vfio::mock::{MockDevice, MockMapper};
-use devices::vfio::VfioPciDevice;
+use devices::vfio::{MsixRelocation, VfioPciDevice, VfioPciOptions};
 use devices::Bus;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -178,6 +178,9 @@ pub struct VfioSpec {
     pub fail_set_irqs: bool,
     /// Make every memory slot request fail.
     pub fail_map: bool,
+    /// `msix_relocation=` of the device (with the fake device's MSIX_MAPPABLE capability, `auto`
+    /// shows the guest the relocated layout).
+    pub msix_relocation: MsixRelocation,
 }
 
 /// The assembled platform.
@@ -299,12 +302,15 @@ impl Rig {
             .backed_by(&mock);
         mapper.st().fail_map = spec.fail_map;
         let mapper = Arc::new(mapper);
-        let dev = match VfioPciDevice::new(
+        let options = VfioPciOptions::default()
+            .rom(rom_file)
+            .msix_relocation(spec.msix_relocation);
+        let dev = match VfioPciDevice::with_options(
             "0000:06:0d.0",
             Box::new(mock.clone()),
             &self.irq,
             mapper.clone(),
-            rom_file,
+            options,
         ) {
             Ok(dev) => dev,
             Err(_) => {
