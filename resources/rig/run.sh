@@ -121,7 +121,11 @@ if [ -n "$NVME" ]; then
 	if [ ! -e "$NVME" ]; then
 		truncate -s "${RIG_NVME_SIZE:-64M}" "$NVME" || finish 125 "FAIL step=nvme cannot create $NVME"
 	fi
-	DEVS+=(-drive "file=$NVME,if=none,id=nvm,format=raw" -device nvme,serial=vfiovm,drive=nvm)
+	# MSI-X table and PBA in BAR 0 beside the registers (checks/48-vfio-msix-reloc.sh): QEMU 9.0's
+	# default, said explicitly to QEMU 10; QEMU 6.0-8.2 have only that layout and no such property
+	NVME_OPTS=
+	[ "${RIG_QEMU:-host}" != 10 ] || NVME_OPTS=,msix-exclusive-bar=off
+	DEVS+=(-drive "file=$NVME,if=none,id=nvm,format=raw" -device "nvme,serial=vfiovm,drive=nvm$NVME_OPTS")
 fi
 if [ -n "${RIG_BIGBAR:-}" ]; then
 	# an ivshmem-plain whose BAR 2 is the file (sparse; RIG_BIGBAR_SIZE, default 64G), in a 64-bit

@@ -8,6 +8,12 @@
 //   nvmeio reads  DEV OFFSET COUNT        COUNT 4 KiB O_DIRECT reads, one at a time
 //   nvmeio mmapwrite FILE OFFSET BYTES SEED  mmap FILE (a PCI BAR's sysfs resourceN) there, write
 //                                         the pattern through the mapping, read it back, compare
+//   nvmeio peek FILE OFFSET COUNT          mmap FILE's page holding OFFSET, read the 32-bit word
+//                                         there COUNT times (each an MMIO read, or a VMM exit
+//                                         where the page traps)
+//   nvmeio msix DEVDIR                     the MSI-X table and PBA (BAR indicator, offset) of the
+//                                         PCI function DEVDIR (/sys/bus/pci/devices/...), from
+//                                         its config file, and the size of its BAR 0
 //
 // The pattern is a function of the seed and of each 8-byte word's byte offset on the device, so
 // data that lands at the wrong offset is caught as surely as wrong data. Output lines start with
@@ -159,6 +165,65 @@ static int mmapwrite(const char *path, uint64_t off, uint64_t len, uint64_t seed
     return bad ? 1 : 0;
 }
 
+// COUNT 32-bit reads of OFFSET of path through a shared mapping of its page
+static int peek(const char *path, uint64_t off, uint64_t count) {
+    int fd = open(path, O_RDWR | O_SYNC);
+    if (fd < 0) {
+        fprintf(stderr, "NVMEIO error open %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    uint64_t page = off & ~4095ull;
+    void *p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, (off_t)page);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "NVMEIO error mmap %s at %" PRIu64 ": %s\n", path, page, strerror(errno));
+        return 2;
+    }
+    volatile uint32_t *w = (volatile uint32_t *)((char *)p + (off - page));
+    uint32_t first = *w;
+    double t0 = now();
+    for (uint64_t i = 1; i < count; i++) (void)*w;
+    double t1 = now();
+    munmap(p, 4096);
+    close(fd);
+    printf("NVMEIO peek offset=0x%" PRIx64 " count=%8" PRIu64 " first=0x%08x us_per_read=%10.3f\n", off, count, first,
+           count > 1 ? (t1 - t0) * 1e6 / (double)(count - 1) : 0.0);
+    return 0;
+}
+
+// the MSI-X capability's Table and PBA registers as the function's config space has them
+static int msix(const char *dir) {
+    char path[512];
+    unsigned char cfg[256];
+    snprintf(path, sizeof path, "%s/config", dir);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || pread(fd, cfg, sizeof cfg, 0) != (ssize_t)sizeof cfg) {
+        fprintf(stderr, "NVMEIO error reading %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    close(fd);
+    unsigned at = cfg[0x34] & ~3u, seen = 0;
+    while (at >= 0x40 && at < 0xfc && seen++ < 48 && cfg[at] != 0x11) at = cfg[at + 1] & ~3u;
+    if (at < 0x40 || at >= 0xf4 || cfg[at] != 0x11) {
+        printf("NVMEIO msix none\n");
+        return 1;
+    }
+    uint32_t table, pba;
+    memcpy(&table, cfg + at + 4, 4);
+    memcpy(&pba, cfg + at + 8, 4);
+    unsigned long long start = 0, end = 0, flags = 0;
+    snprintf(path, sizeof path, "%s/resource", dir);
+    FILE *f = fopen(path, "r");
+    if (!f || fscanf(f, "%llx %llx %llx", &start, &end, &flags) != 3) {
+        fprintf(stderr, "NVMEIO error reading %s\n", path);
+        return 2;
+    }
+    fclose(f);
+    printf("NVMEIO msix vectors=%u table=%u:0x%x pba=%u:0x%x bar0_size=0x%llx\n",
+           (unsigned)((cfg[at + 2] | cfg[at + 3] << 8) & 0x7ff) + 1, table & 7, table & ~7u, pba & 7, pba & ~7u,
+           end - start + 1);
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -215,6 +280,8 @@ int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "bench")) return bench(argv[2], num(argv[3]), num(argv[4]));
     if (argc == 5 && !strcmp(argv[1], "reads")) return reads(argv[2], num(argv[3]), num(argv[4]));
     if (argc == 6 && !strcmp(argv[1], "mmapwrite")) return mmapwrite(argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
-    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT | mmapwrite FILE OFFSET BYTES SEED\n");
+    if (argc == 5 && !strcmp(argv[1], "peek")) return peek(argv[2], num(argv[3]), num(argv[4]));
+    if (argc == 3 && !strcmp(argv[1], "msix")) return msix(argv[2]);
+    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT | mmapwrite FILE OFFSET BYTES SEED | peek FILE OFFSET COUNT | msix DEVDIR\n");
     return 2;
 }
