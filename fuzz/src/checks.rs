@@ -342,11 +342,12 @@ impl Rig {
             }
         }
 
-        // BAR sizes: the device's (its region rounded up to a power of two), or, for the BAR
-        // the MSI-X table was relocated to, larger, with the table and PBA the guest sees past
-        // the device's part (MSI-X relocation never puts the table over the device's BAR).
+        // BAR sizes (not the ROM's, which may come from a file): the device's (its region rounded
+        // up to a power of two), or, for the BAR the MSI-X table was relocated to, larger, with
+        // the table and PBA the guest sees past the device's part (relocation never puts them
+        // over the device's BAR).
         let specs = d.inner.bar_specs();
-        for &(bar, spec) in &specs {
+        for &(bar, spec) in specs.iter().filter(|(_, s)| s.kind != BarKind::Rom) {
             let Ok(index) = u32::try_from(bar) else {
                 continue;
             };
