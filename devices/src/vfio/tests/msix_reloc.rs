@@ -200,7 +200,7 @@ fn driver_exits(mode: MsixRelocation) -> (u32, u64, PlatformRig) {
     let bar0 = u64::from(p.read32(0x10) & !0xf);
     assert!(bar0 >= MMIO32.0);
     let table = {
-        let t = p.read32(u16::from(p.msix_cap()) + 4);
+        let t = p.read32(p.msix_cap() + 4);
         bar0 + u64::from(t & !7)
     };
     let mut g = Guest {
@@ -229,7 +229,7 @@ fn exits_before_and_after_relocation() {
     assert_eq!(auto_table, bar0(&auto) + 0x4000);
     // The table accesses themselves trap in both, and reach the interrupt routing.
     for (p, table) in [(&off, off_table), (&auto, auto_table)] {
-        let msix = u16::from(p.msix_cap());
+        let msix = p.msix_cap();
         assert!(p
             .mapper
             .slots()
@@ -237,7 +237,7 @@ fn exits_before_and_after_relocation() {
             .all(|s| table < s.gpa || table >= s.gpa + s.size));
         program_vector(p, table, 2, 0x4242);
         let ctrl = p.read32(msix) >> 16;
-        p.write32(msix, (ctrl as u32 | u32::from(MSIX_CTRL_ENABLE)) << 16);
+        p.write32(msix, (ctrl | u32::from(MSIX_CTRL_ENABLE)) << 16);
         let dev = p.dev.lock().unwrap();
         let gsi = dev.irqs().msix.as_ref().unwrap().vector(2).unwrap().gsi();
         drop(dev);
@@ -261,7 +261,7 @@ fn exits_before_and_after_relocation() {
 fn bar_moves_and_sizing_carry_the_relocated_table() {
     let (mut b, _) = shared_page(true);
     let p = PlatformRig::new(&mut b);
-    let msix = u16::from(p.msix_cap());
+    let msix = p.msix_cap();
     let bar0 = u64::from(p.read32(0x10) & !0xf);
     assert_eq!(bar0 % 0x8000, 0, "the doubled BAR is naturally aligned");
     program_vector(&p, bar0 + 0x4000, 1, 0x31);
