@@ -9,6 +9,7 @@
 //! | `config` | its config space: shadowed registers, passed-through registers, hidden capabilities |
 //! | `bars` | its BARs: mmapped areas as guest memory through [`GuestMemoryMapper`], the rest trapped |
 //! | `irqs` | its MSI, MSI-X and INTx, wired eventfd → irqfd with `VFIO_DEVICE_SET_IRQS` |
+//! | `p2p` | [`PeerDmaMapper`]: BAR memory DMA-mapped into the container where the guest puts it (peer-to-peer DMA) |
 //! | [`reset`] | [`ResetStrategy`]: how the device is reset (FLR, PM, bus hot reset, none), chosen at open |
 //!
 //! # Wiring it up (what the VMM does)
@@ -63,6 +64,7 @@ mod bars;
 mod config;
 mod device;
 mod irqs;
+mod p2p;
 mod sys;
 
 #[cfg(any(test, feature = "test-util"))]
@@ -76,5 +78,6 @@ pub use container::{ContainerError, LegacyContainer, VfioContainer, VfioDeviceAd
 pub use device::{VfioPciDevice, VfioPciError};
 pub use irqs::IrqSetupError;
 pub use ops::{HotResetDevice, OpsError, VfioDeviceOps};
+pub use p2p::PeerDmaMapper;
 pub use reset::{HostResetMethods, ResetHost, ResetStrategy};
 pub use sys::VfioDeviceFd;

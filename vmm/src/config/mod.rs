@@ -197,6 +197,9 @@ pub struct DeviceConfig {
     pub vf_token: Option<String>,
     /// `reset=`: whether a device that cannot be reset is refused.
     pub reset: ResetPolicy,
+    /// `p2p=on|off`: whether the device's mmapped BAR memory is DMA-mapped into the container
+    /// at its guest address, so other passed-through devices can DMA into it (default on).
+    pub p2p: bool,
 }
 
 /// `reset=` of `--device`: what to do with a device vfiovm cannot reset (docs/passthrough.md,
@@ -214,7 +217,7 @@ pub enum ResetPolicy {
 impl DeviceConfig {
     /// The syntax of a `--device` value; also the help text.
     pub const SYNTAX: &'static str =
-        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required]";
+        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required][,p2p=on|off]";
 
     /// Parses one `--device` value.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
@@ -229,8 +232,9 @@ impl DeviceConfig {
             rom: None,
             vf_token: None,
             reset: ResetPolicy::Auto,
+            p2p: true,
         };
-        let mut reset_seen = false;
+        let (mut reset_seen, mut p2p_seen) = (false, false);
         for part in parts {
             match part.split_once('=') {
                 Some(("rom", f)) if !f.is_empty() => {
@@ -256,6 +260,16 @@ impl DeviceConfig {
                         "auto" => ResetPolicy::Auto,
                         "required" => ResetPolicy::Required,
                         _ => return Err(bad("reset= takes auto or required")),
+                    };
+                }
+                Some(("p2p", v)) => {
+                    if std::mem::replace(&mut p2p_seen, true) {
+                        return Err(bad("p2p= given twice"));
+                    }
+                    dev.p2p = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("p2p= takes on or off")),
                     };
                 }
                 _ => return Err(bad(&format!("unknown option '{part}'"))),
@@ -388,9 +402,11 @@ OPTIONS:
                          does), threads=N (populating threads) [default: host CPUs]
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
-                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required],
-                         e.g. 0000:06:0d.0; reset=required refuses a device vfiovm cannot
-                         reset (FLR, PM, a bus reset of devices it holds) [default: auto]
+                         BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required]
+                         [,p2p=on|off], e.g. 0000:06:0d.0; reset=required refuses a device
+                         vfiovm cannot reset (FLR, PM, a bus reset of devices it holds)
+                         [default: auto]; p2p=off keeps other devices from DMAing into its
+                         BARs [default: on]
     --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
                          path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
@@ -923,6 +939,9 @@ mod tests {
         let d = DeviceConfig::parse("06:0d.0,reset=auto,rom=r").unwrap();
         assert_eq!(d.reset, ResetPolicy::Auto);
         assert!(DeviceConfig::SYNTAX.contains("[,reset=auto|required]"));
+        assert!(d.p2p, "peer DMA is on by default");
+        assert!(!DeviceConfig::parse("06:0d.0,p2p=off").unwrap().p2p);
+        assert!(DeviceConfig::parse("06:0d.0,p2p=on").unwrap().p2p);
         for bad in [
             "",
             ",rom=x",
@@ -934,6 +953,8 @@ mod tests {
             "0000:06:0d.0,reset=always",
             "0000:06:0d.0,reset=",
             "0000:06:0d.0,reset=auto,reset=required",
+            "0000:06:0d.0,p2p=yes",
+            "0000:06:0d.0,p2p=on,p2p=off",
         ] {
             assert!(
                 matches!(DeviceConfig::parse(bad), Err(ConfigError::BadDevice(..))),

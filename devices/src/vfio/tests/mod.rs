@@ -13,6 +13,7 @@ mod caps;
 mod errors;
 mod garbage;
 mod irqs;
+mod p2p;
 mod platform;
 mod reset;
 
