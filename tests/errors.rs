@@ -81,7 +81,7 @@ fn bad_device_values() {
         );
         assert!(
             o.stderr.contains(
-                "(syntax: BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required][,msix_relocation=auto|off])"
+                "(syntax: BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required][,msix_relocation=auto|off][,p2p=on|off])"
             ),
             "{o:#?}"
         );

@@ -116,7 +116,7 @@ APPEND="console=ttyS0 intel_iommu=on panic=-1 no_timer_check rdinit=/init rig.ti
 [ -z "$BIND_BDF" ] || APPEND+=" rig.bind_bdf=$BIND_BDF"
 # tells init that a missing /test/run is an error (an archive the kernel failed to unpack, say)
 [ ! -e "${RIG_PAYLOAD:-/nonexistent}/run" ] || APPEND+=" rig.payload=1"
-DEVS=(-device intel-iommu,intremap=on,caching-mode=on -device edu -device pci-testdev)
+DEVS=(-device intel-iommu,intremap=on,caching-mode=on -device edu,dma_mask=0xffffffffffffffff -device pci-testdev)
 if [ -n "$NVME" ]; then
 	if [ ! -e "$NVME" ]; then
 		truncate -s "${RIG_NVME_SIZE:-64M}" "$NVME" || finish 125 "FAIL step=nvme cannot create $NVME"

@@ -27,8 +27,8 @@ use devices::kvm::{DeviceSlots, KvmVfioDevice, KvmVfioError};
 use devices::pci::{BarKind, PciAddress, PciDevice};
 use devices::vfio::host::{self, HostError, HostRoot};
 use devices::vfio::{
-    GuestMemoryMapper, LegacyContainer, ResetHost, ResetStrategy, VfioContainer, VfioDeviceAddress,
-    VfioPciDevice, VfioPciOptions,
+    GuestMemoryMapper, LegacyContainer, PeerDmaMapper, ResetHost, ResetStrategy, VfioContainer,
+    VfioDeviceAddress, VfioPciDevice, VfioPciOptions,
 };
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -226,7 +226,7 @@ pub fn setup(
 /// `reset=required`), resets it and puts it on the PCI platform; `added` gets `(slot, bdf)`
 /// of each device placed, also when a later one fails.
 fn open_devices(
-    container: &LegacyContainer,
+    container: &Arc<LegacyContainer>,
     reports: &[(&DeviceConfig, host::DeviceReport)],
     roms: &[Option<Vec<u8>>],
     platform: &Platform,
@@ -254,6 +254,12 @@ fn open_devices(
                 .filter_map(|g| Some((g, container.group_fd(g)?)))
                 .collect(),
         };
+        // With p2p (the default) its BAR memory is also a DMA target for the other devices.
+        let dev_mapper: Arc<dyn GuestMemoryMapper> = if cfg.p2p {
+            Arc::new(PeerDmaMapper::new(mapper.clone(), container.clone()))
+        } else {
+            mapper.clone()
+        };
         let options = VfioPciOptions::default()
             .rom(rom)
             .reset_host(reset_host.clone())
@@ -262,7 +268,7 @@ fn open_devices(
             &bdf,
             Box::new(fd),
             &**platform.interrupts(),
-            mapper.clone(),
+            dev_mapper,
             options,
         )
         .map_err(|err| PassthroughError::Device {
@@ -491,6 +497,7 @@ mod tests {
             vf_token: None,
             reset: ResetPolicy::Auto,
             msix_relocation: Default::default(),
+            p2p: true,
         };
         let gpu_only = [
             (&cfg, report("0000:01:00.0", 7)),

@@ -9,7 +9,8 @@
 //! - virtio I/O threads (`virtio-*`), [`ThreadKind::Device`]: epoll on the queues' eventfds,
 //!   the device's own I/O (`getrandom`, `pread64`/`pwrite64`, `fdatasync`, `fallocate`,
 //!   `io_uring_enter` on a disk's restricted ring, `preadv2` for a read the page cache holds;
-//!   virtio-net's frames are `read`/`write` on its tap, allowed for every thread) and irqfd
+//!   virtio-net's frames are `readv`/`writev` on its tap, straight between the tap and guest
+//!   RAM, or `read`/`write` through its own buffer) and irqfd
 //!   writes; virtio-console's output to a socket is `sendto` with `MSG_DONTWAIT |
 //!   MSG_NOSIGNAL` only. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
@@ -406,8 +407,10 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_epoll_pwait,
                 // virtio-rng
                 libc::SYS_getrandom,
-                // virtio-net needs nothing more: its tap is read and written with read(2)
-                // and write(2), and added to the epoll set with epoll_ctl.
+                // virtio-net: frames between its tap and guest RAM (read(2)/write(2) through
+                // its own buffer are every thread's); the tap joins the epoll set.
+                libc::SYS_readv,
+                libc::SYS_writev,
                 // virtio-blk: the image's data, FLUSH, DISCARD and WRITE_ZEROES.
                 libc::SYS_pread64,
                 libc::SYS_pwrite64,
@@ -1011,6 +1014,27 @@ mod tests {
                 let r_err = std::io::Error::last_os_error().raw_os_error();
                 (w < 0 && w_err == Some(REFUSED)) || (r < 0 && r_err == Some(REFUSED))
             };
+            // ... and with writev(2)/readv(2), as it does to and from guest RAM.
+            let frames_v = {
+                let (a, b) = (k.pair.0.as_raw_fd(), k.pair.1.as_raw_fd());
+                let (out, mut inp) = ([7u8; 60], [0u8; 64]);
+                let ov = libc::iovec {
+                    iov_base: out.as_ptr() as *mut libc::c_void,
+                    iov_len: out.len(),
+                };
+                let iv = libc::iovec {
+                    iov_base: inp.as_mut_ptr().cast(),
+                    iov_len: inp.len(),
+                };
+                // SAFETY: writev(2) reads `out` through `ov`, readv(2) fills `inp` through `iv`;
+                // both live buffers of the lengths given.
+                let w = unsafe { libc::writev(a, &ov, 1) };
+                let w_err = std::io::Error::last_os_error().raw_os_error();
+                // SAFETY: as above.
+                let r = unsafe { libc::readv(b, &iv, 1) };
+                let r_err = std::io::Error::last_os_error().raw_os_error();
+                (w < 0 && w_err == Some(REFUSED)) || (r < 0 && r_err == Some(REFUSED))
+            };
             let allowed: Checks = vec![
                 (
                     "epoll_create1/epoll_ctl/epoll_wait",
@@ -1029,6 +1053,7 @@ mod tests {
                     falloc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED),
                 ),
                 ("write/read of frames (virtio-net's tap)", frames),
+                ("writev/readv of frames (virtio-net's tap)", frames_v),
                 ("io_uring_enter", uring_call(libc::SYS_io_uring_enter)),
                 ("preadv2", uring_call(libc::SYS_preadv2)),
                 (

@@ -11,6 +11,7 @@
 //! | `irqs` | its MSI, MSI-X and INTx, wired eventfd → irqfd with `VFIO_DEVICE_SET_IRQS` |
 //! | `msix_reloc` | [`MsixRelocation`]: moving the emulated MSI-X table off the device's registers |
 //! | `options` | [`VfioPciOptions`]: ROM, reset host, MSI-X relocation, for [`VfioPciDevice::with_options`] |
+//! | `p2p` | [`PeerDmaMapper`]: BAR memory DMA-mapped into the container where the guest puts it (peer-to-peer DMA) |
 //! | [`reset`] | [`ResetStrategy`]: how the device is reset (FLR, PM, bus hot reset, none), chosen at open |
 //!
 //! # Wiring it up (what the VMM does)
@@ -67,6 +68,7 @@ mod device;
 mod irqs;
 mod msix_reloc;
 mod options;
+mod p2p;
 mod sys;
 
 #[cfg(any(test, feature = "test-util"))]
@@ -82,5 +84,6 @@ pub use irqs::IrqSetupError;
 pub use msix_reloc::MsixRelocation;
 pub use ops::{HotResetDevice, OpsError, VfioDeviceOps};
 pub use options::VfioPciOptions;
+pub use p2p::PeerDmaMapper;
 pub use reset::{HostResetMethods, ResetHost, ResetStrategy};
 pub use sys::VfioDeviceFd;

@@ -234,6 +234,30 @@ impl<'a> Chain<'a> {
         .then_some(v)
     }
 
+    /// The host memory behind `[offset, offset + len)` of the readable (or writable) stream,
+    /// appended to `out` as `(host address, length)` pieces in stream order, for I/O the
+    /// kernel does straight into guest RAM ([`GuestRam::host_ranges`]); `false` (`out`
+    /// unchanged) if that runs past the stream or the RAM has no host addresses to give.
+    pub fn host_ranges(
+        &self,
+        writable: bool,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<(usize, usize)>,
+    ) -> bool {
+        let Ok(len) = usize::try_from(len) else {
+            return false;
+        };
+        let (ram, start) = (self.ram, out.len());
+        let ok = self.pieces(writable, offset, len, |addr, r| {
+            ram.host_ranges(addr, r.len() as u64, writable, out)
+        });
+        if !ok {
+            out.truncate(start);
+        }
+        ok
+    }
+
     /// Reads `buf.len()` bytes at `offset` into the readable buffers; `false` if that runs
     /// past them (or RAM went away).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> bool {

@@ -325,6 +325,8 @@ impl VirtioDevice for Net {
                 why: format!("mapping a frame buffer: {e}"),
             })?,
             rx_pending: None,
+            rx_guess: 0,
+            ranges: Vec::new(),
             resume: self.resume.clone(),
             warned: false,
         }))
@@ -413,6 +415,70 @@ fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Most iovecs one `readv`/`writev` takes (`IOV_MAX`); a frame in more pieces than that goes
+/// through the device's own buffer.
+const MAX_IOVECS: usize = 1024;
+
+/// The `iovec`s naming `ranges` (host addresses and lengths).
+fn iovecs(ranges: &[(usize, usize)]) -> Vec<libc::iovec> {
+    ranges
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect()
+}
+
+/// `writev(2)` of one frame from the memory `ranges` name.
+///
+/// # Safety
+///
+/// Every range must be memory of this process, mapped and readable for the call.
+unsafe fn writev_fd(fd: RawFd, ranges: &[(usize, usize)]) -> io::Result<usize> {
+    let iov = iovecs(ranges);
+    // SAFETY: `iov` is a live array of `iov.len()` (at most MAX_IOVECS) iovecs naming memory
+    // mapped and readable for the call (the caller's promise); the kernel only reads it.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `readv(2)` of one frame into the memory `ranges` name.
+///
+/// # Safety
+///
+/// Every range must be memory of this process, mapped and writable for the call, and no
+/// Rust reference may be live to any of it.
+unsafe fn readv_fd(fd: RawFd, ranges: &[(usize, usize)]) -> io::Result<usize> {
+    let iov = iovecs(ranges);
+    // SAFETY: `iov` is a live array of `iov.len()` (at most MAX_IOVECS) iovecs naming memory
+    // mapped and writable for the call with no reference to it live (the caller's promise);
+    // the kernel writes nothing else.
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// What came of reading a frame straight into the driver's buffers.
+enum Direct {
+    /// In the guest's buffers (or dropped): take the next.
+    Delivered,
+    /// Nothing taken (a runt frame skipped, an interrupted read): try again.
+    Again,
+    /// The backend has no frame: done until it is readable again.
+    Empty,
+    /// The driver has no receive chain: wait for it to add some.
+    NoBuffers,
+    /// Not in place: the frame is pending in `rx_buf`, or the buffers have no host addresses
+    /// (nothing read): take the copying path.
+    Copy,
+}
+
 /// What became of the frame waiting for the guest.
 enum Delivery {
     /// In the guest's buffers (or dropped): take the next.
@@ -430,6 +496,11 @@ struct NetHandler {
     rx_buf: FrameBuf,
     /// Length (header included) of the frame in `rx_buf` still to be delivered.
     rx_pending: Option<usize>,
+    /// Length of the last frame received: how much receive room to lend the kernel for the
+    /// next one (frames of a stream tend to be alike).
+    rx_guess: usize,
+    /// Scratch list of host ranges for one `readv`/`writev`.
+    ranges: Vec<(usize, usize)>,
     resume: Arc<EventFd>,
     warned: bool,
 }
@@ -450,14 +521,25 @@ impl NetHandler {
             bump(&self.stats.tx_dropped);
             return;
         }
-        let len = len as usize;
-        if !chain.read_at(0, &mut self.tx_buf[..len]) {
-            bump(&self.stats.tx_dropped);
-            return;
-        }
-        // num_buffers means nothing on transmit; the tap skips it anyway.
-        self.tx_buf[NUM_BUFFERS..NET_HDR_LEN].fill(0);
-        match write_fd(self.backend.fd(), &self.tx_buf[..len]) {
+        // Straight from guest RAM where it has host addresses (always, in a VMM); the guest
+        // may change the buffers meanwhile, which only garbles its own frame (the kernel
+        // copies and checks it). `num_buffers` means nothing on transmit; the tap skips it.
+        self.ranges.clear();
+        let sent = if chain.host_ranges(false, 0, len, &mut self.ranges)
+            && self.ranges.len() <= MAX_IOVECS
+        {
+            // SAFETY: the ranges are guest RAM's host mappings, which stay mapped while the
+            // device's memory lives, which outlasts this call (the chain borrows it).
+            unsafe { writev_fd(self.backend.fd(), &self.ranges) }
+        } else {
+            let len = len as usize;
+            if !chain.read_at(0, &mut self.tx_buf[..len]) {
+                bump(&self.stats.tx_dropped);
+                return;
+            }
+            write_fd(self.backend.fd(), &self.tx_buf[..len])
+        };
+        match sent {
             Ok(_) => bump(&self.stats.tx_frames),
             Err(e) => {
                 bump(&self.stats.tx_dropped);
@@ -479,6 +561,27 @@ impl NetHandler {
                     self.warn_once(format_args!("cannot schedule the rest of the frames: {e}"));
                 }
                 return Ok(());
+            }
+            if self.rx_pending.is_none() {
+                let published = queues.avail_idx(RX_QUEUE)?;
+                match self.receive_direct(queues)? {
+                    Direct::Delivered => {
+                        moved += 1;
+                        continue;
+                    }
+                    Direct::Again => continue,
+                    Direct::Empty => return Ok(()),
+                    Direct::NoBuffers => {
+                        // The frame stays in the backend until the driver adds buffers, which
+                        // it notifies once notifications are re-armed.
+                        queues.enable_notification(RX_QUEUE)?;
+                        if queues.avail_idx(RX_QUEUE)? == published {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Direct::Copy => {}
+                }
             }
             let len = match self.rx_pending {
                 Some(len) => len,
@@ -521,6 +624,126 @@ impl NetHandler {
                 }
             }
         }
+    }
+
+    /// Reads the next frame from the backend straight into the driver's receive buffers (one
+    /// chain, or with `VIRTIO_NET_F_MRG_RXBUF` as many as a frame like the last one needs);
+    /// what does not fit lands in `rx_buf` at its offset in the frame. A frame that fit is
+    /// completed in place; one that did not is moved whole into `rx_buf` and left pending
+    /// for the copying path (or, without mergeable buffers, dropped as too long for the
+    /// chain, which is kept).
+    fn receive_direct(&mut self, queues: &mut Queues<'_, '_>) -> Result<Direct, RingFault> {
+        let Some(first) = self.pop_rx(queues)? else {
+            return Ok(Direct::NoBuffers);
+        };
+        let cap = NET_HDR_LEN + MAX_FRAME_LEN;
+        let want = self.rx_guess.clamp(NET_HDR_LEN, cap) as u64;
+        let mut room = first.writable_len();
+        let mut chains = vec![first];
+        while self.mrg_rxbuf && room < want {
+            match queues.pop(RX_QUEUE)? {
+                Some(c) => {
+                    room += c.writable_len();
+                    chains.push(c);
+                }
+                None => break,
+            }
+        }
+        let popped = chains.len() as u16;
+        // Lend the chains' buffers (up to the longest frame), then the rest of `rx_buf`.
+        self.ranges.clear();
+        let mut lent = 0usize;
+        for c in &chains {
+            let n = usize::try_from(c.writable_len()).map_or(cap - lent, |n| n.min(cap - lent));
+            if !c.host_ranges(true, 0, n as u64, &mut self.ranges) {
+                queues.put_back(RX_QUEUE, popped);
+                return Ok(Direct::Copy);
+            }
+            lent += n;
+        }
+        if self.ranges.len() >= MAX_IOVECS {
+            queues.put_back(RX_QUEUE, popped);
+            return Ok(Direct::Copy);
+        }
+        if lent < cap {
+            let base = self.rx_buf.ptr.as_ptr() as usize;
+            self.ranges.push((base + lent, cap - lent));
+        }
+        // SAFETY: the ranges are guest RAM's host mappings, mapped and writable while the
+        // device's memory lives (which outlasts the call: the chains borrow it), and the tail
+        // of `rx_buf`, this handler's own mapping of FRAME_BUF_LEN >= `cap` bytes, with no
+        // reference to it live; vm-memory holds no references into guest RAM.
+        let n = match unsafe { readv_fd(self.backend.fd(), &self.ranges) } {
+            Ok(n) => n,
+            Err(e) => {
+                queues.put_back(RX_QUEUE, popped);
+                return Ok(match e.kind() {
+                    io::ErrorKind::WouldBlock => Direct::Empty,
+                    io::ErrorKind::Interrupted => Direct::Again,
+                    _ => {
+                        self.warn_once(format_args!("reading the backend: {e}"));
+                        Direct::Empty
+                    }
+                });
+            }
+        };
+        if n < NET_HDR_LEN {
+            queues.put_back(RX_QUEUE, popped);
+            return Ok(Direct::Again);
+        }
+        self.rx_guess = n;
+        if n > lent {
+            if !self.mrg_rxbuf {
+                bump(&self.stats.rx_dropped);
+                queues.put_back(RX_QUEUE, popped);
+                return Ok(Direct::Delivered);
+            }
+            // Gather the head of the frame back from the chains and give them back.
+            let ram = queues.ram();
+            let mut at = 0usize;
+            for c in &chains {
+                let k = usize::try_from(c.writable_len()).map_or(lent - at, |k| k.min(lent - at));
+                for (addr, len) in c.ranges(true, 0, k as u64).unwrap_or_default() {
+                    let len = len as usize;
+                    if !ram.read_at(addr, &mut self.rx_buf[at..at + len]) {
+                        bump(&self.stats.rx_dropped);
+                        queues.put_back(RX_QUEUE, popped);
+                        return Ok(Direct::Delivered);
+                    }
+                    at += len;
+                }
+            }
+            queues.put_back(RX_QUEUE, popped);
+            self.rx_pending = Some(n);
+            return Ok(Direct::Copy);
+        }
+        // The frame is in the first `used` chains: the others go back.
+        let (mut used, mut filled) = (0usize, 0u64);
+        while filled < n as u64 {
+            filled += chains[used].writable_len();
+            used += 1;
+        }
+        queues.put_back(RX_QUEUE, popped - used as u16);
+        let mut hdr = [0u8; NET_HDR_LEN];
+        let fixed = if self.guest_csum {
+            // Keep the kernel's flags and segmentation fields; set num_buffers only.
+            chains[0].write_at(NUM_BUFFERS as u64, &(used as u16).to_le_bytes())
+        } else {
+            hdr[NUM_BUFFERS..].copy_from_slice(&(used as u16).to_le_bytes());
+            chains[0].write_at(0, &hdr)
+        };
+        let mut left = n as u64;
+        for c in &chains[..used] {
+            let k = c.writable_len().min(left);
+            left -= k;
+            queues.add_used(RX_QUEUE, c.head(), if fixed { k as u32 } else { 0 })?;
+        }
+        bump(if fixed {
+            &self.stats.rx_frames
+        } else {
+            &self.stats.rx_dropped
+        });
+        Ok(Direct::Delivered)
     }
 
     /// Pops receive chains until one can take the header; chains that cannot are completed

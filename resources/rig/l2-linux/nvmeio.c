@@ -14,6 +14,11 @@
 //   nvmeio msix DEVDIR                     the MSI-X table and PBA (BAR indicator, offset) of the
 //                                         PCI function DEVDIR (/sys/bus/pci/devices/...), from
 //                                         its config file, and the size of its BAR 0
+//   nvmeio edup2p EDU BAR OFFSET SEED     peer-to-peer DMA: QEMU's edu (EDU: its sysfs device
+//                                         directory) copies a 4 KiB pattern from RAM into its
+//                                         buffer, then out to bus address BAR's BAR 2 + OFFSET
+//                                         (another device's memory); read back through BAR's
+//                                         resource2 and compared
 //
 // The pattern is a function of the seed and of each 8-byte word's byte offset on the device, so
 // data that lands at the wrong offset is caught as surely as wrong data. Output lines start with
@@ -273,6 +278,89 @@ static int reads(const char *dev, uint64_t off, uint64_t count) {
     return 0;
 }
 
+// edu (QEMU docs/specs/edu.rst): 0x00 ident, 0x80 DMA source, 0x88 destination, 0x90 count, 0x98
+// command (bit 0 start/busy, bit 1 edu->RAM); its 4 KiB buffer is at edu address 0x40000
+#define EDU_BUF 0x40000u
+static int sysfs_enable(const char *dev) { // memory decoding and bus mastering, via config space
+    char path[512];
+    snprintf(path, sizeof path, "%s/config", dev);
+    int fd = open(path, O_RDWR);
+    uint16_t cmd;
+    if (fd < 0 || pread(fd, &cmd, 2, 4) != 2) return -1;
+    cmd |= 0x6;
+    int r = pwrite(fd, &cmd, 2, 4) == 2 ? 0 : -1;
+    close(fd);
+    return r;
+}
+
+static uint64_t bar2_start(const char *dev) { // third line of sysfs "resource"
+    char path[512];
+    unsigned long long start = 0, end, flags;
+    snprintf(path, sizeof path, "%s/resource", dev);
+    FILE *f = fopen(path, "r");
+    for (int i = 0; f && i < 3; i++)
+        if (fscanf(f, "%llx %llx %llx", &start, &end, &flags) != 3) start = 0;
+    if (f) fclose(f);
+    return start;
+}
+
+static int edu_dma(volatile uint64_t *edu, uint64_t src, uint64_t dst, uint64_t cmd) {
+    edu[0x80 / 8] = src;
+    edu[0x88 / 8] = dst;
+    edu[0x90 / 8] = 4096;
+    edu[0x98 / 8] = cmd | 1;
+    for (int i = 0; i < 5000; i++) { // the model runs a DMA 100 ms (virtual) after it is started
+        if (!(edu[0x98 / 8] & 1)) return 0;
+        usleep(1000);
+    }
+    return -1;
+}
+
+static int edup2p(const char *edu_dev, const char *bar_dev, uint64_t off, uint64_t seed) {
+    char path[512];
+    uint64_t bus = bar2_start(bar_dev);
+    if (!bus || sysfs_enable(edu_dev) || sysfs_enable(bar_dev)) {
+        fprintf(stderr, "NVMEIO error edup2p: cannot enable %s / %s or read BAR 2 of the latter\n", edu_dev, bar_dev);
+        return 2;
+    }
+    // a locked page of RAM with the pattern, and its physical (= bus: no IOMMU in the guest) address
+    uint64_t *ram = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED, -1, 0);
+    if (ram == MAP_FAILED) return 2;
+    fill(ram, 4096, seed, off);
+    uint64_t pme = 0;
+    int pm = open("/proc/self/pagemap", O_RDONLY);
+    if (pm < 0 || pread(pm, &pme, 8, (off_t)((uintptr_t)ram / 4096 * 8)) != 8 || !(pme >> 63) || !(pme & ((1ull << 55) - 1))) {
+        fprintf(stderr, "NVMEIO error edup2p: no physical address for the buffer (pagemap %#" PRIx64 ")\n", pme);
+        return 2;
+    }
+    close(pm);
+    uint64_t phys = (pme & ((1ull << 55) - 1)) * 4096;
+    snprintf(path, sizeof path, "%s/resource0", edu_dev);
+    int fd = open(path, O_RDWR | O_SYNC);
+    volatile uint64_t *edu = fd < 0 ? MAP_FAILED : mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (edu == MAP_FAILED) {
+        fprintf(stderr, "NVMEIO error edup2p: mapping %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    uint32_t ident = *(volatile uint32_t *)edu;
+    double t0 = now();
+    int to_edu = edu_dma(edu, phys, EDU_BUF, 0), to_bar = to_edu ? -1 : edu_dma(edu, EDU_BUF, bus + off, 2);
+    double t1 = now();
+    snprintf(path, sizeof path, "%s/resource2", bar_dev);
+    int bfd = open(path, O_RDWR | O_SYNC);
+    volatile uint64_t *bar = bfd < 0 ? MAP_FAILED : mmap(NULL, 4096, PROT_READ, MAP_SHARED, bfd, (off_t)off);
+    if (bar == MAP_FAILED) {
+        fprintf(stderr, "NVMEIO error edup2p: mapping %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    uint64_t bad = 0;
+    for (int i = 0; i < 512; i++) bad += bar[i] != word_at(seed, off + (uint64_t)i * 8);
+    printf("NVMEIO edup2p ident=%#x ram=%#" PRIx64 " dst=%#" PRIx64 " dma_to_edu=%s dma_to_bar=%s mismatched_words=%" PRIu64
+           " s=%.3f\n",
+           ident, phys, bus + off, to_edu ? "timeout" : "ok", to_bar ? "timeout" : "ok", bad, t1 - t0);
+    return to_edu || to_bar || bad ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 6 && !strcmp(argv[1], "write")) return pattern(argv[2], num(argv[3]), num(argv[4]), num(argv[5]), 1);
@@ -282,6 +370,7 @@ int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "mmapwrite")) return mmapwrite(argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
     if (argc == 5 && !strcmp(argv[1], "peek")) return peek(argv[2], num(argv[3]), num(argv[4]));
     if (argc == 3 && !strcmp(argv[1], "msix")) return msix(argv[2]);
-    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT | mmapwrite FILE OFFSET BYTES SEED | peek FILE OFFSET COUNT | msix DEVDIR\n");
+    if (argc == 6 && !strcmp(argv[1], "edup2p")) return edup2p(argv[2], argv[3], num(argv[4]), num(argv[5]));
+    fprintf(stderr, "usage: nvmeio write|check DEV OFFSET BYTES SEED | bench DEV OFFSET BYTES | reads DEV OFFSET COUNT | mmapwrite FILE OFFSET BYTES SEED | peek FILE OFFSET COUNT | msix DEVDIR | edup2p EDU BAR OFFSET SEED\n");
     return 2;
 }

@@ -201,6 +201,9 @@ pub struct DeviceConfig {
     /// `msix_relocation=`: whether the MSI-X table the guest sees may be moved off the
     /// device's registers (docs/passthrough.md, "The MSI-X page").
     pub msix_relocation: MsixRelocation,
+    /// `p2p=on|off`: whether the device's mmapped BAR memory is DMA-mapped into the container
+    /// at its guest address, so other passed-through devices can DMA into it (default on).
+    pub p2p: bool,
 }
 
 /// `reset=` of `--device`: what to do with a device vfiovm cannot reset (docs/passthrough.md,
@@ -218,7 +221,7 @@ pub enum ResetPolicy {
 impl DeviceConfig {
     /// The syntax of a `--device` value; also the help text.
     pub const SYNTAX: &'static str =
-        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required][,msix_relocation=auto|off]";
+        "BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required][,msix_relocation=auto|off][,p2p=on|off]";
 
     /// Parses one `--device` value.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
@@ -234,9 +237,9 @@ impl DeviceConfig {
             vf_token: None,
             reset: ResetPolicy::Auto,
             msix_relocation: MsixRelocation::Auto,
+            p2p: true,
         };
-        let mut reset_seen = false;
-        let mut msix_seen = false;
+        let (mut reset_seen, mut msix_seen, mut p2p_seen) = (false, false, false);
         for part in parts {
             match part.split_once('=') {
                 Some(("rom", f)) if !f.is_empty() => {
@@ -269,6 +272,16 @@ impl DeviceConfig {
                         return Err(bad("msix_relocation= given twice"));
                     }
                     dev.msix_relocation = m.parse().map_err(|e: String| bad(&e))?;
+                }
+                Some(("p2p", v)) => {
+                    if std::mem::replace(&mut p2p_seen, true) {
+                        return Err(bad("p2p= given twice"));
+                    }
+                    dev.p2p = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("p2p= takes on or off")),
+                    };
                 }
                 _ => return Err(bad(&format!("unknown option '{part}'"))),
             }
@@ -401,11 +414,13 @@ OPTIONS:
     --cpus N             Number of vCPUs (alias --smp) [default: 1]
     --device DEV         PCI device to pass through (repeatable):
                          BDF|SYSFS_PATH[,rom=FILE][,vf_token=UUID][,reset=auto|required]
-                         [,msix_relocation=auto|off], e.g. 0000:06:0d.0; reset=required
-                         refuses a device vfiovm cannot reset (FLR, PM, a bus reset of devices
-                         it holds) [default: auto]; msix_relocation=off keeps the MSI-X
-                         table where the device has it, its pages trapping [default: auto:
-                         moved off the registers when the kernel lets the BAR be mapped whole]
+                         [,msix_relocation=auto|off][,p2p=on|off], e.g. 0000:06:0d.0;
+                         reset=required refuses a device vfiovm cannot reset (FLR, PM, a bus
+                         reset of devices it holds) [default: auto]; msix_relocation=off keeps
+                         the MSI-X table where the device has it, its pages trapping [default:
+                         auto: moved off the registers when the kernel lets the BAR be mapped
+                         whole]; p2p=off keeps other devices from DMAing into its BARs
+                         [default: on]
     --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
                          path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
@@ -945,6 +960,9 @@ mod tests {
         assert_eq!(d.msix_relocation, MsixRelocation::Auto);
         assert!(DeviceConfig::SYNTAX.contains("[,reset=auto|required]"));
         assert!(DeviceConfig::SYNTAX.contains("[,msix_relocation=auto|off]"));
+        assert!(d.p2p, "peer DMA is on by default");
+        assert!(!DeviceConfig::parse("06:0d.0,p2p=off").unwrap().p2p);
+        assert!(DeviceConfig::parse("06:0d.0,p2p=on").unwrap().p2p);
         for bad in [
             "",
             ",rom=x",
@@ -959,6 +977,8 @@ mod tests {
             "0000:06:0d.0,msix_relocation=",
             "0000:06:0d.0,msix_relocation=off,msix_relocation=auto",
             "0000:06:0d.0,reset=auto,reset=required",
+            "0000:06:0d.0,p2p=yes",
+            "0000:06:0d.0,p2p=on,p2p=off",
         ] {
             assert!(
                 matches!(DeviceConfig::parse(bad), Err(ConfigError::BadDevice(..))),

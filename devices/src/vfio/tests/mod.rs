@@ -14,6 +14,7 @@ mod errors;
 mod garbage;
 mod irqs;
 mod msix_reloc;
+mod p2p;
 mod platform;
 mod reset;
 

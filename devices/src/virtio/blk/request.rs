@@ -371,10 +371,8 @@ impl BlockHandler {
         start: u64,
     ) -> Option<Vec<HostBuf>> {
         let mut out = Vec::new();
-        for (addr, n) in chain.ranges(writable, offset, len)? {
-            if !chain.ram().host_ranges(addr, n, writable, &mut out) || out.len() > MAX_IOVECS {
-                return None;
-            }
+        if !chain.host_ranges(writable, offset, len, &mut out) || out.len() > MAX_IOVECS {
+            return None;
         }
         let a = DIRECT_ALIGN as usize;
         let misaligned = |&(p, n): &(usize, usize)| p % a != 0 || n % a != 0;
