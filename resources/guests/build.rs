@@ -291,6 +291,8 @@ fn layout_header() -> String {
         ("PORTS_I8042_DATA", u64::from(ports::I8042_DATA)),
         ("PORTS_I8042_CMD", u64::from(ports::I8042_CMD)),
         ("PORTS_DEBUG_EXIT", u64::from(ports::DEBUG_EXIT)),
+        ("PORTS_PVPANIC", u64::from(ports::PVPANIC)),
+        ("PORTS_RUNNER", u64::from(ports::RUNNER)),
         ("PORTS_PCI_CONFIG", u64::from(ports::PCI_CONFIG)),
         ("PORTS_RESET_CF9", u64::from(ports::RESET_CF9)),
         ("PORTS_RESET_VALUE", u64::from(ports::RESET_VALUE)),
