@@ -217,7 +217,7 @@ impl ExitReason {
     pub fn complaint(&self) -> Option<String> {
         match self {
             ExitReason::Guest(GuestExit::Panicked) => Some(
-                "guest kernel panicked (its pvpanic driver reported it); the console above shows why".into(),
+                "guest kernel panic, reported by its pvpanic driver; the console above shows why".into(),
             ),
             ExitReason::Guest(_) => None,
             ExitReason::KernelPanic { evidence, then } => {
@@ -234,7 +234,7 @@ impl ExitReason {
                     Some(r) => format!("and then: {}", r.complaint().unwrap_or_default()),
                 };
                 Some(format!(
-                    "guest kernel panicked: {how}, {after}; the console above (and the verdict's console_tail) shows why"
+                    "guest kernel panic: {how}, {after}; the console above (and the verdict's console_tail) shows why"
                 ))
             }
             ExitReason::Timeout { limit } => Some(format!(

@@ -62,10 +62,10 @@ impl BusDevice for PvPanic {
             );
         }
         if v & PVPANIC_PANICKED != 0 {
-            log::info!("pvpanic: the guest kernel panicked");
+            log::info!("pvpanic: guest kernel panic (bit 0)");
             self.exit.request_exit(GuestExit::Panicked);
         } else if v & PVPANIC_CRASH_LOADED != 0 {
-            log::info!("pvpanic: the guest kernel panicked; its crash kernel takes over");
+            log::info!("pvpanic: guest kernel panic handed to its crash kernel (bit 1)");
             self.exit.guest_event(GuestEvent::CrashLoaded);
         }
     }
