@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// What Linux prints when it panics (`panic()`: "Kernel panic - not syncing: <reason>"), also
+/// What Linux prints when it panics (`panic()`: `Kernel panic - not syncing: <reason>`), also
 /// in its closing "---[ end Kernel panic - not syncing: … ]---" line.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 /// Longest line kept, in bytes.
