@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use common::{guest, run, run_cmd, vfiovm_bin, Outcome, TempFile};
 use vfiovm::config::{VmConfig, DEFAULT_CMDLINE};
-use vfiovm::exit::{ExitReason, ExitState, STATUS_ERROR, STATUS_GUEST_CRASH};
+use vfiovm::exit::{
+    ExitReason, ExitState, PanicEvidence, STATUS_BOOT_TIMEOUT, STATUS_ERROR, STATUS_GUEST_CRASH,
+    STATUS_KERNEL_PANIC, STATUS_STALL, STATUS_TIMEOUT,
+};
 
 /// Runs vfiovm and checks: status 2, one line, `vfiovm: error: ` and `needle` in it.
 fn expect_error(args: &[&str], needle: &str) -> Outcome {
@@ -588,12 +591,76 @@ fn stop_lines_and_statuses() {
             "stopped by signal 15; the VM was shut down",
             143,
         ),
+        (
+            ExitReason::Guest(GuestExit::Panicked),
+            "guest kernel panic, reported by its pvpanic driver; the console above shows why",
+            STATUS_KERNEL_PANIC,
+        ),
+        (
+            ExitReason::KernelPanic {
+                evidence: PanicEvidence::ConsoleLine,
+                then: Some(Box::new(ExitReason::Guest(GuestExit::Reset))),
+            },
+            "guest kernel panic: it printed 'Kernel panic - not syncing', and then reset; the console above (and the verdict's console_tail) shows why",
+            STATUS_KERNEL_PANIC,
+        ),
+        (
+            ExitReason::KernelPanic {
+                evidence: PanicEvidence::ConsoleLine,
+                then: None,
+            },
+            "guest kernel panic: it printed 'Kernel panic - not syncing', and then stayed quiet for 5 s; the console above (and the verdict's console_tail) shows why",
+            STATUS_KERNEL_PANIC,
+        ),
+        (
+            ExitReason::KernelPanic {
+                evidence: PanicEvidence::CrashLoaded,
+                then: Some(Box::new(ExitReason::TripleFault { cpu: 0 })),
+            },
+            "guest kernel panic: its pvpanic driver reported a panic handed to its crash kernel, and then: guest crashed: triple fault on vCPU 0 (-v dumps the registers); the console above (and the verdict's console_tail) shows why",
+            STATUS_KERNEL_PANIC,
+        ),
+        (
+            ExitReason::Timeout {
+                limit: Duration::from_secs(600),
+            },
+            "timed out: the run took longer than --timeout 600 s and was stopped (-v dumps the registers); raise --timeout if it needs longer",
+            STATUS_TIMEOUT,
+        ),
+        (
+            ExitReason::BootTimeout {
+                limit: Duration::from_millis(1500),
+            },
+            "boot timed out: the guest's init did not report to the runner port within --boot-timeout 1.5 s; check the console above (did the kernel boot and find its init?), or raise --boot-timeout",
+            STATUS_BOOT_TIMEOUT,
+        ),
+        (
+            ExitReason::Stall {
+                limit: Duration::from_secs(30),
+            },
+            "guest stalled: no console output and no exit to the VMM for --stall-timeout 30 s (every vCPU's registers are above); raise --stall-timeout if the guest computes silently for longer",
+            STATUS_STALL,
+        ),
     ];
     for (reason, line, status) in cases {
         assert_eq!(reason.complaint().as_deref(), Some(line), "{reason:?}");
         assert_eq!(reason.status(), status, "{reason:?}");
     }
     assert_eq!(ExitReason::Guest(GuestExit::Reset).complaint(), None);
+    // The command's own status: nothing on stderr, the status exactly.
+    for n in [0u8, 1, 7, 255] {
+        let r = ExitReason::Guest(GuestExit::CommandExited(n));
+        assert_eq!((r.complaint(), r.status()), (None, i32::from(n)));
+    }
+    assert_eq!(
+        (
+            STATUS_KERNEL_PANIC,
+            STATUS_STALL,
+            STATUS_BOOT_TIMEOUT,
+            STATUS_TIMEOUT
+        ),
+        (6, 120, 122, 124)
+    );
 }
 
 // ---- paths only the VFIO rig or a VMM bug reaches ----------------------------------------------
@@ -916,9 +983,11 @@ fn the_error_table_names_real_tests() {
         if cause.is_empty() || fix.is_empty() {
             problems.push(format!("{at}: {id} has no cause or no fix"));
         }
-        if !["2", "4", "128+N"].contains(&status.as_str()) {
+        // "the run's own": a message printed after the stop line that leaves the run's status.
+        let statuses = ["2", "4", "6", "120", "122", "124", "128+N", "the run's own"];
+        if !statuses.contains(&status.as_str()) {
             problems.push(format!(
-                "{at}: {id} has status {status:?}, not 2, 4 or 128+N"
+                "{at}: {id} has status {status:?}, not one of {statuses:?}"
             ));
         }
         if let Err(e) = message_in_source(&message.replace('`', ""), &corpus) {

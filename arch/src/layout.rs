@@ -117,6 +117,15 @@ pub mod ports {
     pub const RTC: u16 = 0x70;
     /// QEMU-compatible `isa-debug-exit` port (4 bytes).
     pub const DEBUG_EXIT: u16 = 0xf4;
+    /// QEMU-compatible pvpanic port (1 byte), QEMU's default place; the DSDT names it
+    /// (`QEMU0001`).
+    pub const PVPANIC: u16 = 0x505;
+    /// vfiovm's runner port (CI guests: phase and command exit status). Between fw_cfg
+    /// (0x510–0x51B) and the ACPI PM block (0x600): nothing QEMU's PC machines, Linux's legacy
+    /// probes or kvm-unit-tests' test devices (0xE0–0xEF, 0x2000) use; reserved in the DSDT.
+    pub const RUNNER: u16 = 0x5f0;
+    /// Ports the runner port claims.
+    pub const RUNNER_LEN: u8 = 0x10;
     /// PCI type-1 configuration address/data ports (0xCF8–0xCFF); 0xCF9 is the reset control register.
     pub const PCI_CONFIG: u16 = 0xcf8;
     /// Reset control register (byte at 0xCF9; 0x06 or 0x0E resets).

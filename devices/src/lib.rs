@@ -22,10 +22,11 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod console_tail;
 pub mod exit;
 
 pub use bus::{Bus, BusDevice, BusError, SharedBusDevice};
-pub use exit::{ExitSink, GuestExit};
+pub use exit::{ExitSink, GuestEvent, GuestExit};
 #[cfg(feature = "firmware")]
 pub mod firmware;
 pub mod interrupt;

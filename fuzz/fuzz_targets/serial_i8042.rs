@@ -1,11 +1,15 @@
 //! The legacy port devices on a port bus at the layout's addresses: COM1 (the vm-superio
 //! 16550A wrapper, with host input offered to its FIFO and a writer that may fail), the i8042
-//! controller, the RTC/CMOS, the ACPI PM block and the debug-exit port. Guest port reads and
-//! writes of any size at any offset in and around each device, host input, draining the
-//! RX-drained event.
+//! controller, the RTC/CMOS, the ACPI PM block, the debug-exit port, the runner port and
+//! pvpanic. Guest port reads and writes of any size at any offset in and around each device,
+//! host input, draining the RX-drained event.
 //!
 //! Invariants (besides no panic, no leak): only a 1, 2 or 4-byte write to the debug-exit port
-//! ends the VM with that value (and it always does); only a write to the i8042 may request a
+//! ends the VM with that value (and it always does); only a 1, 2 or 4-byte write of 0–255 to the
+//! runner port's status register ends it with that command status (and it always does), and
+//! only such a write to its phase register reports a phase; only a write to pvpanic whose first
+//! byte has bit 0 set reports a panic (bit 1 alone: crash loaded); the runner port reads its
+//! signature at offset 0 and pvpanic its two events; only a write to the i8042 may request a
 //! reset; only a write to PM1_CNT's high byte may request a power-off, at most once; the serial
 //! port outputs at most one byte per byte written to its data register and nothing otherwise;
 //! its receive FIFO never takes more than offered nor holds more than 64 bytes; the i8042
@@ -18,10 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::{Result, Unstructured};
 use arch::layout::ports;
-use devices::exit::GuestExit;
+use devices::exit::{GuestEvent, GuestExit};
 use devices::legacy::{
-    AcpiPm, Cmos, DebugExit, Serial, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042,
-    I8042_PORT_LEN, SERIAL_PORT_LEN,
+    AcpiPm, Cmos, DebugExit, PvPanic, RunnerPort, Serial, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
+    DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
 };
 use devices::Bus;
 use libfuzzer_sys::fuzz_target;
@@ -55,15 +59,26 @@ const I8042_BASE: u64 = ports::I8042_DATA as u64;
 const RTC: u64 = ports::RTC as u64;
 const DEBUG_EXIT: u64 = ports::DEBUG_EXIT as u64;
 const PM: u64 = ports::PM_BLOCK_START as u64;
+const RUNNER: u64 = ports::RUNNER as u64;
+const PVPANIC: u64 = ports::PVPANIC as u64;
 
 /// The devices' ranges: (base, len).
-const RANGES: [(u64, u64); 5] = [
+const RANGES: [(u64, u64); 7] = [
     (COM1, SERIAL_PORT_LEN),
     (I8042_BASE, I8042_PORT_LEN),
     (RTC, CMOS_PORT_LEN),
     (DEBUG_EXIT, DEBUG_EXIT_PORT_LEN),
     (PM, ACPI_PM_BLOCK_LEN),
+    (RUNNER, RUNNER_PORT_LEN),
+    (PVPANIC, PVPANIC_PORT_LEN),
 ];
+
+/// The little-endian value of a 1, 2 or 4-byte access.
+fn le(d: &[u8]) -> u32 {
+    let mut v = [0u8; 4];
+    v[..d.len()].copy_from_slice(d);
+    u32::from_le_bytes(v)
+}
 
 /// Whether `[addr, addr + len)` lies inside `(base, size)` and covers offset `off` of it.
 fn covers(addr: u64, len: usize, (base, size): (u64, u64), off: u64) -> bool {
@@ -111,6 +126,18 @@ fn run(u: &mut Unstructured) -> Result<()> {
         Arc::new(Mutex::new(DebugExit::new(exits.clone()))),
         DEBUG_EXIT,
         DEBUG_EXIT_PORT_LEN,
+    )
+    .expect("free");
+    bus.insert(
+        Arc::new(Mutex::new(RunnerPort::new(exits.clone()))),
+        RUNNER,
+        RUNNER_PORT_LEN,
+    )
+    .expect("free");
+    bus.insert(
+        Arc::new(Mutex::new(PvPanic::new(exits.clone()))),
+        PVPANIC,
+        PVPANIC_PORT_LEN,
     )
     .expect("free");
     let pm = AcpiPm::new(exits.clone(), ports::SLP_TYP_S5).expect("the layout's S5 type");
@@ -169,12 +196,19 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     if inside(addr, len, (DEBUG_EXIT, DEBUG_EXIT_PORT_LEN)) {
                         assert!(d.iter().all(|&b| b == 0xff), "debug-exit read");
                     }
+                    if addr == RUNNER && len == 4 {
+                        assert_eq!(&d, b"VFRN", "runner port signature");
+                    }
+                    if inside(addr, len, (PVPANIC, PVPANIC_PORT_LEN)) {
+                        assert!(d.iter().all(|&b| b == 3), "pvpanic events read");
+                    }
                     assert_eq!(
                         lock(&console.out).len(),
                         out_before,
                         "a read produced output"
                     );
                     assert!(exits.take().is_empty(), "a read requested an exit");
+                    assert!(exits.take_events().is_empty(), "a read reported an event");
                     continue;
                 }
                 let d = value(u, len)?;
@@ -187,11 +221,33 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     v[..len].copy_from_slice(&d);
                     want.push(GuestExit::DebugExit(u32::from_le_bytes(v)));
                 }
+                let sized = matches!(len, 1 | 2 | 4);
+                if addr == RUNNER + 0xc && sized && le(&d) <= 255 {
+                    want.push(GuestExit::CommandExited(le(&d) as u8));
+                }
+                let pvpanic = inside(addr, len, (PVPANIC, PVPANIC_PORT_LEN)) && len > 0;
+                if pvpanic && d[0] & 1 == 1 {
+                    want.push(GuestExit::Panicked);
+                }
+                let mut want_events = Vec::new();
+                if addr == RUNNER + 8 && sized {
+                    want_events.push(GuestEvent::Phase(le(&d)));
+                }
+                if pvpanic && d[0] & 3 == 2 {
+                    want_events.push(GuestEvent::CrashLoaded);
+                }
+                assert_eq!(
+                    exits.take_events(),
+                    want_events,
+                    "events of a {len}-byte write at {addr:#x}"
+                );
                 let i8042 = inside(addr, len, (I8042_BASE, I8042_PORT_LEN));
                 let slp = covers(addr, len, (PM, ACPI_PM_BLOCK_LEN), 5);
                 for r in &requests {
                     match r {
-                        GuestExit::DebugExit(_) => {}
+                        GuestExit::DebugExit(_)
+                        | GuestExit::CommandExited(_)
+                        | GuestExit::Panicked => {}
                         GuestExit::Reset => {
                             assert!(i8042, "reset requested by a write at {addr:#x}")
                         }
@@ -202,12 +258,19 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         }
                     }
                 }
-                let debug: Vec<GuestExit> = requests
+                let guest: Vec<GuestExit> = requests
                     .iter()
                     .copied()
-                    .filter(|r| matches!(r, GuestExit::DebugExit(_)))
+                    .filter(|r| {
+                        matches!(
+                            r,
+                            GuestExit::DebugExit(_)
+                                | GuestExit::CommandExited(_)
+                                | GuestExit::Panicked
+                        )
+                    })
                     .collect();
-                assert_eq!(debug, want, "debug-exit write of {len} bytes at {addr:#x}");
+                assert_eq!(guest, want, "guest exit of a {len}-byte write at {addr:#x}");
                 let thr_writes = usize::from(covers(addr, len, (COM1, SERIAL_PORT_LEN), 0));
                 let out = lock(&console.out).len() - out_before;
                 assert!(

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arch::layout::{self, ports};
-use devices::exit::{ExitSink, GuestExit};
+use devices::exit::{ExitSink, GuestEvent, GuestExit};
 use devices::interrupt::fake::{FakeInterrupts, IntxLog};
 use devices::interrupt::IntxLine;
 use devices::pci::bar::NUM_BAR_SLOTS;
@@ -119,18 +119,27 @@ impl<D: BarAccess> BarAccess for Tracked<D> {
 
 /// An [`ExitSink`] that records requests.
 #[derive(Debug, Default)]
-pub struct RecordingExit(Mutex<Vec<GuestExit>>);
+pub struct RecordingExit(Mutex<Vec<GuestExit>>, Mutex<Vec<GuestEvent>>);
 
 impl RecordingExit {
     /// The requests since the last call.
     pub fn take(&self) -> Vec<GuestExit> {
         std::mem::take(&mut *lock(&self.0))
     }
+
+    /// The events (runner phases, pvpanic's crash-loaded) since the last call.
+    pub fn take_events(&self) -> Vec<GuestEvent> {
+        std::mem::take(&mut *lock(&self.1))
+    }
 }
 
 impl ExitSink for RecordingExit {
     fn request_exit(&self, why: GuestExit) {
         lock(&self.0).push(why);
+    }
+
+    fn guest_event(&self, event: GuestEvent) {
+        lock(&self.1).push(event);
     }
 }
 

@@ -69,6 +69,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "virtio_probe", boot: Boot::Pvh, sources: &["virtio_probe.c", "virtio_pci.c", "virtio_hostile.c", "virtio_net.c", "virtio_console.c"], doc: "virtio 1.x PCI driver from the spec (`test=list|rng|blk|blk-read|blk-ro|hostile|net|console|console-spam`): finds every virtio-pci function, negotiates, sets up split virtqueues with MSI-X, reads virtio-rng, round-trips sectors through every virtio-blk disk, sends malformed chains, answers ARP and ping on a virtio-net card, writes to and reads from a virtio-console; also boots under QEMU q35 (`qemu-virtio-check.sh`)." },
     Guest { name: "fw_cfg_probe", boot: Boot::Pvh, sources: &["fw_cfg_probe.c"], doc: "fw_cfg as UEFI firmware reads it: signature and features through the ports (also by `rep insb`), the DMA signature, CPU count, file directory, `etc/e820` by DMA, then `etc/table-loader` run over `etc/acpi/*` and every loaded table's checksum and pointer checked, and SMBIOS; `fw_cfg: ok`, exit status 1." },
     Guest { name: "rom_probe", boot: Boot::Rom, sources: &["rom_probe.S"], doc: "Stand-in UEFI firmware for `--firmware` (a flat 1,966,080-byte image, the 2M OVMF CODE size): from the reset vector in real mode it checks the reset state, MTRRdefType, CPUID 0x8000001F, that the image is read-only, OVMF's CFI flash probe and a program, the host and LPC bridges (PMBASE, ACPI_CNTL, PCIEXBAR), the PM timer and fw_cfg, then powers off with SLP_TYP 0 (status 0)." },
+    Guest { name: "runner_probe", boot: Boot::Pvh, sources: &["runner_probe.c"], doc: "CI runner tests (`test=status:N|status-byte:N|no-init|spin|halt|chatter|pvpanic|crash-loaded|panic-line|panic-reset`): the runner port's signature, phases and command status, pvpanic's two events, Linux's panic lines, and guests that spin, halt or print without end." },
     Guest { name: "internal_error", boot: Boot::Pvh, sources: &["internal_error.c"], doc: "Teardown tests: the boot vCPU executes a protected-mode `iret` (KVM internal error, status 4, on a host whose KVM emulates every instruction); `aps=spin|halt` wakes the APs into a spin loop or halt first, `bsp=spin` spins instead of crashing." },
 ];
 
@@ -291,6 +292,8 @@ fn layout_header() -> String {
         ("PORTS_I8042_DATA", u64::from(ports::I8042_DATA)),
         ("PORTS_I8042_CMD", u64::from(ports::I8042_CMD)),
         ("PORTS_DEBUG_EXIT", u64::from(ports::DEBUG_EXIT)),
+        ("PORTS_PVPANIC", u64::from(ports::PVPANIC)),
+        ("PORTS_RUNNER", u64::from(ports::RUNNER)),
         ("PORTS_PCI_CONFIG", u64::from(ports::PCI_CONFIG)),
         ("PORTS_RESET_CF9", u64::from(ports::RESET_CF9)),
         ("PORTS_RESET_VALUE", u64::from(ports::RESET_VALUE)),

@@ -2,6 +2,8 @@
 //! and collect its exit status, stdout (the guest console) and stderr (the VMM's messages).
 #![allow(dead_code)]
 
+pub mod json;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -13,6 +13,7 @@ pub mod logger;
 pub mod memory;
 pub mod passthrough;
 pub mod platform;
+pub mod runner;
 pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
@@ -25,6 +26,8 @@ use config::Command;
 
 /// Runs the program with `args` (without the program name); returns the exit status.
 pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
+    // What --timeout and --boot-timeout count from, and the verdict's times.
+    let start = Instant::now();
     let command = match config::parse_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -56,7 +59,7 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             println!("vfiovm {}", env!("CARGO_PKG_VERSION"));
             return 0;
         }
-        Command::Run { vm, sandbox } => (vm, sandbox),
+        Command::Run { vm, sandbox } => (*vm, sandbox),
     };
     // before the first thread (guest RAM population, device I/O threads, vCPUs)
     seccomp::malloc_in_one_arena();
@@ -73,20 +76,50 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             return exit::STATUS_ERROR;
         }
     };
-    let t0 = Instant::now();
-    let mut vm = match vm::Vm::build(&config) {
-        Ok(vm) => vm,
-        Err(e) => {
+    // Created before the VM, so a verdict path that cannot work fails before any guest runs
+    // (and no file needs opening under the seccomp filter); from here on every run ends with a
+    // verdict, a failed build included.
+    let verdict = match config
+        .runner
+        .verdict
+        .as_deref()
+        .map(runner::VerdictFile::create)
+    {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
             eprintln!("vfiovm: error: {e}");
             return exit::STATUS_ERROR;
         }
     };
+    let finish = |verdict: Option<runner::VerdictFile>, v: runner::Verdict| -> i32 {
+        if let Some(f) = verdict {
+            if let Err(e) = f.finish(&v) {
+                eprintln!("vfiovm: error: {e}");
+            }
+        }
+        v.status
+    };
+    let error = |verdict, message: String| -> i32 {
+        eprintln!("vfiovm: error: {message}");
+        finish(
+            verdict,
+            runner::Verdict::of_error(message, exit::STATUS_ERROR, start, None, Vec::new()),
+        )
+    };
+    let t0 = Instant::now();
+    let mut vm = match vm::Vm::build(&config) {
+        Ok(vm) => vm,
+        Err(e) => return error(verdict, e.to_string()),
+    };
+    vm.set_start(start);
     if let Some((uid, gid)) = sandbox_user {
         if let Err(e) = seccomp::drop_privileges(uid, gid) {
-            eprintln!("vfiovm: error: {e}");
-            return exit::STATUS_ERROR;
+            return error(verdict, e.to_string());
         }
     }
+    let exit_state = vm.exit_state().clone();
+    let tail = vm.console_tail().clone();
     let t1 = Instant::now();
     // From here on this thread runs under the VMM filter (unless --no-seccomp).
     let result = vm.run_sandboxed(Some(sandbox));
@@ -100,17 +133,27 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
         ms(t1, t2),
         ms(t2, t3)
     );
+    let progress = exit_state.progress();
     match result {
         Ok(reason) => {
             if let Some(line) = reason.complaint() {
                 eprintln!("vfiovm: {line}");
             }
             log::info!("stopped: {reason:?}; exit status {}", reason.status());
-            reason.status()
+            let v = runner::Verdict::of_run(&reason, start, t2, &progress, tail.lines());
+            finish(verdict, v)
         }
         Err(e) => {
-            eprintln!("vfiovm: error: {e}");
-            exit::STATUS_ERROR
+            let message = e.to_string();
+            eprintln!("vfiovm: error: {message}");
+            let v = runner::Verdict::of_error(
+                message,
+                exit::STATUS_ERROR,
+                start,
+                Some(&progress),
+                tail.lines(),
+            );
+            finish(verdict, v)
         }
     }
 }

@@ -6,11 +6,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{self, irqs, ports};
+use devices::console_tail::{ConsoleSource, ConsoleTail, TeeWriter};
 use devices::firmware::{CfiFlash, FwCfg, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use devices::kvm::KvmInterruptManager;
 use devices::legacy::{
-    AcpiPm, Cmos, DebugExit, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
-    DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, SERIAL_PORT_LEN,
+    AcpiPm, Cmos, DebugExit, PvPanic, RunnerPort, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN,
+    CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, PVPANIC_PORT_LEN, RUNNER_PORT_LEN,
+    SERIAL_PORT_LEN,
 };
 use devices::pci::{
     LpcBridge, PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
@@ -36,6 +38,8 @@ const _: () = assert!(
 // The DSDT's fw_cfg device names the ports the device sits on.
 const _: () =
     assert!(ports::FW_CFG == FW_CFG_PORT_BASE && ports::FW_CFG_LEN as u64 == FW_CFG_PORT_LEN);
+// The DSDT reserves the runner port's whole range.
+const _: () = assert!(ports::RUNNER_LEN as u64 == RUNNER_PORT_LEN);
 
 /// Errors from creating the platform devices.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +103,8 @@ impl std::fmt::Debug for FirmwareDevices {
     }
 }
 
-/// COM1 as the console: output to stdout, input from stdin.
-pub type ConsoleSerial = Serial<StdoutWriter>;
+/// COM1 as the console: output to stdout (and the console tail), input from stdin.
+pub type ConsoleSerial = Serial<TeeWriter<StdoutWriter>>;
 
 /// The serial port's receive FIFO as the event loop's console sink.
 struct SerialConsole {
@@ -146,6 +150,7 @@ pub struct Platform {
     stop: Arc<AtomicBool>,
     device_gate: Arc<DeviceGate>,
     fw_cfg: Arc<Mutex<FwCfg<GuestMemory>>>,
+    tail: Arc<ConsoleTail>,
 }
 
 impl Drop for Platform {
@@ -213,10 +218,16 @@ impl Platform {
             .try_clone()
             .map_err(|e| PlatformError::EventFd("the serial input", e))?;
         let stop = Arc::new(AtomicBool::new(false));
+        // What both consoles write, for the verdict, the stall watch and the panic line.
+        let tail = Arc::new(ConsoleTail::default());
         let serial = Arc::new(Mutex::new(Serial::new(
             serial_irq,
             drained,
-            StdoutWriter::stdout_with_abort(stop.clone()),
+            TeeWriter::new(
+                StdoutWriter::stdout_with_abort(stop.clone()),
+                tail.clone(),
+                ConsoleSource::Serial,
+            ),
         )));
         let serial_console = Arc::new(Mutex::new(SerialConsole {
             serial: serial.clone(),
@@ -242,6 +253,20 @@ impl Platform {
             Arc::new(Mutex::new(DebugExit::new(sink.clone()))),
             u64::from(ports::DEBUG_EXIT),
             DEBUG_EXIT_PORT_LEN,
+        )?;
+        insert(
+            &pio,
+            "the runner port",
+            Arc::new(Mutex::new(RunnerPort::new(sink.clone()))),
+            u64::from(ports::RUNNER),
+            RUNNER_PORT_LEN,
+        )?;
+        insert(
+            &pio,
+            "the pvpanic port",
+            Arc::new(Mutex::new(PvPanic::new(sink.clone()))),
+            u64::from(ports::PVPANIC),
+            PVPANIC_PORT_LEN,
         )?;
         let pm = AcpiPm::new(sink.clone(), ports::SLP_TYP_S5)
             .map_err(|e| PlatformError::Device("the ACPI PM block", e.to_string()))?;
@@ -343,7 +368,7 @@ impl Platform {
         }
         let device_gate = Arc::new(DeviceGate::default());
         let console: Arc<Mutex<dyn ConsoleSink>> =
-            match crate::virtio::add_devices(&pci, vm, mem, &irq, &device_gate, config) {
+            match crate::virtio::add_devices(&pci, vm, mem, &irq, &device_gate, config, &tail) {
                 Ok(Some(input)) => Arc::new(Mutex::new(VirtioConsole(input))),
                 Ok(None) => serial_console,
                 Err(e) => {
@@ -353,6 +378,7 @@ impl Platform {
                 }
             };
         Ok(Platform {
+            tail,
             fw_cfg,
             device_gate,
             pio,
@@ -362,6 +388,12 @@ impl Platform {
             irq,
             stop,
         })
+    }
+
+    /// The last lines the guest wrote to its consoles (COM1 and the virtio console), with the
+    /// byte count and the panic line the runner watches.
+    pub fn console_tail(&self) -> &Arc<ConsoleTail> {
+        &self.tail
     }
 
     /// The buses the vCPUs dispatch to.

@@ -395,6 +395,10 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 libc::SYS_exit_group,
                 // Teardown: the firmware's CFI flash syncs its VARS file when it is dropped.
                 libc::SYS_fdatasync,
+                // --verdict: the verdict, written to a temporary file opened before the
+                // filter, is renamed into place at the end of the run (runner::VerdictFile).
+                // rename(2) moves names the process could already write; it opens nothing.
+                libc::SYS_rename,
             ]);
         }
         ThreadKind::Device => {
@@ -908,6 +912,11 @@ mod tests {
     fn vmm_filter_allows_the_event_loop_and_teardown_and_nothing_else() {
         let tmp = TempFile::new().unwrap();
         let mut k = kit(&tmp);
+        // The verdict's rename, and an unlink that must stay refused.
+        let src = TempFile::new().unwrap();
+        let from = src.as_path().to_path_buf();
+        let to = from.with_extension("renamed");
+        let renamed = to.clone();
         let (allowed, refused) = confined(ThreadKind::Vmm, move || {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&k.evt);
             let ev = EpollEvent::new(EventSet::IN, fd as u64);
@@ -960,10 +969,12 @@ mod tests {
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
                 ("TCSETS", refused_ioctl(&k.evt, nr::TCSETS())),
                 ("fdatasync", refused_io(k.file.sync_data())),
+                ("rename", refused_io(std::fs::rename(&from, &to))),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
                 ("openat", refused_io(std::fs::File::open("/dev/null"))),
+                ("unlink", refused_io(std::fs::remove_file(&to))),
                 ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
                 ("pread64", refused_io(k.file.read_at(&mut buf, 0))),
                 ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
@@ -972,6 +983,8 @@ mod tests {
             (allowed, refused)
         });
         check(ThreadKind::Vmm, allowed, refused);
+        assert!(renamed.exists(), "renamed under the filter");
+        std::fs::remove_file(renamed).unwrap();
     }
 
     /// Whether a `send(2)` with `flags` on the kit's datagram pair was refused by the filter.

@@ -293,10 +293,15 @@ fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
             // KVM_RUN returns at once, so it cannot be lost.
             c.ie.clear();
             if c.stop.load(Ordering::Acquire) || !c.ctl.park(fd) {
-                // Stopped by a signal (a hung guest killed by its harness) or by another
-                // vCPU's fault: with -v, say where this vCPU was. Not on the guest's own
-                // reset/power-off.
-                if c.dump_on_crash && !matches!(c.exit.reason(), Some(ExitReason::Guest(_))) {
+                // Stopped by a signal (a hung guest killed by its harness), a timeout or by
+                // another vCPU's fault: with -v, say where this vCPU was; after a stall,
+                // always. Not on the guest's own reset/power-off.
+                let reason = c.exit.reason();
+                let dump = c.dump_on_crash
+                    || reason
+                        .as_ref()
+                        .is_some_and(ExitReason::always_dumps_registers);
+                if dump && !matches!(reason, Some(ExitReason::Guest(_))) {
                     dump_registers(id, fd);
                 }
                 return counts;
@@ -309,6 +314,8 @@ fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
         let action = match fd.run() {
             Ok(e) => {
                 counts.count(&e);
+                // What the stall watch counts as progress (kicks, below, are not).
+                c.ctl.exits.fetch_add(1, Ordering::Relaxed);
                 let size = c.peek.io_size();
                 match handle_exit(id, e, size, c.buses) {
                     VcpuAction::Stop(ExitReason::InternalError { cpu, .. }) => {

@@ -19,6 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use devices::console_tail::ConsoleTail;
 use devices::ioevent::IoEventRegistrar;
 use devices::kvm::{KvmInterruptManager, KvmIoEvents};
 use devices::pci::PciPlatform;
@@ -36,7 +37,8 @@ use crate::platform::PlatformError;
 use crate::seccomp::DeviceGate;
 
 /// Creates the virtio devices `config` asks for and adds each to `pci` in a free slot; returns
-/// the virtio console's input side when there is one.
+/// the virtio console's input side when there is one. The virtio console records its output in
+/// `tail`.
 pub fn add_devices(
     pci: &PciPlatform,
     vm: &Arc<VmFd>,
@@ -44,6 +46,7 @@ pub fn add_devices(
     irq: &KvmInterruptManager,
     gate: &Arc<DeviceGate>,
     config: &VmConfig,
+    tail: &Arc<ConsoleTail>,
 ) -> Result<Option<Arc<HostInput>>, PlatformError> {
     let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm.clone()));
     let add = |name: &str, device: Box<dyn VirtioDevice>| -> Result<(), PlatformError> {
@@ -96,7 +99,10 @@ pub fn add_devices(
         let input = Arc::new(HostInput::new().map_err(|e| fail("its input buffer", e))?);
         let output =
             HostOutput::stdout().map_err(|e| fail("opening stdout without blocking", e))?;
-        add(name, Box::new(Console::new(input.clone(), output)))?;
+        add(
+            name,
+            Box::new(Console::new(input.clone(), output).with_tail(tail.clone())),
+        )?;
         return Ok(Some(input));
     }
     Ok(None)

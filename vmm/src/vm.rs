@@ -159,6 +159,9 @@ pub struct Vm {
     firmware_code_range: Option<(u64, u64)>,
     mem: GuestMemory,
     dump_on_crash: bool,
+    runner: crate::runner::RunnerConfig,
+    /// What the run's limits count from (vfiovm's start; [`Vm::set_start`]).
+    start: std::time::Instant,
 }
 
 impl std::fmt::Debug for Vm {
@@ -333,6 +336,8 @@ impl Vm {
             firmware_code_range,
             mem,
             dump_on_crash: config.verbosity > 0,
+            runner: config.runner.clone(),
+            start: std::time::Instant::now(),
         })
     }
 
@@ -412,17 +417,34 @@ impl Vm {
         }
         log::debug!("{} vCPU thread(s) running", threads.len());
 
+        let tail = self.platform.console_tail().clone();
+        let mut watch = crate::runner::Watchdog::new(&self.runner, self.start);
         let result = loop {
             if let Some(reason) = self.exit.reason() {
                 break Ok(reason);
             }
-            if let Err(e) = em.run() {
+            // Woken by the stop latch, a signal, console input, or at the latest when the
+            // watch wants to look again.
+            let wake = watch.next_wake(std::time::Instant::now());
+            let ms = i32::try_from(wake.as_millis().max(1)).unwrap_or(i32::MAX);
+            if let Err(e) = em.run_with_timeout(ms) {
                 if !matches!(&e, event_manager::Error::Epoll(err) if err.errno() == libc::EINTR) {
                     break Err(VmError::EventLoop(e.to_string()));
                 }
             }
+            let progress = threads.iter().map(VcpuHandle::exits).sum::<u64>() + tail.bytes();
+            if let Some(reason) = watch.check(
+                std::time::Instant::now(),
+                progress,
+                &self.exit.progress(),
+                tail.panic_seen(),
+            ) {
+                log::info!("runner: {reason:?}");
+                self.exit.request(reason);
+            }
         };
-        let result = result.map(|r| self.explain(r));
+        let crash_loaded = self.exit.progress().crash_loaded;
+        let result = result.map(|r| self.explain(r).after_panic(tail.panic_seen(), crash_loaded));
         let exits = vcpu::stop_all(threads, &stop, Duration::from_secs(5));
         log::info!(
             "exits to userspace: {} port I/O, {} MMIO, {} other; {} of the port I/O to the console",
@@ -448,6 +470,22 @@ impl Vm {
             ) if (start..end).contains(&rip) => ExitReason::FirmwareUnsupported { cpu, rip },
             (r, _) => r,
         }
+    }
+
+    /// Sets what the run's time limits (`--timeout`, `--boot-timeout`) count from: by default
+    /// the end of [`Vm::build`]; the binary gives its own start, so build time counts too.
+    pub fn set_start(&mut self, start: std::time::Instant) {
+        self.start = start;
+    }
+
+    /// The stop latch, with what the guest reported on the way (phases, pvpanic bit 1).
+    pub fn exit_state(&self) -> &Arc<ExitState> {
+        &self.exit
+    }
+
+    /// What the guest wrote to its consoles (the last lines, for the verdict).
+    pub fn console_tail(&self) -> &Arc<devices::console_tail::ConsoleTail> {
+        self.platform.console_tail()
     }
 
     /// Guest RAM (for tests and embedding).

@@ -112,6 +112,10 @@ fn all_tables_disassemble_cleanly() {
         "PNP0B00",
         "PNP0C02",
         "QEMU0002",
+        "QEMU0001",
+        // pvpanic and the runner port, each a fixed I/O range of its own.
+        "IO (Decode16,\n                    0x0505,",
+        "IO (Decode16,\n                    0x05F0,",
         "ACPI0007",
         "WordBusNumber",
         "QWordMemory",
@@ -180,6 +184,8 @@ fn dsdt_loads_and_evaluates_in_acpiexec() {
         "resources \\_SB.KBD_",
         "resources \\_SB.RTC_",
         "resources \\_SB.FWCF",
+        "resources \\_SB.PEVT",
+        "evaluate \\_SB.PEVT._STA",
     ]
     .join("; ");
     let (out, log) = run("acpiexec", &["-b", &commands, "dsdt.dat"], &dir.0);
@@ -208,8 +214,16 @@ fn dsdt_loads_and_evaluates_in_acpiexec() {
         124,
         "{log}"
     );
-    // One end tag per decoded _CRS: 6 devices.
-    assert_eq!(log.matches("EndTag Resource").count(), 6, "{log}");
+    // One end tag per decoded _CRS: 7 devices.
+    assert_eq!(log.matches("EndTag Resource").count(), 7, "{log}");
+    // pvpanic's port, the runner port's range (in MBRS), and the _STA old pvpanic drivers check.
+    for port in ["Address Minimum : 0505", "Address Minimum : 05F0"] {
+        assert!(log.contains(port), "{port}: {log}");
+    }
+    assert!(
+        log.contains("Evaluation of \\_SB.PEVT._STA returned"),
+        "{log}"
+    );
     assert!(log.contains("64-Bit QWORD Address Space Resource"), "{log}");
     assert!(log.contains("Resource Type : Bus Number Range"), "{log}");
 }

@@ -7,8 +7,10 @@
 //!     COM1              16550 UART (PNP0501) at 0x3F8, IRQ 4
 //!     KBD_              i8042 keyboard (PNP0303) at 0x60/0x64, IRQ 1
 //!     RTC_              CMOS RTC (PNP0B00) at 0x70, IRQ 8
-//!     MBRS              motherboard resources (PNP0C02): ECAM window, ACPI PM block
+//!     MBRS              motherboard resources (PNP0C02): ECAM window, ACPI PM block, the
+//!                       runner port 0x5F0–0x5FF
 //!     FWCF              QEMU's fw_cfg (QEMU0002) at 0x510–0x51B
+//!     PEVT              QEMU's pvpanic (QEMU0001) at 0x505
 //!     PCI0              PCI Express host bridge (PNP0A08/PNP0A03), _CRS windows, _PRT
 //! ```
 //!
@@ -114,9 +116,14 @@ fn motherboard_resources() -> Vec<u8> {
         layout::PCI_ECAM_SIZE as u32,
     );
     let pm = io_fixed(ports::PM_BLOCK_START, ports::PM_BLOCK_LEN as u8);
+    // vfiovm's own runner port: no driver binds it, the OS only has to leave it alone.
+    let runner = io_fixed(ports::RUNNER, ports::RUNNER_LEN);
     let hid = Name::new("_HID".into(), &EISAName::new("PNP0C02"));
     let uid = Name::new("_UID".into(), &ZERO);
-    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&ecam, &pm]));
+    let crs = Name::new(
+        "_CRS".into(),
+        &ResourceTemplate::new(vec![&ecam, &pm, &runner]),
+    );
     encode(&Device::new("MBRS".into(), vec![&hid, &uid, &crs]))
 }
 
@@ -129,6 +136,16 @@ fn fw_cfg_device() -> Vec<u8> {
     let io = io_fixed(ports::FW_CFG, ports::FW_CFG_LEN);
     let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&io]));
     encode(&Device::new("FWCF".into(), vec![&hid, &sta, &crs]))
+}
+
+/// pvpanic, as QEMU describes its ISA device: Linux's `pvpanic` driver binds to `QEMU0001`
+/// and takes the port from the I/O resource (older drivers also want `_STA` bits 0x0B).
+fn pvpanic_device() -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &"QEMU0001");
+    let sta = Name::new("_STA".into(), &0x0bu8);
+    let io = io_fixed(ports::PVPANIC, 1);
+    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&io]));
+    encode(&Device::new("PEVT".into(), vec![&hid, &sta, &crs]))
 }
 
 /// The `_PRT` package: `Package { (slot << 16) | 0xFFFF, pin, 0, gsi }` per slot and pin.
@@ -220,6 +237,7 @@ pub(super) fn build(num_cpus: u8, mmio64: Option<(u64, u64)>) -> Vec<u8> {
         rtc,
         motherboard_resources(),
         fw_cfg_device(),
+        pvpanic_device(),
         pci_host_bridge(mmio64),
     ] {
         sb.extend_from_slice(&dev);
@@ -265,6 +283,8 @@ mod tests {
             b"MBRS",
             b"FWCF",
             b"QEMU0002",
+            b"PEVT",
+            b"QEMU0001",
             b"PCI0",
             b"_PRT",
             b"_CRS",

@@ -11,8 +11,11 @@
 //! | [`DebugExit`] | QEMU-compatible `isa-debug-exit`: exit status for CI guests     | [`DEBUG_EXIT_PORT_LEN`] (4) |
 //! | [`AcpiPm`]    | ACPI PM block (ICH9 layout): PM1 event/control, PM timer, GPE0; S5 power-off | [`ACPI_PM_BLOCK_LEN`] (0x40) |
 //! | [`Cmos`]      | MC146818 RTC/CMOS: wall-clock time, memory-size bytes, NVRAM  | [`CMOS_PORT_LEN`] (2)   |
+//! | [`RunnerPort`] | CI runner guests: init reached, command started, the command's exit status | [`RUNNER_PORT_LEN`] (0x10) |
+//! | [`PvPanic`]   | QEMU-compatible pvpanic: the guest kernel reports a panic      | [`PVPANIC_PORT_LEN`] (1) |
 //!
-//! Devices that end the VM (i8042 reset, debug exit, ACPI power-off) report through an
+//! Devices that end the VM (i8042 reset, debug exit, ACPI power-off, the runner port's status,
+//! pvpanic) report through an
 //! [`crate::exit::ExitSink`]. None of these devices raise interrupts except the serial port,
 //! which signals an `EventFd` the VMM registers as an irqfd.
 //!
@@ -23,13 +26,17 @@
 pub mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
+pub mod pvpanic;
 pub mod rtc;
+pub mod runner;
 pub mod serial;
 
 pub use acpi_pm::{AcpiPm, AcpiPmError, ACPI_PM_BLOCK_LEN};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT_LEN};
 pub use i8042::{I8042, I8042_PORT_LEN};
+pub use pvpanic::{PvPanic, PVPANIC_PORT_LEN};
 pub use rtc::{Cmos, CMOS_PORT_LEN};
+pub use runner::{RunnerPort, RUNNER_PORT_LEN};
 pub use serial::{FdWriter, Serial, StdoutWriter, SERIAL_PORT_LEN};
 
 /// Reads `data.len()` consecutive byte registers starting at `offset`, one `read_byte` each, as
@@ -75,21 +82,29 @@ impl Once {
 pub(crate) mod test_util {
     use std::sync::Mutex;
 
-    use crate::exit::{ExitSink, GuestExit};
+    use crate::exit::{ExitSink, GuestEvent, GuestExit};
 
-    /// An [`ExitSink`] that records every request, in order.
+    /// An [`ExitSink`] that records every request and event, in order.
     #[derive(Debug, Default)]
-    pub(crate) struct RecordingSink(Mutex<Vec<GuestExit>>);
+    pub(crate) struct RecordingSink(Mutex<Vec<GuestExit>>, Mutex<Vec<GuestEvent>>);
 
     impl RecordingSink {
         pub(crate) fn requests(&self) -> Vec<GuestExit> {
             self.0.lock().unwrap().clone()
+        }
+
+        pub(crate) fn events(&self) -> Vec<GuestEvent> {
+            self.1.lock().unwrap().clone()
         }
     }
 
     impl ExitSink for RecordingSink {
         fn request_exit(&self, why: GuestExit) {
             self.0.lock().unwrap().push(why);
+        }
+
+        fn guest_event(&self, event: GuestEvent) {
+            self.1.lock().unwrap().push(event);
         }
     }
 

@@ -63,6 +63,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::queues::{Queues, Ready, RingFault};
 use super::{Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_CONSOLE};
+use crate::console_tail::{ConsoleSource, ConsoleTail};
 
 /// The receive queue of port 0.
 pub const RX_QUEUE: u16 = 0;
@@ -307,6 +308,7 @@ pub struct Console {
     input: Arc<HostInput>,
     output: Arc<HostOutput>,
     stats: Arc<ConsoleStats>,
+    tail: Option<Arc<ConsoleTail>>,
 }
 
 impl fmt::Debug for Console {
@@ -324,7 +326,15 @@ impl Console {
             input,
             output: Arc::new(output),
             stats: Arc::default(),
+            tail: None,
         }
+    }
+
+    /// Also records the guest's output in `tail` (what a run's verdict quotes), whether or not
+    /// the host's output takes it.
+    pub fn with_tail(mut self, tail: Arc<ConsoleTail>) -> Self {
+        self.tail = Some(tail);
+        self
     }
 
     /// Its counters.
@@ -369,6 +379,7 @@ impl VirtioDevice for Console {
             input: self.input.clone(),
             output: self.output.clone(),
             stats: self.stats.clone(),
+            tail: self.tail.clone(),
             pending: VecDeque::new(),
             broken: false,
             warned_long: false,
@@ -381,6 +392,7 @@ struct ConsoleHandler {
     input: Arc<HostInput>,
     output: Arc<HostOutput>,
     stats: Arc<ConsoleStats>,
+    tail: Option<Arc<ConsoleTail>>,
     /// Guest output taken from the transmit queue, not yet written.
     pending: VecDeque<u8>,
     /// The host's reader is gone: output is dropped.
@@ -465,6 +477,9 @@ impl ConsoleHandler {
         }
         let mut buf = vec![0u8; take as usize];
         if chain.read_at(0, &mut buf) {
+            if let Some(t) = &self.tail {
+                t.record(ConsoleSource::Virtio, &buf);
+            }
             self.pending.extend(buf);
         } else {
             add(&self.stats.tx_dropped, take);

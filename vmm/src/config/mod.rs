@@ -57,6 +57,9 @@ pub struct VmConfig {
     pub test_pci_device: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
+    /// The run's time limits and verdict file (`--timeout`, `--boot-timeout`,
+    /// `--stall-timeout`, `--verdict`).
+    pub runner: crate::runner::RunnerConfig,
 }
 
 impl VmConfig {
@@ -78,6 +81,7 @@ impl VmConfig {
             console: ConsoleKind::Serial,
             test_pci_device: false,
             verbosity: 0,
+            runner: Default::default(),
         }
     }
 }
@@ -304,8 +308,8 @@ fn is_uuid(s: &str) -> bool {
 pub enum Command {
     /// Boot a VM.
     Run {
-        /// The VM.
-        vm: VmConfig,
+        /// The VM (boxed: it is most of the enum's size).
+        vm: Box<VmConfig>,
         /// How the process confines itself while the VM runs.
         sandbox: SandboxConfig,
     },
@@ -327,6 +331,9 @@ pub enum Command {
 /// Errors in the command line. Each names the flag and what would be accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// A time limit that is not a number of seconds.
+    #[error("invalid {0} '{1}': give a number of seconds greater than 0, e.g. 600 (fractions such as 0.5 work)")]
+    BadTimeout(String, String),
     /// A flag we do not know.
     #[error("unknown option '{0}' (see vfiovm --help)")]
     UnknownOption(String),
@@ -434,6 +441,15 @@ OPTIONS:
                          console (the guest's virtio_console driver: /dev/hvc0), whose output
                          goes to stdout and which stdin feeds; COM1 then still writes to stdout
                          (early boot messages) but gets no input
+    --timeout SECS       End the run after SECS seconds (status 124) [default: no limit]
+    --boot-timeout SECS  End the run if the guest's init has not written phase 1 to the runner
+                         port within SECS seconds of vfiovm's start (status 122) [default: off]
+    --stall-timeout SECS End the run when the guest has printed nothing and made no exit to the
+                         VMM for SECS seconds, after dumping every vCPU's registers (status 120)
+                         [default: off]
+    --verdict FILE       Write the run's verdict (cause, status, guest status, boot and run
+                         time, last console lines) as JSON to FILE at the end of the run,
+                         atomically (docs/ci-runner.md)
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
                          default; turn them off only to debug a SIGSYS, see docs/security.md)
     --user UID:GID       Once the VM is built, drop root and run as this numeric user and
@@ -452,6 +468,12 @@ EXIT STATUS:
              isa-debug-exit (truncated to 8 bits)
     2        bad input or a host problem (one line on stderr names it and the fix)
     4        the guest crashed: triple fault, KVM internal/emulation error, failed VM entry
+    6        the guest kernel panicked (pvpanic, or a 'Kernel panic - not syncing' line)
+    120      --stall-timeout: the guest stalled (registers dumped on stderr)
+    122      --boot-timeout: the guest's init never reported to the runner port
+    124      --timeout: the run took too long
+    N        the guest's init wrote N (0-255) to the runner port's status register: its
+             command's exit status, exactly
     128+N    stopped by signal N (SIGINT 130, SIGTERM 143) or Ctrl-A x (130); 159 is
              SIGSYS: a thread made a syscall its seccomp filter does not allow (a vfiovm
              bug: rerun with --no-seccomp under `strace -f` and report it)
@@ -616,6 +638,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut test_pci_device = false;
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
+    let mut runner = crate::runner::RunnerConfig::default();
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -660,6 +683,24 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
+            "--timeout" | "--boot-timeout" | "--stall-timeout" => {
+                let v = value(&mut it)?;
+                let limit = crate::runner::parse_secs(&v)
+                    .ok_or_else(|| ConfigError::BadTimeout(flag.clone(), v))?;
+                let slot = match flag.as_str() {
+                    "--timeout" => &mut runner.timeout,
+                    "--boot-timeout" => &mut runner.boot_timeout,
+                    _ => &mut runner.stall_timeout,
+                };
+                once(slot, limit, &flag)?
+            }
+            "--verdict" => {
+                let v = value(&mut it)?;
+                if v.is_empty() {
+                    return Err(ConfigError::MissingValue(flag.clone()));
+                }
+                once(&mut runner.verdict, PathBuf::from(v), &flag)?
+            }
             "--no-seccomp" => sandbox.seccomp = false,
             "--user" => once(&mut sandbox.user, parse_user(&value(&mut it)?)?, &flag)?,
             "--test-seccomp-violation" => {
@@ -696,7 +737,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         ConsoleKind::Virtio => DEFAULT_CMDLINE_VIRTIO,
     };
     Ok(Command::Run {
-        vm: VmConfig {
+        vm: Box::new(VmConfig {
             kernel,
             firmware: firmware.map(|code| FirmwareConfig {
                 code,
@@ -714,7 +755,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             console,
             test_pci_device,
             verbosity,
-        },
+            runner,
+        }),
         sandbox,
     })
 }
@@ -722,6 +764,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|a| a.to_string()).collect()
@@ -729,13 +772,53 @@ mod tests {
 
     fn run_sandboxed(s: &[&str]) -> (VmConfig, SandboxConfig) {
         match parse_args(args(s)).unwrap() {
-            Command::Run { vm, sandbox } => (vm, sandbox),
+            Command::Run { vm, sandbox } => (*vm, sandbox),
             c => panic!("expected Run, got {c:?}"),
         }
     }
 
     fn run(s: &[&str]) -> VmConfig {
         run_sandboxed(s).0
+    }
+
+    #[test]
+    fn runner_flags() {
+        use std::time::Duration;
+        let c = run(&["--kernel", "k"]);
+        assert_eq!(c.runner, crate::runner::RunnerConfig::default(), "all off");
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--timeout",
+            "600",
+            "--boot-timeout=30",
+            "--stall-timeout",
+            "0.5",
+            "--verdict",
+            "out/v.json",
+        ]);
+        assert_eq!(c.runner.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(c.runner.boot_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.runner.stall_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.runner.verdict.as_deref(), Some(Path::new("out/v.json")));
+        let e = |s: &[&str]| parse_args(args(s)).unwrap_err();
+        for flag in ["--timeout", "--boot-timeout", "--stall-timeout"] {
+            for bad in ["0", "-3", "ten", "1e9"] {
+                let err = e(&["--kernel", "k", flag, bad]);
+                assert_eq!(err, ConfigError::BadTimeout(flag.into(), bad.into()));
+                assert!(err
+                    .to_string()
+                    .starts_with(&format!("invalid {flag} '{bad}': give a number of seconds")));
+            }
+            assert_eq!(
+                e(&["--kernel", "k", flag, "1", flag, "2"]),
+                ConfigError::Repeated(flag.into())
+            );
+        }
+        assert_eq!(
+            e(&["--kernel", "k", "--verdict="]),
+            ConfigError::MissingValue("--verdict".into())
+        );
     }
 
     #[test]

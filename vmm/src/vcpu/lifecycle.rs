@@ -25,7 +25,7 @@
 //! never needs repeating for a vCPU in (or entering) `KVM_RUN`.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -90,6 +90,8 @@ pub(super) struct Control {
     inner: Mutex<Inner>,
     cv: Condvar,
     pending: AtomicBool,
+    /// Exits from `KVM_RUN` the guest caused (not kicks): the stall watch's sign of progress.
+    pub(super) exits: AtomicU64,
     /// Tests: hold the vCPU thread between its check and `KVM_RUN` (see [`Control::test_hold`]).
     #[cfg(test)]
     pub(super) hold: AtomicBool,
@@ -107,6 +109,7 @@ impl Control {
             }),
             cv: Condvar::new(),
             pending: AtomicBool::new(false),
+            exits: AtomicU64::new(0),
             #[cfg(test)]
             hold: AtomicBool::new(false),
             #[cfg(test)]
@@ -302,6 +305,12 @@ impl VcpuHandle {
     /// The vCPU's state now.
     pub fn state(&self) -> VcpuState {
         self.ctl.state()
+    }
+
+    /// How many exits from `KVM_RUN` the guest has caused on this vCPU so far (port I/O, MMIO,
+    /// faults; not the VMM's own kicks). The stall watch reads it.
+    pub fn exits(&self) -> u64 {
+        self.ctl.exits.load(Ordering::Relaxed)
     }
 
     fn kick(&self) {
