@@ -45,8 +45,8 @@ CPU=${RIG_CPU:-qemu64,+svm,+npt}
 ACCEL=${RIG_ACCEL:-tcg,thread=single}
 NVME=${RIG_NVME_IMG:-}
 if [ -n "$NVME" ]; then BIND=${RIG_BIND-1234:11e8,1b36:0010}; else BIND=${RIG_BIND-1234:11e8}; fi
-# RIG_BIGBAR's ivshmem too, unless RIG_BIND names the list
-[ -z "${RIG_BIGBAR:-}" ] || [ -n "${RIG_BIND+set}" ] || BIND+=,1af4:1110
+# RIG_BIGBAR's and RIG_P2P's ivshmem too, unless RIG_BIND names the list
+[ -z "${RIG_BIGBAR:-}${RIG_P2P:-}" ] || [ -n "${RIG_BIND+set}" ] || BIND+=,1af4:1110
 # RIG_IGB's PF too
 [ "${RIG_IGB:-0}" != 1 ] || [ -n "${RIG_BIND+set}" ] || BIND+=,8086:10c9
 BIND_BDF=${RIG_BIND_BDF:-}
@@ -133,6 +133,13 @@ if [ -n "${RIG_BIGBAR:-}" ]; then
 	truncate -s "${RIG_BIGBAR_SIZE:-64G}" "$RIG_BIGBAR" || finish 125 "FAIL step=bigbar cannot size $RIG_BIGBAR"
 	DEVS+=(-object "memory-backend-file,id=bigbar,mem-path=$RIG_BIGBAR,size=${RIG_BIGBAR_SIZE:-64G},share=on"
 		-device ivshmem-plain,memdev=bigbar -global q35-pcihost.pci-hole64-size=256G)
+fi
+if [ -n "${RIG_P2P:-}" ]; then
+	# a second, small ivshmem-plain at 00:13.0 (BAR 2: the file, 2 MiB) as a peer-to-peer DMA
+	# target (checks/52-vfio-p2p.sh); bound to vfio-pci by id
+	truncate -s 2M "$RIG_P2P" || finish 125 "FAIL step=p2p cannot size $RIG_P2P"
+	DEVS+=(-object "memory-backend-file,id=p2pmem,mem-path=$RIG_P2P,size=2M,share=on"
+		-device ivshmem-plain,memdev=p2pmem,addr=0x13)
 fi
 if [ "${RIG_IGB:-0}" = 1 ]; then
 	# QEMU 10's igb (82576 PF, SR-IOV with up to 7 VFs, 8086:10ca) behind a PCIe root port, so its

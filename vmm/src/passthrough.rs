@@ -254,7 +254,7 @@ fn open_devices(
                 .filter_map(|g| Some((g, container.group_fd(g)?)))
                 .collect(),
         };
-        // With p2p (the default) its BAR memory is also a DMA target for the other devices.
+        // With p2p=on its BAR memory is also a DMA target for the other devices.
         let dev_mapper: Arc<dyn GuestMemoryMapper> = if cfg.p2p {
             Arc::new(PeerDmaMapper::new(mapper.clone(), container.clone()))
         } else {

@@ -30,6 +30,7 @@ pub struct PeerDmaMapper {
     /// The DMA mapping `(iova, size)` made beside each guest mapping.
     dma: Mutex<HashMap<SlotHandle, (u64, u64)>>,
     warned: AtomicBool,
+    announced: AtomicBool,
 }
 
 impl std::fmt::Debug for PeerDmaMapper {
@@ -48,6 +49,7 @@ impl PeerDmaMapper {
             container,
             dma: Mutex::default(),
             warned: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
         }
     }
 
@@ -75,10 +77,15 @@ impl GuestMemoryMapper for PeerDmaMapper {
         // through the slot anyway.
         match unsafe { self.container.map_dma(gpa, size, host as u64) } {
             Ok(()) => {
-                log::debug!(
-                    "peer DMA: {size:#x} bytes of device memory at IOVA {gpa:#x} ({:.2} ms)",
-                    t0.elapsed().as_secs_f64() * 1e3
-                );
+                // The first at info; the guest decides how often its BARs move.
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                if !self.announced.swap(true, Ordering::Relaxed) {
+                    log::info!("peer DMA: {size:#x} bytes of device memory at IOVA {gpa:#x} ({ms:.2} ms; later moves at debug)");
+                } else {
+                    log::debug!(
+                        "peer DMA: {size:#x} bytes of device memory at IOVA {gpa:#x} ({ms:.2} ms)"
+                    );
+                }
                 self.lock().insert(slot, (gpa, size));
             }
             Err(e) => {

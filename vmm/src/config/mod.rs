@@ -206,7 +206,8 @@ pub struct DeviceConfig {
     /// device's registers (docs/passthrough.md, "The MSI-X page").
     pub msix_relocation: MsixRelocation,
     /// `p2p=on|off`: whether the device's mmapped BAR memory is DMA-mapped into the container
-    /// at its guest address, so other passed-through devices can DMA into it (default on).
+    /// at its guest address, so other passed-through devices can DMA into it (default off: the
+    /// kernel maps device memory page by page, docs/passthrough.md, "Peer-to-peer DMA").
     pub p2p: bool,
 }
 
@@ -241,7 +242,7 @@ impl DeviceConfig {
             vf_token: None,
             reset: ResetPolicy::Auto,
             msix_relocation: MsixRelocation::Auto,
-            p2p: true,
+            p2p: false,
         };
         let (mut reset_seen, mut msix_seen, mut p2p_seen) = (false, false, false);
         for part in parts {
@@ -426,8 +427,8 @@ OPTIONS:
                          reset of devices it holds) [default: auto]; msix_relocation=off keeps
                          the MSI-X table where the device has it, its pages trapping [default:
                          auto: moved off the registers when the kernel lets the BAR be mapped
-                         whole]; p2p=off keeps other devices from DMAing into its BARs
-                         [default: on]
+                         whole]; p2p=on lets the other devices DMA into its BARs [default:
+                         off]
     --disk DISK          A raw image as a virtio-blk disk (repeatable; /dev/vda, vdb, ...):
                          path=FILE[,readonly=on][,direct=on][,serial=STR][,id=NAME]
     --rng                A virtio-rng device fed from the host's getrandom (the guest's
@@ -1043,7 +1044,7 @@ mod tests {
         assert_eq!(d.msix_relocation, MsixRelocation::Auto);
         assert!(DeviceConfig::SYNTAX.contains("[,reset=auto|required]"));
         assert!(DeviceConfig::SYNTAX.contains("[,msix_relocation=auto|off]"));
-        assert!(d.p2p, "peer DMA is on by default");
+        assert!(!d.p2p, "peer DMA is off by default");
         assert!(!DeviceConfig::parse("06:0d.0,p2p=off").unwrap().p2p);
         assert!(DeviceConfig::parse("06:0d.0,p2p=on").unwrap().p2p);
         for bad in [
