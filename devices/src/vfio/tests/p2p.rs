@@ -99,6 +99,14 @@ fn rig() -> (Rig, Arc<DmaRecorder>, Arc<PeerDmaMapper>) {
     )
 }
 
+/// The guest programs BAR 2 at `addr` and turns decoding on; the platform maps it.
+fn place_bar2(r: &mut Rig, addr: u64) {
+    r.w32(0x18, addr as u32 | 0xc);
+    r.w32(0x1c, (addr >> 32) as u32);
+    r.w16(4, MEM);
+    r.dev.bar_moved(2, None, Some(addr));
+}
+
 #[test]
 fn bar_memory_is_a_dma_target_where_the_guest_puts_it() {
     let (mut r, dma, peer) = rig();
@@ -150,10 +158,7 @@ fn a_host_that_cannot_map_device_memory_still_gives_the_guest_its_bar() {
     let (mut r, dma, peer) = rig();
     *dma.fail_map.lock().unwrap() = true;
     let a2 = 0x10_0000_0000u64;
-    r.w32(0x18, a2 as u32 | 0xc);
-    r.w32(0x1c, (a2 >> 32) as u32);
-    r.w16(4, MEM);
-    r.dev.bar_moved(2, None, Some(a2));
+    place_bar2(&mut r, a2);
     assert_eq!(r.mapper.live(), vec![(a2, 0x10_0000)]);
     assert!(peer.peer_mappings().is_empty());
     r.w16(4, 0);
@@ -165,10 +170,7 @@ fn a_host_that_cannot_map_device_memory_still_gives_the_guest_its_bar() {
 fn a_dma_mapping_that_cannot_be_removed_keeps_the_bar_memory_alive() {
     let (mut r, dma, _peer) = rig();
     let a2 = 0x10_0000_0000u64;
-    r.w32(0x18, a2 as u32 | 0xc);
-    r.w32(0x1c, (a2 >> 32) as u32);
-    r.w16(4, MEM);
-    r.dev.bar_moved(2, None, Some(a2));
+    place_bar2(&mut r, a2);
     *dma.fail_unmap.lock().unwrap() = true;
     drop(r.dev);
     // A device could still DMA there: the guest slot stays, so the BAR's mmap is leaked (bars.rs
