@@ -69,8 +69,8 @@ else
 	fi
 	# The layouts the guest saw: the device's with off; with auto BAR 0 doubled, the table at its
 	# upper half and the PBA right after the table.
-	lo=$(sed -n 's/^NVMEIO msix vectors=\([0-9]*\) table=\([0-9]\):\(0x[0-9a-f]*\) pba=\([0-9]\):\(0x[0-9a-f]*\) bar0_size=\(0x[0-9a-f]*\)$/\1 \2 \3 \4 \5 \6/p' out.msix-reloc-off)
-	la=$(sed -n 's/^NVMEIO msix vectors=\([0-9]*\) table=\([0-9]\):\(0x[0-9a-f]*\) pba=\([0-9]\):\(0x[0-9a-f]*\) bar0_size=\(0x[0-9a-f]*\)$/\1 \2 \3 \4 \5 \6/p' out.msix-reloc-auto)
+	lo=$(sed -n 's/^NVMEIO msix vectors=\([0-9]*\) table=\([0-9]\):\(0x[0-9a-f]*\) pba=\([0-9]\):\(0x[0-9a-f]*\) bar0_size=\(0x[0-9a-f]*\).*$/\1 \2 \3 \4 \5 \6/p' out.msix-reloc-off)
+	la=$(sed -n 's/^NVMEIO msix vectors=\([0-9]*\) table=\([0-9]\):\(0x[0-9a-f]*\) pba=\([0-9]\):\(0x[0-9a-f]*\) bar0_size=\(0x[0-9a-f]*\).*$/\1 \2 \3 \4 \5 \6/p' out.msix-reloc-auto)
 	# shellcheck disable=SC2086 # six fields each, split on purpose
 	if msix_reloc_layout $lo $la; then
 		ok "msix-reloc-layout: off $lo; auto $la"
