@@ -31,6 +31,12 @@
 //! tap which offloads the driver accepted (`GUEST_CSUM` → `TUN_F_CSUM`, `GUEST_TSO4/6` →
 //! `TUN_F_TSO4/6`, `GUEST_ECN` → `TUN_F_TSO_ECN`), so bulk TCP reaches the guest unsegmented.
 //!
+//! Frames are not copied on the way: a transmitted one is one `writev` over the guest's
+//! buffers, a received one a `readv` into the driver's receive buffers, lending as many
+//! mergeable buffers as the previous frame took plus the rest of the handler's own buffer for
+//! a longer one (which is then gathered there and delivered by copying). A guest changing its
+//! buffers meanwhile only garbles its own frame: the kernel copies and checks it.
+//!
 //! # Hostile drivers
 //!
 //! A transmit chain with a device-writable buffer, shorter than the header, or longer than
