@@ -337,6 +337,22 @@ fn before(mem: &Mem, l: &Layout, set: &QueueSet, q: u16) -> Before {
 
 /// The chains queue `q` completed since `b`: `(head, used len, its walk)`, checked against the
 /// available ring and the used ring in RAM.
+/// The chains the driver has made available and the device has not completed after a serve:
+/// their writable buffers are the device's to write (it may read a frame into chains and give
+/// them back when the frame turns out longer, or the driver has too few for it).
+fn still_available(b: &Before, l: &Layout, set: &QueueSet, q: u16) -> Vec<Walked> {
+    let Some(avail) = l.avail_idx(&b.ram) else {
+        return Vec::new();
+    };
+    let n = avail.wrapping_sub(set.next_used(q)).min(l.size);
+    (0..n)
+        .filter_map(|k| {
+            let head = l.avail_head(&b.ram, set.next_used(q).wrapping_add(k))?;
+            walk(&b.ram, l.desc, l.size, head)
+        })
+        .collect()
+}
+
 fn completions(
     b: &Before,
     after: &Ram,
@@ -501,10 +517,10 @@ impl Rig {
             );
             let n = w.len(false);
             if w.len(true) == 0 && (NET_HDR_LEN as u64..=MAX_WIRE as u64).contains(&n) {
-                let mut f = w
+                // As the guest wrote it, num_buffers too (a tap skips it).
+                let f = w
                     .stream(&b.ram, false, n)
                     .expect("a walked chain is in RAM");
-                f[NUM_BUFFERS..NET_HDR_LEN].fill(0);
                 expect.push(f);
             }
         }
@@ -538,7 +554,9 @@ impl Rig {
             return;
         }
         let done = completions(&b, &after, &l, &self.set, RX);
+        let lent = still_available(&b, &l, &self.set, RX);
         let mut writable = vec![l.used_range()];
+        writable.extend(lent.iter().flat_map(|w| w.writable_ranges()));
         for (head, len, w) in &done {
             assert!(
                 u64::from(*len) <= w.len(true),
@@ -550,7 +568,7 @@ impl Rig {
         for at in b.ram.changed(&after) {
             assert!(
                 inside(at, &writable),
-                "a receive serve wrote guest RAM at {at:#x}, outside the used ring and the completed chains' writable buffers"
+                "a receive serve wrote guest RAM at {at:#x}, outside the used ring and the writable buffers of the chains made available"
             );
         }
         if err.is_none() {
@@ -560,7 +578,12 @@ impl Rig {
                 "the receive queue holds chains it took"
             );
         }
-        let bufs: Vec<_> = done.iter().flat_map(|c| c.2.writable_ranges()).collect();
+        // Frames are checked where no buffer the device may write overlaps another.
+        let bufs: Vec<_> = done
+            .iter()
+            .flat_map(|c| c.2.writable_ranges())
+            .chain(lent.iter().flat_map(|w| w.writable_ranges()))
+            .collect();
         let disjoint = bufs
             .iter()
             .enumerate()
