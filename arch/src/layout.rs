@@ -59,6 +59,19 @@ pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// Largest command line we accept, including the terminating NUL.
 pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
+/// Multiboot information structure (the PVH start info's page: a boot uses one or the other).
+pub const MULTIBOOT_INFO_START: u64 = PVH_INFO_START;
+/// Multiboot module list (one module: the initramfs), after the 88-byte structure and the
+/// boot loader's name at +0x60.
+pub const MULTIBOOT_MODS_START: u64 = MULTIBOOT_INFO_START + 0x80;
+/// Multiboot memory map.
+pub const MULTIBOOT_MMAP_START: u64 = PVH_MEMMAP_START;
+/// Maximum number of multiboot memory map entries (24 bytes each) before the zero page.
+pub const MULTIBOOT_MMAP_MAX_ENTRIES: usize = PVH_MEMMAP_MAX_ENTRIES;
+/// The multiboot module's string (the initramfs argument), after the command line.
+pub const MULTIBOOT_MOD_STRING_START: u64 = CMDLINE_START + CMDLINE_MAX_SIZE as u64;
+/// Longest multiboot module string, without its NUL.
+pub const MULTIBOOT_MOD_STRING_MAX: usize = 0xfff;
 /// Extended BIOS data area: the MP table lives here.
 pub const EBDA_START: u64 = 0x9_fc00;
 /// Legacy VGA hole + BIOS area (reserved in the memory map).
@@ -163,6 +176,8 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START);
     assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(MULTIBOOT_MODS_START + 16 <= MULTIBOOT_MMAP_START);
+    assert!(MULTIBOOT_MOD_STRING_START + (MULTIBOOT_MOD_STRING_MAX as u64) < EBDA_START);
 };
 
 /// The IOAPIC pin (GSI) that INTx pin `pin` (0 = INTA#) of bus-0 device `slot` is wired to.

@@ -557,6 +557,15 @@ fn load_direct(
     let boot_info = match kernel.mode {
         EntryMode::Pvh => boot::write_pvh_start_info(mem, &info)?,
         EntryMode::Linux64 => boot::write_zero_page(mem, &kernel, &info)?,
+        EntryMode::Multiboot => {
+            // Module 0's string: the --initramfs argument as given (QEMU passes -initrd's).
+            let name = config
+                .initramfs
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            arch::multiboot::write_info(mem, &info, &name)?
+        }
     };
     regs::write_gdt_idt(mem)?;
     regs::write_identity_page_tables(mem)?;
