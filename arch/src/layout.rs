@@ -133,6 +133,10 @@ pub mod ports {
     /// QEMU-compatible pvpanic port (1 byte), QEMU's default place; the DSDT names it
     /// (`QEMU0001`).
     pub const PVPANIC: u16 = 0x505;
+    /// QEMU's `pc-testdev` data and flush ports (0xe0–0xeb; `--pc-testdev`).
+    pub const PC_TESTDEV: u16 = 0xe0;
+    /// QEMU's `pc-testdev` interrupt line ports (0x2000–0x2017; `--pc-testdev`).
+    pub const PC_TESTDEV_IRQ: u16 = 0x2000;
     /// vfiovm's runner port (CI guests: phase and command exit status). Between fw_cfg
     /// (0x510–0x51B) and the ACPI PM block (0x600): nothing QEMU's PC machines, Linux's legacy
     /// probes or kvm-unit-tests' test devices (0xE0–0xEF, 0x2000) use; reserved in the DSDT.
