@@ -545,12 +545,23 @@ fn load_direct(
         .map(|h| h.cmdline_size as usize)
         .filter(|&n| n > 0)
         .map(|n| n - 1);
-    boot::write_cmdline(mem, &config.cmdline, max_cmdline)?;
+    // A multiboot kernel's command line starts with the kernel's name, as GRUB and QEMU pass it
+    // (kvm-unit-tests takes it as argv[0]).
+    let cmdline = match kernel.mode {
+        EntryMode::Multiboot => {
+            let name = config.kernel.as_deref().unwrap_or(Path::new("kernel"));
+            format!("{} {}", name.display(), config.cmdline)
+                .trim_end()
+                .to_string()
+        }
+        _ => config.cmdline.clone(),
+    };
+    boot::write_cmdline(mem, &cmdline, max_cmdline)?;
     let rsdp =
         platform::write_firmware_tables(mem, config, phys_bits).map_err(VmError::Firmware)?;
     let info = BootInfo {
         mem_size: config.memory,
-        cmdline: &config.cmdline,
+        cmdline: &cmdline,
         initramfs,
         rsdp: Some(rsdp),
     };
