@@ -529,6 +529,42 @@ mod tests {
     }
 
     #[test]
+    fn multiboot_image_larger_than_ram() {
+        let m = mem(16 << 20);
+        let mut img = vec![0u8; 64];
+        let flags = 0u32;
+        for v in [
+            crate::multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(crate::multiboot::HEADER_MAGIC),
+        ] {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        let path = std::env::temp_dir().join(format!("vfiovm-mb-large-{}", std::process::id()));
+        std::fs::write(&path, &img).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(17 << 20)
+            .unwrap();
+        let mut f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            load_kernel(&m, &mut f),
+            Err(BootError::ImageTooLarge { size, mem }) if size == 17 << 20 && mem == 16 << 20
+        ));
+        // The same header in a small file: found, but neither ELF32 nor a.out.
+        let mut f = temp_file(&img);
+        assert!(matches!(
+            load_kernel(&m, &mut f),
+            Err(BootError::Multiboot(
+                crate::multiboot::MultibootError::NotElf32
+            ))
+        ));
+    }
+
+    #[test]
     fn rejects_old_bzimage() {
         let m = mem(32 << 20);
         let mut img = vec![0u8; 0x2000];
