@@ -15,9 +15,10 @@
 //!
 //! Entry: 32-bit protected mode, paging off, flat 4 GiB code and data segments, interrupts off,
 //! `eax` = 0x2BADB002 and `ebx` = the multiboot information (below). Everything loaded must lie
-//! in guest RAM at or above 1 MiB and below 4 GiB, in one RAM region: below 1 MiB are vfiovm's
-//! own boot structures and firmware tables. A hostile image gets an error, never a write
-//! elsewhere.
+//! in one guest RAM region below 4 GiB and clear of what vfiovm writes for a multiboot boot
+//! ([`RESERVED`]: the GDT and IDT page, the information page, the command line and module
+//! string, the MP and ACPI tables from the EBDA to 1 MiB); kvm-unit-tests' `realmode.flat` loads
+//! at 0x8000. A hostile image gets an error, never a write elsewhere.
 //!
 //! The information structure (at [`MULTIBOOT_INFO_START`]) has `mem_lower`/`mem_upper`
 //! (flag 0), the command line (flag 2), the modules (flag 3: the initramfs is module 0, its
@@ -31,7 +32,7 @@ use crate::boot::{memory_map, BootError, BootInfo, LoadedKernel, MemoryKind};
 use crate::layout::{
     ram_regions, CMDLINE_START, EBDA_START, HIMEM_START, MULTIBOOT_INFO_START,
     MULTIBOOT_MMAP_MAX_ENTRIES, MULTIBOOT_MMAP_START, MULTIBOOT_MODS_START,
-    MULTIBOOT_MOD_STRING_MAX, MULTIBOOT_MOD_STRING_START,
+    MULTIBOOT_MOD_STRING_MAX, MULTIBOOT_MOD_STRING_START, ZERO_PAGE_START,
 };
 use crate::regs::EntryMode;
 
@@ -102,7 +103,7 @@ pub enum MultibootError {
     #[error("it has nothing to load (no PT_LOAD segment with a size)")]
     Empty,
     /// A part of the image lies outside usable guest RAM.
-    #[error("it loads {len:#x} bytes at {addr:#x}, outside guest RAM between 1 MiB and 4 GiB (give the guest more --memory, or link the image at 1 MiB or above)")]
+    #[error("it loads {len:#x} bytes at {addr:#x}, outside guest RAM below 4 GiB or over what vfiovm places below 1 MiB (give the guest more --memory, or link the image at 1 MiB or above)")]
     OutsideRam {
         /// Guest physical address.
         addr: u64,
@@ -302,13 +303,27 @@ fn elf32_segments(image: &[u8]) -> Result<(Vec<Segment>, u64), MultibootError> {
     Ok((segs, u64::from(entry)))
 }
 
-/// True when `[addr, addr + len)` lies in one RAM region of `mem`, at or above 1 MiB and below
-/// 4 GiB.
+/// What vfiovm writes below 1 MiB for a multiboot boot, `[start, end)`: the real-mode IVT page
+/// with the boot GDT and IDT, the information structure with its module list and memory map,
+/// the command line and the module string, the MP table (EBDA) and the ACPI tables up to 1 MiB.
+/// A multiboot image may load anywhere else in RAM below 4 GiB.
+pub const RESERVED: [(u64, u64); 4] = [
+    (0, 0x1000),
+    (MULTIBOOT_INFO_START, ZERO_PAGE_START),
+    (
+        CMDLINE_START,
+        MULTIBOOT_MOD_STRING_START + MULTIBOOT_MOD_STRING_MAX as u64 + 1,
+    ),
+    (EBDA_START, HIMEM_START),
+];
+
+/// True when `[addr, addr + len)` lies in one RAM region of `mem`, below 4 GiB and clear of
+/// [`RESERVED`].
 fn placeable<M: GuestMemoryBackend>(mem: &M, addr: u64, len: u64) -> bool {
     let Some(end) = addr.checked_add(len) else {
         return false;
     };
-    addr >= HIMEM_START
+    RESERVED.iter().all(|&(s, e)| end <= s || addr >= e)
         && end <= 1 << 32
         && mem
             .find_region(GuestAddress(addr))
@@ -576,6 +591,17 @@ mod tests {
     }
 
     #[test]
+    fn loads_below_1_mib_where_vfiovm_writes_nothing() {
+        // Where kvm-unit-tests' realmode.flat goes.
+        let m = mem(32 << 20);
+        let img = elf32(0x8000, 0x2900, 0);
+        let h = find_header(&img).unwrap().unwrap();
+        let k = load(&m, &img, &h).unwrap();
+        assert_eq!((k.entry, k.kernel_end), (0x800c, 0xa900));
+        assert_eq!(read::<8>(&m, 0x800c), *b"payload!");
+    }
+
+    #[test]
     fn loads_an_elf32_image() {
         let m = mem(32 << 20);
         let img = elf32(0x40_0000, 0x1000, HF_PAGE_ALIGN);
@@ -600,9 +626,12 @@ mod tests {
         check(elf32(0x40_0000, 0x1000, 1 << 2), &|e| {
             matches!(e, MultibootError::UnsupportedRequirements { .. })
         });
-        // Below 1 MiB, past RAM, past 4 GiB, wrapping.
+        // Over the information page, the command line, the ACPI tables; past RAM, past 4 GiB,
+        // wrapping.
         for (addr, memsz) in [
-            (0x8000u32, 0x1000u32),
+            (0x5000u32, 0x1001u32),
+            (0x1ff00, 0x200),
+            (0xe_0000, 0x100),
             (0x1ff_f000, 0x2000),
             (0xffff_f000, 0x2000),
             (0x40_0000, 0xffff_ffff),

@@ -12,7 +12,7 @@
 //! lists one enabled local APIC per vCPU; the MP table's checksums hold and it fits the EBDA;
 //! the command line lands NUL-terminated; an initramfs is page aligned, above the kernel and
 //! HIMEM_START and below its limit; the zero page and PVH start info describe exactly
-//! `memory_map`. A multiboot image that loads wrote nothing below 1 MiB, ends inside guest RAM
+//! `memory_map`. A multiboot image that loads wrote nothing where vfiovm's own structures go below 1 MiB, ends inside guest RAM
 //! and below 4 GiB, and its information structure (when written) has the magic flags, the
 //! memory map of `memory_map` and module 0 exactly when there is an initramfs. Errors happen exactly when the documented preconditions do not hold (no vCPU,
 //! invalid window, too many vCPUs for the MP table, NUL or overlong command line).
@@ -432,7 +432,13 @@ fn run(u: &mut Unstructured) -> Result<()> {
         Ok(k) if k.mode == EntryMode::Multiboot => {
             let mut low = vec![0u8; layout::HIMEM_START as usize];
             let _ = mem.read_slice(&mut low, GuestAddress(0));
-            assert!(low == low_before, "a multiboot image wrote below 1 MiB");
+            for (s, e) in multiboot::RESERVED {
+                let (s, e) = (s as usize, e as usize);
+                assert!(
+                    low[s..e] == low_before[s..e],
+                    "a multiboot image wrote into {s:#x}..{e:#x}"
+                );
+            }
             let ram: u64 = mem.iter().map(|r| r.len()).sum();
             assert!(
                 k.kernel_end <= ram && k.kernel_end <= 1 << 32,

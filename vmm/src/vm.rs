@@ -579,7 +579,10 @@ fn load_direct(
         }
     };
     regs::write_gdt_idt(mem)?;
-    regs::write_identity_page_tables(mem)?;
+    // Multiboot enters with paging off, and its image may load where the tables would go.
+    if kernel.mode != EntryMode::Multiboot {
+        regs::write_identity_page_tables(mem)?;
+    }
     Ok(DirectEntry { kernel, boot_info })
 }
 
