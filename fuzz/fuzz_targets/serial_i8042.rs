@@ -17,8 +17,8 @@
 //! top byte reads zero; the debug-exit port reads all ones; pc-testdev's data register (at 0 and
 //! at 8) reads what was last written to each of its bytes there (bytes past it read 0), a page
 //! flush is asked for exactly by a 4-byte write at offset 4 (of that address's page), and an
-//! interrupt line changes exactly on a 1-byte write inside the line range (line = offset, level
-//! = byte != 0).
+//! interrupt line changes exactly for each byte written inside the line range (line = offset of
+//! the byte, level = byte != 0).
 #![no_main]
 
 use std::io::{self, Write};
@@ -300,8 +300,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     "page flushes of a {len}-byte write at {addr:#x}"
                 );
                 let mut want_levels = Vec::new();
-                if inside(addr, len, (TESTDEV_IRQ, PC_TESTDEV_IRQ_LEN)) && len == 1 {
-                    want_levels.push(((addr - TESTDEV_IRQ) as u32, d[0] != 0));
+                if inside(addr, len, (TESTDEV_IRQ, PC_TESTDEV_IRQ_LEN)) {
+                    for (i, b) in d.iter().enumerate() {
+                        want_levels.push(((addr - TESTDEV_IRQ) as u32 + i as u32, *b != 0));
+                    }
                 }
                 assert_eq!(
                     std::mem::take(&mut *lock(&testdev.levels)),

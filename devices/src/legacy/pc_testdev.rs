@@ -10,7 +10,7 @@
 //! | 0xe0–0xe3 | 0–3 | R/W, 1/2/4 bytes | a 32-bit data register: an access of n bytes at offset k reads or writes bytes k..k+n of it (bytes past 3 read 0 and are dropped) |
 //! | 0xe4–0xe7 | 4–7 | W, 4 bytes | flush page: the guest physical address written names a page whose host mapping is write-protected and restored, so KVM drops its mapping of it and the guest's next access faults into KVM again; other sizes and reads are ignored (reads all ones) |
 //! | 0xe8–0xeb | 8–11 | R/W, 1/2/4 bytes | the same data register, byte by byte |
-//! | 0x2000–0x2017 | 0–23 of [`PC_TESTDEV_IRQ_LEN`] | W, 1 byte | interrupt line n = offset: a non-zero byte raises GSI n, zero lowers it; reads all ones |
+//! | 0x2000–0x2017 | 0–23 of [`PC_TESTDEV_IRQ_LEN`] | W, 1 byte | interrupt line n = offset: a non-zero byte raises GSI n, zero lowers it; a wider write is consecutive byte writes to consecutive lines (as QEMU splits it: kvm-unit-tests' `realmode` raises line 11 with an `outl` to 0x200b); reads all ones |
 //!
 //! QEMU's device also has 64 KiB of scratch memory at 0xFF000000; no kvm-unit-tests x86 test
 //! touches it, and vfiovm does not have it.
@@ -179,16 +179,17 @@ impl BusDevice for PcTestDevIrq {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        // QEMU's line ports take single bytes only.
-        let [level] = *data else { return };
-        if offset >= PC_TESTDEV_IRQ_LEN {
-            return;
-        }
-        if let Err(e) = self.irq.set_level(offset as u32, level != 0) {
-            if self.warned.first() {
-                log::warn!("pc-testdev: cannot set interrupt line {offset}: {e}");
+        // QEMU's line ports take single bytes; it splits a wider access into byte accesses.
+        crate::legacy::write_bytes(offset, data, |line, level| {
+            if line >= PC_TESTDEV_IRQ_LEN {
+                return;
             }
-        }
+            if let Err(e) = self.irq.set_level(line as u32, level != 0) {
+                if self.warned.first() {
+                    log::warn!("pc-testdev: cannot set interrupt line {line}: {e}");
+                }
+            }
+        });
     }
 }
 
@@ -253,17 +254,31 @@ mod tests {
     }
 
     #[test]
-    fn irq_lines_take_single_bytes() {
+    fn irq_lines_by_byte() {
         let r = Record::default();
         let mut d = PcTestDevIrq::new(Box::new(r.clone()));
         d.write(0x2000, 14, &[1]);
         d.write(0x2000, 14, &[0]);
         d.write(0x2000, 23, &[0x80]);
-        d.write(0x2000, 14, &[1, 0]);
         d.write(0x2000, 24, &[1]);
         assert_eq!(
             *r.0.lock().unwrap(),
             vec![(14, true), (14, false), (23, true)]
+        );
+        r.0.lock().unwrap().clear();
+        // realmode's `outl 1` to 0x200b: line 11 up, 12-14 down; bytes past line 23 dropped.
+        d.write(0x2000, 11, &1u32.to_le_bytes());
+        d.write(0x2000, 22, &[0, 5, 1, 1]);
+        assert_eq!(
+            *r.0.lock().unwrap(),
+            vec![
+                (11, true),
+                (12, false),
+                (13, false),
+                (14, false),
+                (22, false),
+                (23, true)
+            ]
         );
         let mut b = [0u8; 1];
         d.read(0x2000, 0, &mut b);
