@@ -111,6 +111,8 @@ fn pc_testdev_ports() {
             "testdev: l=0x12345678 w=0x1234 b=0x56 after_w=0x12349999 after_b=0xab349999",
             // The page flush touches neither the register nor the page's contents.
             "testdev: flush data=0xab349999 page=0xfeedf00d",
+            // The MMIO memory at 0xFF000000: a dword, then a byte into it.
+            "testdev: iomem=0xcafe5a0d",
             // Port 0x2003 raises ISA line 3: the PIC's IRR shows it.
             "testdev: irq line 3 before=0 raised=1",
         ],
@@ -122,10 +124,15 @@ fn pc_testdev_ports() {
 #[test]
 fn pc_testdev_is_absent_unless_asked_for() {
     let o = mb_probe(&["--memory", "64M"], "testdev=1 action=exit:9");
-    o.expect_status(19).expect_clean_stderr(1);
-    // Unclaimed ports read all ones and drop writes (logged once).
+    o.expect_status(19).expect_clean_stderr(2);
+    // Unclaimed ports and MMIO read all ones and drop writes (each bus logs once).
     assert!(
         o.stdout.contains("testdev: l=0xffffffff w=0xffff b=0xff"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("testdev: iomem=0xffffffff"),
         "{}",
         o.stdout
     );

@@ -93,6 +93,8 @@ pub const PCI_MMIO32_START: u64 = 0xC000_0000;
 pub const PCI_MMIO32_SIZE: u64 = 0xFC00_0000 - PCI_MMIO32_START;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xFEC0_0000;
+/// QEMU's `pc-testdev` MMIO memory, 64 KiB (`--pc-testdev`; kvm-unit-tests' `IORAM_BASE_PHYS`).
+pub const PC_TESTDEV_IOMEM_START: u64 = 0xFF00_0000;
 /// LAPIC MMIO base.
 pub const APIC_START: u64 = 0xFEE0_0000;
 /// Alignment of the 64-bit PCI MMIO window's start.

@@ -2,8 +2,8 @@
  * header, entered in 32-bit protected mode): reports what the loader gave it (magic, information
  * flags, mem_lower/mem_upper, memory map, command line, module 0 and its string, the loader's
  * name: printed by rt/multiboot.c), then what kvm-unit-tests reads from the platform: fw_cfg's CPU
- * count (key 0x05) and RAM size (key 0x03), and pc-testdev's data register (0xe0, 0xe8) and an
- * interrupt line (0x2000 + 3, seen in the PIC's IRR); then performs `action=` (as pvh_probe).
+ * count (key 0x05) and RAM size (key 0x03), and pc-testdev's data register (0xe0, 0xe8), its MMIO
+ * memory (0xff000000) and an interrupt line (0x2000 + 3, seen in the PIC's IRR); then performs `action=` (as pvh_probe).
  * Output lines are listed in README.md. */
 #include "rt.h"
 
@@ -14,6 +14,7 @@
 #define TESTDEV_DATA 0xe0
 #define TESTDEV_BYTES 0xe8
 #define TESTDEV_IRQ 0x2000
+#define TESTDEV_IOMEM 0xff000000u
 #define PIC1_CMD 0x20
 #define PIC_OCW3_READ_IRR 0x0a
 #define TEST_LINE 3 /* COM2's ISA line: nothing else drives it */
@@ -51,6 +52,11 @@ static void pc_testdev(void)
     static volatile uint32_t page_word __attribute__((aligned(4096))) = 0xfeedf00d;
     outl(TESTDEV_DATA + 4, (uint32_t)(uintptr_t)&page_word);
     rt_printf("testdev: flush data=0x%x page=0x%x\n", inl(TESTDEV_DATA), page_word);
+
+    /* The 64 KiB of MMIO memory at 0xFF000000 (paging is off: physical addresses). */
+    mmio_write32(TESTDEV_IOMEM + 0x10, 0xcafef00d);
+    mmio_write8(TESTDEV_IOMEM + 0x11, 0x5a);
+    rt_printf("testdev: iomem=0x%x\n", mmio_read32(TESTDEV_IOMEM + 0x10));
 
     uint8_t before = pic_irr() & (1u << TEST_LINE);
     outb(TESTDEV_IRQ + TEST_LINE, 1);

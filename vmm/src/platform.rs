@@ -10,9 +10,10 @@ use devices::console_tail::{ConsoleSource, ConsoleTail, TeeWriter};
 use devices::firmware::{CfiFlash, FwCfg, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use devices::kvm::KvmInterruptManager;
 use devices::legacy::{
-    AcpiPm, Cmos, DebugExit, MprotectFlush, PcTestDev, PcTestDevIrq, PvPanic, RunnerPort, Serial,
-    StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN,
-    PC_TESTDEV_IRQ_LEN, PC_TESTDEV_PORT_LEN, PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
+    AcpiPm, Cmos, DebugExit, MprotectFlush, PcTestDev, PcTestDevIomem, PcTestDevIrq, PvPanic,
+    RunnerPort, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042,
+    I8042_PORT_LEN, PC_TESTDEV_IOMEM_LEN, PC_TESTDEV_IRQ_LEN, PC_TESTDEV_PORT_LEN,
+    PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
 };
 use devices::pci::{
     LpcBridge, PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
@@ -316,6 +317,13 @@ impl Platform {
                 ))))),
                 u64::from(ports::PC_TESTDEV_IRQ),
                 PC_TESTDEV_IRQ_LEN,
+            )?;
+            insert(
+                &mmio,
+                "pc-testdev's memory",
+                Arc::new(Mutex::new(PcTestDevIomem::default())),
+                layout::PC_TESTDEV_IOMEM_START,
+                PC_TESTDEV_IOMEM_LEN,
             )?;
         }
         let fw_cfg = Arc::new(Mutex::new(firmware.fw_cfg));

@@ -12,8 +12,7 @@
 //! | 0xe8–0xeb | 8–11 | R/W, 1/2/4 bytes | the same data register, byte by byte |
 //! | 0x2000–0x2017 | 0–23 of [`PC_TESTDEV_IRQ_LEN`] | W, 1 byte | interrupt line n = offset: a non-zero byte raises GSI n, zero lowers it; a wider write is consecutive byte writes to consecutive lines (as QEMU splits it: kvm-unit-tests' `realmode` raises line 11 with an `outl` to 0x200b); reads all ones |
 //!
-//! QEMU's device also has 64 KiB of scratch memory at 0xFF000000; no kvm-unit-tests x86 test
-//! touches it, and vfiovm does not have it.
+//! | 0xFF000000 (MMIO) | 0–0xFFFF of [`PC_TESTDEV_IOMEM_LEN`] | R/W, any size | 64 KiB of memory behind MMIO exits (kvm-unit-tests' `emulator`, `lam` and `cmpxchg8b` map it to run instructions against emulated memory); zero at start ([`PcTestDevIomem`]) |
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -24,6 +23,8 @@ use crate::legacy::Once;
 pub const PC_TESTDEV_PORT_LEN: u64 = 0x0c;
 /// Length of the interrupt line range (QEMU: 0x2000–0x2017, one port per ISA/IOAPIC line).
 pub const PC_TESTDEV_IRQ_LEN: u64 = 24;
+/// Length of the MMIO scratch memory (QEMU: 0xFF000000–0xFF00FFFF).
+pub const PC_TESTDEV_IOMEM_LEN: u64 = 0x1_0000;
 
 const DATA: u64 = 0;
 const FLUSH: u64 = 4;
@@ -193,6 +194,46 @@ impl BusDevice for PcTestDevIrq {
     }
 }
 
+/// The MMIO scratch memory of `pc-testdev`: reads and writes of any size land in a 64 KiB
+/// buffer (bytes past its end read 0 and are dropped).
+pub struct PcTestDevIomem {
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for PcTestDevIomem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcTestDevIomem").finish_non_exhaustive()
+    }
+}
+
+impl Default for PcTestDevIomem {
+    fn default() -> Self {
+        PcTestDevIomem {
+            buf: vec![0; PC_TESTDEV_IOMEM_LEN as usize],
+        }
+    }
+}
+
+impl BusDevice for PcTestDevIomem {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        crate::legacy::read_bytes(offset, data, 0, |o| {
+            usize::try_from(o)
+                .ok()
+                .and_then(|o| self.buf.get(o))
+                .copied()
+                .unwrap_or(0)
+        });
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        crate::legacy::write_bytes(offset, data, |o, b| {
+            if let Some(slot) = usize::try_from(o).ok().and_then(|o| self.buf.get_mut(o)) {
+                *slot = b;
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +324,22 @@ mod tests {
         let mut b = [0u8; 1];
         d.read(0x2000, 0, &mut b);
         assert_eq!(b, [0xff]);
+    }
+
+    #[test]
+    fn iomem_is_memory() {
+        let mut m = PcTestDevIomem::default();
+        let mut b = [0u8; 8];
+        m.read(0, 0x100, &mut b);
+        assert_eq!(b, [0; 8]);
+        m.write(0, 0x100, &0x0123_4567_89ab_cdefu64.to_le_bytes());
+        m.write(0, 0x102, &[0xee]);
+        m.read(0, 0x100, &mut b);
+        assert_eq!(u64::from_le_bytes(b), 0x0123_4567_89ee_cdef);
+        m.write(0, 0xfffe, &[1, 2, 3, 4]);
+        let mut b = [0xaau8; 4];
+        m.read(0, 0xfffe, &mut b);
+        assert_eq!(b, [1, 2, 0, 0]);
     }
 
     #[test]
