@@ -114,7 +114,7 @@ fn elf32_kernel() {
     let f = TempFile::new("elf32", &image);
     expect_error(
         &["--kernel", f.path()],
-        "32-bit ELF kernels are not supported: link it as ELF64",
+        "32-bit ELF kernels without a multiboot header are not supported: link it as ELF64",
     );
 }
 

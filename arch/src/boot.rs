@@ -7,6 +7,14 @@
 //!   `rsi` = the zero page (Linux boot protocol).
 //! - bzImage: the protected-mode kernel is loaded at `code32_start` and entered in 64-bit mode
 //!   at its 64-bit entry point (load address + 0x200), `rsi` = the zero page.
+//! - Multiboot (v1): any other image with a multiboot header in its first 8 KiB: a 32-bit ELF
+//!   (kvm-unit-tests' `*.flat`) or a flat image with the header's load addresses
+//!   ([`crate::multiboot`]).
+//!
+//! Precedence: an ELF64 is always booted as PVH (note present) or Linux 64-bit, and an image
+//! with the bzImage magic as a bzImage, whether or not it also has a multiboot header (QEMU also
+//! prefers a bzImage and a PVH note to multiboot); the multiboot header is looked for in every
+//! other image.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -17,7 +25,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{bzimage::BzImage, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::{
     ram_regions, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, PCI_ECAM_SIZE,
@@ -33,11 +41,22 @@ pub enum BootError {
     #[error("cannot read the kernel image: {0}")]
     ReadKernel(#[source] std::io::Error),
     /// The image is neither an ELF nor a bzImage.
-    #[error("unknown kernel format: not an ELF (vmlinux, PVH) nor a bzImage")]
+    #[error("unknown kernel format: not an ELF (vmlinux, PVH), a bzImage nor a multiboot image")]
     UnknownFormat,
-    /// A 32-bit ELF image.
-    #[error("32-bit ELF kernels are not supported: link it as ELF64 (objcopy -O elf64-x86-64 IN OUT); the PVH entry may stay 32-bit code")]
+    /// A 32-bit ELF image without a multiboot header.
+    #[error("32-bit ELF kernels without a multiboot header are not supported: link it as ELF64 (objcopy -O elf64-x86-64 IN OUT; the PVH entry may stay 32-bit code) or give it a multiboot header")]
     Elf32,
+    /// The multiboot image could not be loaded.
+    #[error("the multiboot image could not be loaded: {0}")]
+    Multiboot(#[source] crate::multiboot::MultibootError),
+    /// The multiboot image is larger than guest RAM.
+    #[error("the kernel image ({size} bytes) is larger than guest RAM ({mem} bytes): give the guest more --memory")]
+    ImageTooLarge {
+        /// The image's size.
+        size: u64,
+        /// Guest RAM.
+        mem: u64,
+    },
     /// The ELF has neither a PVH note nor a 64-bit entry we can use.
     #[error("the ELF kernel could not be loaded: {0} (is the file complete? vfiovm boots an x86-64 vmlinux or an ELF with a PVH note)")]
     Elf(#[source] linux_loader::loader::Error),
@@ -159,13 +178,25 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     mem: &M,
     kernel: &mut File,
 ) -> Result<LoadedKernel, BootError> {
-    let mut ident = [0u8; 5];
+    let mut head = vec![0u8; crate::multiboot::HEADER_SEARCH_LEN];
     kernel
         .seek(SeekFrom::Start(0))
         .map_err(BootError::ReadKernel)?;
-    let n = read_up_to(kernel, &mut ident).map_err(BootError::ReadKernel)?;
-    if n >= 4 && ident[..4] == ELF_MAGIC {
-        if n == 5 && ident[4] == ELFCLASS32 {
+    let n = read_up_to(kernel, &mut head).map_err(BootError::ReadKernel)?;
+    head.truncate(n);
+    let elf = n >= 4 && head[..4] == ELF_MAGIC;
+    let elf32 = elf && n >= 5 && head[4] == ELFCLASS32;
+    let bzimage = head.get(BZIMAGE_MAGIC_OFFSET as usize..BZIMAGE_MAGIC_OFFSET as usize + 4)
+        == Some(&BZIMAGE_MAGIC[..]);
+    if (!elf || elf32) && !bzimage {
+        match crate::multiboot::find_header(&head) {
+            Ok(Some(_)) => return load_multiboot(mem, kernel),
+            Ok(None) => {}
+            Err(e) => return Err(BootError::Multiboot(e)),
+        }
+    }
+    if elf {
+        if elf32 {
             return Err(BootError::Elf32);
         }
         let r = Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START)))
@@ -207,6 +238,30 @@ pub fn load_kernel<M: GuestMemoryBackend>(
         kernel_end,
         setup_header: Some(hdr),
     })
+}
+
+/// Reads the whole multiboot image (it must fit in guest RAM) and loads it.
+fn load_multiboot<M: GuestMemoryBackend>(
+    mem: &M,
+    kernel: &mut File,
+) -> Result<LoadedKernel, BootError> {
+    let size = kernel.metadata().map_err(BootError::ReadKernel)?.len();
+    let ram: u64 = mem.iter().map(|r| r.len()).sum();
+    if size > ram {
+        return Err(BootError::ImageTooLarge { size, mem: ram });
+    }
+    let mut image = Vec::with_capacity(size as usize);
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
+    kernel
+        .take(size)
+        .read_to_end(&mut image)
+        .map_err(BootError::ReadKernel)?;
+    let hdr = crate::multiboot::find_header(&image)
+        .map_err(BootError::Multiboot)?
+        .ok_or(BootError::UnknownFormat)?;
+    crate::multiboot::load(mem, &image, &hdr).map_err(BootError::Multiboot)
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -471,6 +526,42 @@ mod tests {
         elf32[..5].copy_from_slice(b"\x7fELF\x01");
         let mut f = temp_file(&elf32);
         assert!(matches!(load_kernel(&m, &mut f), Err(BootError::Elf32)));
+    }
+
+    #[test]
+    fn multiboot_image_larger_than_ram() {
+        let m = mem(16 << 20);
+        let mut img = vec![0u8; 64];
+        let flags = 0u32;
+        for v in [
+            crate::multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(crate::multiboot::HEADER_MAGIC),
+        ] {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        let path = std::env::temp_dir().join(format!("vfiovm-mb-large-{}", std::process::id()));
+        std::fs::write(&path, &img).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(17 << 20)
+            .unwrap();
+        let mut f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            load_kernel(&m, &mut f),
+            Err(BootError::ImageTooLarge { size, mem }) if size == 17 << 20 && mem == 16 << 20
+        ));
+        // The same header in a small file: found, but neither ELF32 nor a.out.
+        let mut f = temp_file(&img);
+        assert!(matches!(
+            load_kernel(&m, &mut f),
+            Err(BootError::Multiboot(
+                crate::multiboot::MultibootError::NotElf32
+            ))
+        ));
     }
 
     #[test]

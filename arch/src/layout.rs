@@ -59,6 +59,19 @@ pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// Largest command line we accept, including the terminating NUL.
 pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
+/// Multiboot information structure (the PVH start info's page: a boot uses one or the other).
+pub const MULTIBOOT_INFO_START: u64 = PVH_INFO_START;
+/// Multiboot module list (one module: the initramfs), after the 88-byte structure and the
+/// boot loader's name at +0x60.
+pub const MULTIBOOT_MODS_START: u64 = MULTIBOOT_INFO_START + 0x80;
+/// Multiboot memory map.
+pub const MULTIBOOT_MMAP_START: u64 = PVH_MEMMAP_START;
+/// Maximum number of multiboot memory map entries (24 bytes each) before the zero page.
+pub const MULTIBOOT_MMAP_MAX_ENTRIES: usize = PVH_MEMMAP_MAX_ENTRIES;
+/// The multiboot module's string (the initramfs argument), after the command line.
+pub const MULTIBOOT_MOD_STRING_START: u64 = CMDLINE_START + CMDLINE_MAX_SIZE as u64;
+/// Longest multiboot module string, without its NUL.
+pub const MULTIBOOT_MOD_STRING_MAX: usize = 0xfff;
 /// Extended BIOS data area: the MP table lives here.
 pub const EBDA_START: u64 = 0x9_fc00;
 /// Legacy VGA hole + BIOS area (reserved in the memory map).
@@ -80,6 +93,8 @@ pub const PCI_MMIO32_START: u64 = 0xC000_0000;
 pub const PCI_MMIO32_SIZE: u64 = 0xFC00_0000 - PCI_MMIO32_START;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xFEC0_0000;
+/// QEMU's `pc-testdev` MMIO memory, 64 KiB (`--pc-testdev`; kvm-unit-tests' `IORAM_BASE_PHYS`).
+pub const PC_TESTDEV_IOMEM_START: u64 = 0xFF00_0000;
 /// LAPIC MMIO base.
 pub const APIC_START: u64 = 0xFEE0_0000;
 /// Alignment of the 64-bit PCI MMIO window's start.
@@ -120,6 +135,10 @@ pub mod ports {
     /// QEMU-compatible pvpanic port (1 byte), QEMU's default place; the DSDT names it
     /// (`QEMU0001`).
     pub const PVPANIC: u16 = 0x505;
+    /// QEMU's `pc-testdev` data and flush ports (0xe0–0xeb; `--pc-testdev`).
+    pub const PC_TESTDEV: u16 = 0xe0;
+    /// QEMU's `pc-testdev` interrupt line ports (0x2000–0x2017; `--pc-testdev`).
+    pub const PC_TESTDEV_IRQ: u16 = 0x2000;
     /// vfiovm's runner port (CI guests: phase and command exit status). Between fw_cfg
     /// (0x510–0x51B) and the ACPI PM block (0x600): nothing QEMU's PC machines, Linux's legacy
     /// probes or kvm-unit-tests' test devices (0xE0–0xEF, 0x2000) use; reserved in the DSDT.
@@ -163,6 +182,8 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START);
     assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(MULTIBOOT_MODS_START + 16 <= MULTIBOOT_MMAP_START);
+    assert!(MULTIBOOT_MOD_STRING_START + (MULTIBOOT_MOD_STRING_MAX as u64) < EBDA_START);
 };
 
 /// The IOAPIC pin (GSI) that INTx pin `pin` (0 = INTA#) of bus-0 device `slot` is wired to.

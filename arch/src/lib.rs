@@ -9,5 +9,6 @@ pub mod firmware;
 pub mod layout;
 pub mod mptable;
 pub mod msr;
+pub mod multiboot;
 pub mod regs;
 pub mod smbios;

@@ -41,6 +41,9 @@ pub enum EntryMode {
     Pvh,
     /// Linux 64-bit boot protocol: long mode, `rsi` = zero page.
     Linux64,
+    /// Multiboot: 32-bit protected mode, paging off, `eax` = 0x2BADB002, `ebx` = the
+    /// multiboot information.
+    Multiboot,
 }
 
 /// Builds a GDT descriptor from flags (access byte in bits 0–7, flags in bits 12–15 of `flags`),
@@ -127,7 +130,7 @@ pub fn write_identity_page_tables<M: GuestMemory>(mem: &M) -> Result<(), RegsErr
 pub fn boot_sregs(mut sregs: kvm_sregs, mode: EntryMode) -> kvm_sregs {
     let data = segment_from_gdt(SEL_DATA);
     let code = match mode {
-        EntryMode::Pvh => segment_from_gdt(SEL_CODE32),
+        EntryMode::Pvh | EntryMode::Multiboot => segment_from_gdt(SEL_CODE32),
         EntryMode::Linux64 => segment_from_gdt(SEL_CODE64),
     };
     sregs.gdt.base = BOOT_GDT_START;
@@ -142,7 +145,7 @@ pub fn boot_sregs(mut sregs: kvm_sregs, mode: EntryMode) -> kvm_sregs {
     sregs.ss = data;
     sregs.tr = segment_from_gdt(SEL_TSS);
     match mode {
-        EntryMode::Pvh => {
+        EntryMode::Pvh | EntryMode::Multiboot => {
             sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr4 = 0;
             sregs.efer = 0;
@@ -170,6 +173,10 @@ pub fn boot_regs(mode: EntryMode, entry: u64, boot_info: u64) -> kvm_regs {
     };
     match mode {
         EntryMode::Pvh => regs.rbx = boot_info,
+        EntryMode::Multiboot => {
+            regs.rax = u64::from(crate::multiboot::BOOTLOADER_MAGIC);
+            regs.rbx = boot_info;
+        }
         EntryMode::Linux64 => {
             debug_assert_eq!(boot_info, ZERO_PAGE_START);
             regs.rsi = boot_info;
@@ -240,6 +247,11 @@ mod tests {
         assert_eq!(s.cs.selector, SEL_CODE64);
         let r = boot_regs(EntryMode::Pvh, 0x10_0000, 0x6000);
         assert_eq!((r.rip, r.rbx, r.rflags), (0x10_0000, 0x6000, 2));
+        let s = boot_sregs(kvm_sregs::default(), EntryMode::Multiboot);
+        assert_eq!((s.cr0 & X86_CR0_PG, s.cr0 & X86_CR0_PE), (0, X86_CR0_PE));
+        assert_eq!(s.cs.selector, SEL_CODE32);
+        let r = boot_regs(EntryMode::Multiboot, 0x40_000c, 0x6000);
+        assert_eq!((r.rip, r.rax, r.rbx), (0x40_000c, 0x2bad_b002, 0x6000));
         let r = boot_regs(EntryMode::Linux64, 0x100_0000, ZERO_PAGE_START);
         assert_eq!(r.rsi, ZERO_PAGE_START);
     }

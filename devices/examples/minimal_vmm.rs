@@ -155,6 +155,7 @@ fn run(args: &Args) -> Result<u8, Box<dyn Error>> {
     let boot_info = match kernel.mode {
         EntryMode::Pvh => boot::write_pvh_start_info(&mem, &info)?,
         EntryMode::Linux64 => boot::write_zero_page(&mem, &kernel, &info)?,
+        EntryMode::Multiboot => vfiovm_arch::multiboot::write_info(&mem, &info, "")?,
     };
     regs::write_gdt_idt(&mem)?;
     regs::write_identity_page_tables(&mem)?;

@@ -12,7 +12,9 @@
 //! lists one enabled local APIC per vCPU; the MP table's checksums hold and it fits the EBDA;
 //! the command line lands NUL-terminated; an initramfs is page aligned, above the kernel and
 //! HIMEM_START and below its limit; the zero page and PVH start info describe exactly
-//! `memory_map`. Errors happen exactly when the documented preconditions do not hold (no vCPU,
+//! `memory_map`. A multiboot image that loads wrote nothing where vfiovm's own structures go below 1 MiB, ends inside guest RAM
+//! and below 4 GiB, and its information structure (when written) has the magic flags, the
+//! memory map of `memory_map` and module 0 exactly when there is an initramfs. Errors happen exactly when the documented preconditions do not hold (no vCPU,
 //! invalid window, too many vCPUs for the MP table, NUL or overlong command line).
 #![no_main]
 
@@ -28,11 +30,12 @@ use arch::boot::{
 };
 use arch::layout::{self, mmio64_window, ram_end, ram_regions};
 use arch::mptable::{build_mptable, setup_mptable, MPTABLE_MAX_CPUS};
+use arch::multiboot;
 use arch::regs::EntryMode;
 use libfuzzer_sys::fuzz_target;
 use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vfiovm_fuzz::input::{data, one_in};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -297,11 +300,47 @@ fn scratch(name: &str) -> File {
     f
 }
 
-/// A kernel image: raw fuzz bytes, or an ELF64 / bzImage skeleton with fuzz fields.
+/// A multiboot header with fuzz flags (bit 16 or not) and, with bit 16, fuzz a.out addresses
+/// near 1–4 MiB or anywhere.
+fn multiboot_header(u: &mut Unstructured) -> Result<Vec<u8>> {
+    let mut flags: u32 = if one_in(u, 4)? { u.arbitrary()? } else { 3 };
+    let aout = one_in(u, 2)?;
+    if aout {
+        flags |= 1 << 16;
+    } else {
+        flags &= !(1 << 16);
+    }
+    let mut h = Vec::new();
+    for v in [
+        multiboot::HEADER_MAGIC,
+        flags,
+        0u32.wrapping_sub(multiboot::HEADER_MAGIC.wrapping_add(flags)),
+    ] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    if aout {
+        let base: u32 = if one_in(u, 4)? {
+            u.arbitrary()?
+        } else {
+            u.int_in_range(0x8_0000..=0x40_0000)?
+        };
+        for _ in 0..5 {
+            let v: u32 = if one_in(u, 4)? {
+                u.arbitrary()?
+            } else {
+                base.wrapping_add(u.int_in_range(0..=0x4000)?)
+            };
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(h)
+}
+
+/// A kernel image: raw fuzz bytes, or an ELF64 / bzImage / multiboot skeleton with fuzz fields.
 fn kernel_image(u: &mut Unstructured) -> Result<Vec<u8>> {
     let len = u.int_in_range(0..=0x3000)?;
     let mut img = data(u, len)?;
-    match u.int_in_range(0u8..=2)? {
+    match u.int_in_range(0u8..=4)? {
         0 => {
             if img.len() < 0x240 {
                 img.resize(0x240, 0);
@@ -329,6 +368,47 @@ fn kernel_image(u: &mut Unstructured) -> Result<Vec<u8>> {
                 img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
             }
         }
+        2 => {
+            // ELF32 with program headers near 1–4 MiB, a multiboot header at a 4-byte offset.
+            if img.len() < 0x200 {
+                img.resize(0x200, 0);
+            }
+            img[..4].copy_from_slice(b"\x7fELF");
+            img[4] = 1; // ELFCLASS32
+            img[5] = 1;
+            img[18..20].copy_from_slice(&3u16.to_le_bytes()); // EM_386
+            img[28..32].copy_from_slice(&52u32.to_le_bytes()); // e_phoff
+            img[42..44].copy_from_slice(&32u16.to_le_bytes()); // e_phentsize
+            let n: u16 = u.int_in_range(0..=3)?;
+            img[44..46].copy_from_slice(&n.to_le_bytes());
+            for i in 0..usize::from(n) {
+                let ph = 52 + 32 * i;
+                if one_in(u, 4)? {
+                    continue; // fuzz bytes
+                }
+                let paddr: u32 = u.int_in_range(0x8_0000..=0x40_0000)?;
+                let filesz: u32 = u.int_in_range(0..=0x400)?;
+                let memsz: u32 = filesz + u.int_in_range(0..=0x4000)?;
+                for (k, v) in [1u32, 0x100, paddr, paddr, filesz, memsz]
+                    .iter()
+                    .enumerate()
+                {
+                    img[ph + 4 * k..ph + 4 * k + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            let at = u.int_in_range(0x100..=0x1c0usize)? & !3;
+            let h = multiboot_header(u)?;
+            img.splice(at..at, h);
+        }
+        3 => {
+            // A flat image with a multiboot header at a 4-byte offset.
+            let at = u.int_in_range(0..=0x200usize)? & !3;
+            if img.len() < at {
+                img.resize(at, 0);
+            }
+            let h = multiboot_header(u)?;
+            img.splice(at..at, h);
+        }
         _ => {}
     }
     Ok(img)
@@ -346,7 +426,26 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let img = kernel_image(u)?;
     let mut kf = scratch("kernel");
     kf.write_all(&img).expect("scratch write");
+    let mut low_before = vec![0u8; layout::HIMEM_START as usize];
+    let _ = mem.read_slice(&mut low_before, GuestAddress(0));
     let kernel = match load_kernel(&mem, &mut kf) {
+        Ok(k) if k.mode == EntryMode::Multiboot => {
+            let mut low = vec![0u8; layout::HIMEM_START as usize];
+            let _ = mem.read_slice(&mut low, GuestAddress(0));
+            for (s, e) in multiboot::RESERVED {
+                let (s, e) = (s as usize, e as usize);
+                assert!(
+                    low[s..e] == low_before[s..e],
+                    "a multiboot image wrote into {s:#x}..{e:#x}"
+                );
+            }
+            let ram: u64 = mem.iter().map(|r| r.len()).sum();
+            assert!(
+                k.kernel_end <= ram && k.kernel_end <= 1 << 32,
+                "multiboot image past RAM: {k:x?}"
+            );
+            k
+        }
         Ok(k) => k,
         Err(_) => {
             let mut hdr = setup_header::default();
@@ -443,6 +542,31 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 u64::from(lo) | (u64::from(hi) << 32),
                 i.size,
                 "ramdisk size"
+            );
+        }
+    }
+    if let Ok(at) = multiboot::write_info(&mem, &info, &cmdline) {
+        let mut b = [0u8; multiboot::INFO_SIZE];
+        mem.read_slice(&mut b, GuestAddress(at))
+            .expect("just written");
+        let flags = le(&b, 0, 4) as u32;
+        let want = multiboot::INFO_MEMORY
+            | multiboot::INFO_CMDLINE
+            | multiboot::INFO_MMAP
+            | multiboot::INFO_LOADER_NAME;
+        assert_eq!(flags & !multiboot::INFO_MODS, want, "multiboot flags");
+        assert_eq!(flags & multiboot::INFO_MODS != 0, initramfs.is_some());
+        assert_eq!(le(&b, 20, 4), u64::from(initramfs.is_some()), "mods_count");
+        assert_eq!(le(&b, 44, 4), map.len() as u64 * multiboot::MMAP_ENTRY_SIZE);
+        let table = le(&b, 48, 4);
+        for (i, r) in map.iter().enumerate() {
+            let mut e = [0u8; 24];
+            mem.read_slice(&mut e, GuestAddress(table + 24 * i as u64))
+                .expect("just written");
+            assert_eq!(
+                (le(&e, 0, 4), le(&e, 4, 8), le(&e, 12, 8), le(&e, 20, 4)),
+                (20, r.addr, r.size, r.kind as u64),
+                "multiboot memory map entry {i}"
             );
         }
     }

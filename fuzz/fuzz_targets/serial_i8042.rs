@@ -1,7 +1,7 @@
 //! The legacy port devices on a port bus at the layout's addresses: COM1 (the vm-superio
 //! 16550A wrapper, with host input offered to its FIFO and a writer that may fail), the i8042
-//! controller, the RTC/CMOS, the ACPI PM block, the debug-exit port, the runner port and
-//! pvpanic. Guest port reads and writes of any size at any offset in and around each device,
+//! controller, the RTC/CMOS, the ACPI PM block, the debug-exit port, the runner port,
+//! pvpanic and pc-testdev (its data/flush ports and its interrupt lines). Guest port reads and writes of any size at any offset in and around each device,
 //! host input, draining the RX-drained event.
 //!
 //! Invariants (besides no panic, no leak): only a 1, 2 or 4-byte write to the debug-exit port
@@ -14,7 +14,11 @@
 //! port outputs at most one byte per byte written to its data register and nothing otherwise;
 //! its receive FIFO never takes more than offered nor holds more than 64 bytes; the i8042
 //! never shows its input buffer full; PM1_CNT reads SCI_EN set and SLP_EN clear; the PM timer's
-//! top byte reads zero; the debug-exit port reads all ones.
+//! top byte reads zero; the debug-exit port reads all ones; pc-testdev's data register (at 0 and
+//! at 8) reads what was last written to each of its bytes there (bytes past it read 0), a page
+//! flush is asked for exactly by a 4-byte write at offset 4 (of that address's page), and an
+//! interrupt line changes exactly for each byte written inside the line range (line = offset of
+//! the byte, level = byte != 0).
 #![no_main]
 
 use std::io::{self, Write};
@@ -24,8 +28,9 @@ use arbitrary::{Result, Unstructured};
 use arch::layout::ports;
 use devices::exit::{GuestEvent, GuestExit};
 use devices::legacy::{
-    AcpiPm, Cmos, DebugExit, PvPanic, RunnerPort, Serial, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN,
-    DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
+    AcpiPm, Cmos, DebugExit, IrqLevel, PageFlush, PcTestDev, PcTestDevIrq, PvPanic, RunnerPort,
+    Serial, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN,
+    PC_TESTDEV_IRQ_LEN, PC_TESTDEV_PORT_LEN, PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
 };
 use devices::Bus;
 use libfuzzer_sys::fuzz_target;
@@ -61,9 +66,41 @@ const DEBUG_EXIT: u64 = ports::DEBUG_EXIT as u64;
 const PM: u64 = ports::PM_BLOCK_START as u64;
 const RUNNER: u64 = ports::RUNNER as u64;
 const PVPANIC: u64 = ports::PVPANIC as u64;
+const TESTDEV: u64 = ports::PC_TESTDEV as u64;
+const TESTDEV_IRQ: u64 = ports::PC_TESTDEV_IRQ as u64;
+
+/// pc-testdev's page flushes and line levels, as asked for.
+#[derive(Clone, Default)]
+struct TestdevLog {
+    flushes: Arc<Mutex<Vec<u64>>>,
+    levels: Arc<Mutex<Vec<(u32, bool)>>>,
+}
+
+impl PageFlush for TestdevLog {
+    fn flush(&self, addr: u64) -> std::result::Result<(), String> {
+        lock(&self.flushes).push(addr);
+        Ok(())
+    }
+}
+
+impl IrqLevel for TestdevLog {
+    fn set_level(&self, gsi: u32, level: bool) -> std::result::Result<(), String> {
+        lock(&self.levels).push((gsi, level));
+        Ok(())
+    }
+}
+
+/// The data register's byte index for an access at `off` of pc-testdev's ports, if it is one.
+fn testdev_reg(off: u64) -> Option<usize> {
+    match off {
+        0..4 => Some(off as usize),
+        8..12 => Some(off as usize - 8),
+        _ => None,
+    }
+}
 
 /// The devices' ranges: (base, len).
-const RANGES: [(u64, u64); 7] = [
+const RANGES: [(u64, u64); 9] = [
     (COM1, SERIAL_PORT_LEN),
     (I8042_BASE, I8042_PORT_LEN),
     (RTC, CMOS_PORT_LEN),
@@ -71,6 +108,8 @@ const RANGES: [(u64, u64); 7] = [
     (PM, ACPI_PM_BLOCK_LEN),
     (RUNNER, RUNNER_PORT_LEN),
     (PVPANIC, PVPANIC_PORT_LEN),
+    (TESTDEV, PC_TESTDEV_PORT_LEN),
+    (TESTDEV_IRQ, PC_TESTDEV_IRQ_LEN),
 ];
 
 /// The little-endian value of a 1, 2 or 4-byte access.
@@ -140,6 +179,20 @@ fn run(u: &mut Unstructured) -> Result<()> {
         PVPANIC_PORT_LEN,
     )
     .expect("free");
+    let testdev = TestdevLog::default();
+    bus.insert(
+        Arc::new(Mutex::new(PcTestDev::new(Box::new(testdev.clone())))),
+        TESTDEV,
+        PC_TESTDEV_PORT_LEN,
+    )
+    .expect("free");
+    bus.insert(
+        Arc::new(Mutex::new(PcTestDevIrq::new(Box::new(testdev.clone())))),
+        TESTDEV_IRQ,
+        PC_TESTDEV_IRQ_LEN,
+    )
+    .expect("free");
+    let mut testdev_data = [0u8; 4];
     let pm = AcpiPm::new(exits.clone(), ports::SLP_TYP_S5).expect("the layout's S5 type");
     bus.insert(Arc::new(Mutex::new(pm)), PM, ACPI_PM_BLOCK_LEN)
         .expect("free");
@@ -202,6 +255,18 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     if inside(addr, len, (PVPANIC, PVPANIC_PORT_LEN)) {
                         assert!(d.iter().all(|&b| b == 3), "pvpanic events read");
                     }
+                    if inside(addr, len, (TESTDEV, PC_TESTDEV_PORT_LEN)) {
+                        let want: Vec<u8> = match testdev_reg(addr - TESTDEV) {
+                            Some(r) => (0..len)
+                                .map(|i| testdev_data.get(r + i).copied().unwrap_or(0))
+                                .collect(),
+                            None => vec![0xff; len],
+                        };
+                        assert_eq!(d, want, "pc-testdev read at {addr:#x}");
+                    }
+                    if inside(addr, len, (TESTDEV_IRQ, PC_TESTDEV_IRQ_LEN)) {
+                        assert!(d.iter().all(|&b| b == 0xff), "pc-testdev line read");
+                    }
                     assert_eq!(
                         lock(&console.out).len(),
                         out_before,
@@ -213,6 +278,38 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 }
                 let d = value(u, len)?;
                 bus.write(addr, &d);
+                let mut want_flushes = Vec::new();
+                if inside(addr, len, (TESTDEV, PC_TESTDEV_PORT_LEN)) {
+                    match testdev_reg(addr - TESTDEV) {
+                        Some(r) => {
+                            for (i, b) in d.iter().enumerate() {
+                                if let Some(slot) = testdev_data.get_mut(r + i) {
+                                    *slot = *b;
+                                }
+                            }
+                        }
+                        None if addr == TESTDEV + 4 && len == 4 => {
+                            want_flushes.push(u64::from(le(&d)) & !0xfff)
+                        }
+                        None => {}
+                    }
+                }
+                assert_eq!(
+                    std::mem::take(&mut *lock(&testdev.flushes)),
+                    want_flushes,
+                    "page flushes of a {len}-byte write at {addr:#x}"
+                );
+                let mut want_levels = Vec::new();
+                if inside(addr, len, (TESTDEV_IRQ, PC_TESTDEV_IRQ_LEN)) {
+                    for (i, b) in d.iter().enumerate() {
+                        want_levels.push(((addr - TESTDEV_IRQ) as u32 + i as u32, *b != 0));
+                    }
+                }
+                assert_eq!(
+                    std::mem::take(&mut *lock(&testdev.levels)),
+                    want_levels,
+                    "interrupt lines of a {len}-byte write at {addr:#x}"
+                );
                 let requests = exits.take();
                 let mut want = Vec::new();
                 if inside(addr, len, (DEBUG_EXIT, DEBUG_EXIT_PORT_LEN)) && matches!(len, 1 | 2 | 4)

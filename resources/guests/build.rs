@@ -35,6 +35,9 @@ enum Boot {
     PvhBare,
     /// Linux 64-bit boot protocol (ELF64 without a PVH note, long-mode entry, zero page in rsi).
     Linux64,
+    /// Multiboot (v1), the shape of kvm-unit-tests' x86 images: a multiboot header, 32-bit
+    /// protected mode entry with the C runtime, linked as ELF64 then converted to ELF32.
+    Multiboot,
     /// A firmware image for `--firmware` (`<name>.fd`, a flat binary): one `.S` file, 16-bit
     /// code from the reset vector on, no runtime. The source fixes the image's size itself.
     Rom,
@@ -70,6 +73,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "fw_cfg_probe", boot: Boot::Pvh, sources: &["fw_cfg_probe.c"], doc: "fw_cfg as UEFI firmware reads it: signature and features through the ports (also by `rep insb`), the DMA signature, CPU count, file directory, `etc/e820` by DMA, then `etc/table-loader` run over `etc/acpi/*` and every loaded table's checksum and pointer checked, and SMBIOS; `fw_cfg: ok`, exit status 1." },
     Guest { name: "rom_probe", boot: Boot::Rom, sources: &["rom_probe.S"], doc: "Stand-in UEFI firmware for `--firmware` (a flat 1,966,080-byte image, the 2M OVMF CODE size): from the reset vector in real mode it checks the reset state, MTRRdefType, CPUID 0x8000001F, that the image is read-only, OVMF's CFI flash probe and a program, the host and LPC bridges (PMBASE, ACPI_CNTL, PCIEXBAR), the PM timer and fw_cfg, then powers off with SLP_TYP 0 (status 0)." },
     Guest { name: "runner_probe", boot: Boot::Pvh, sources: &["runner_probe.c"], doc: "CI runner tests (`test=status:N|status-byte:N|no-init|spin|halt|chatter|pvpanic|crash-loaded|panic-line|panic-reset`): the runner port's signature, phases and command status, pvpanic's two events, Linux's panic lines, and guests that spin, halt or print without end." },
+    Guest { name: "mb_probe", boot: Boot::Multiboot, sources: &["mb_probe.c"], doc: "Multiboot (ELF32) guest: prints the bootloader magic, the multiboot information (flags, mem_lower/upper, memory map, command line, module 0 and its string, loader name), fw_cfg's CPU count and RAM size, with `testdev=1` pc-testdev's data register, flush port and an interrupt line, then runs `action=`." },
     Guest { name: "internal_error", boot: Boot::Pvh, sources: &["internal_error.c"], doc: "Teardown tests: the boot vCPU executes a protected-mode `iret` (KVM internal error, status 4, on a host whose KVM emulates every instruction); `aps=spin|halt` wakes the APs into a spin loop or halt first, `bsp=spin` spins instead of crashing." },
 ];
 
@@ -95,6 +99,15 @@ const RT_PVH: &[&str] = &[
     "rt/idt.c",
     "rt/idt_stubs.S",
 ];
+/// Runtime sources of multiboot guests (the PVH runtime's SMP and IDT code, their own entry).
+const RT_MULTIBOOT: &[&str] = &[
+    "rt/multiboot_entry.S",
+    "rt/ap_trampoline.S",
+    "rt/multiboot.c",
+    "rt/smp.c",
+    "rt/idt.c",
+    "rt/idt_stubs.S",
+];
 /// Runtime of assembly-only PVH guests.
 const RT_PVH_BARE: &[&str] = &["rt/pvh_note.S"];
 /// Runtime sources of 64-bit Linux boot protocol guests.
@@ -105,6 +118,7 @@ const RT_OTHER: &[&str] = &[
     "rt/include/gdt.h",
     "rt/pvh.ld",
     "rt/linux64.ld",
+    "rt/multiboot.ld",
     "pci_probe.h",
     "virtio_pci.h",
     "virtio_probe.h",
@@ -149,7 +163,7 @@ enum Mode {
 impl Boot {
     fn mode(self) -> Mode {
         match self {
-            Boot::Pvh | Boot::PvhBare | Boot::Rom => Mode::Bits32,
+            Boot::Pvh | Boot::PvhBare | Boot::Rom | Boot::Multiboot => Mode::Bits32,
             Boot::Linux64 => Mode::Bits64,
         }
     }
@@ -159,6 +173,7 @@ impl Boot {
             Boot::Pvh => [RT_COMMON, RT_PVH].concat(),
             Boot::PvhBare => RT_PVH_BARE.to_vec(),
             Boot::Linux64 => [RT_COMMON, RT_LINUX64].concat(),
+            Boot::Multiboot => [RT_COMMON, RT_MULTIBOOT].concat(),
             Boot::Rom => Vec::new(),
         }
     }
@@ -167,6 +182,7 @@ impl Boot {
         match self {
             Boot::Pvh | Boot::PvhBare | Boot::Rom => "rt/pvh.ld",
             Boot::Linux64 => "rt/linux64.ld",
+            Boot::Multiboot => "rt/multiboot.ld",
         }
     }
 }
@@ -191,6 +207,7 @@ fn main() {
         .iter()
         .chain(RT_PVH)
         .chain(RT_LINUX64)
+        .chain(RT_MULTIBOOT)
         .chain(RT_OTHER)
     {
         println!("cargo:rerun-if-changed={file}");
@@ -357,6 +374,15 @@ impl Builder {
         .arg(&image)
         .args(&objects);
         run(&mut ld, &format!("linking guest {}", guest.name));
+        if guest.boot == Boot::Multiboot {
+            // As kvm-unit-tests makes its *.flat: a multiboot loader takes ELF32.
+            let mut objcopy = Command::new("objcopy");
+            objcopy.args(["-O", "elf32-i386"]).arg(&image);
+            run(
+                &mut objcopy,
+                &format!("converting guest {} to ELF32", guest.name),
+            );
+        }
         image
     }
 

@@ -325,6 +325,8 @@ pub fn fw_cfg(
     let mut f = FwCfg::new(mem.clone());
     // --cpus is at most 254.
     f.add_cpu_count(config.cpus.min(u32::from(u16::MAX)) as u16)?;
+    // kvm-unit-tests' lib/x86/fwcfg.c reads it (key 0x03, little-endian u64).
+    f.add_u64(devices::firmware::keys::RAM_SIZE, config.memory)?;
     f.add_e820(&e820_entries(config.memory))?;
     let cpus = u8::try_from(config.cpus)
         .map_err(|_| FirmwareError::Acpi(format!("{} vCPUs", config.cpus)))?;

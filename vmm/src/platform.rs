@@ -10,9 +10,10 @@ use devices::console_tail::{ConsoleSource, ConsoleTail, TeeWriter};
 use devices::firmware::{CfiFlash, FwCfg, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use devices::kvm::KvmInterruptManager;
 use devices::legacy::{
-    AcpiPm, Cmos, DebugExit, PvPanic, RunnerPort, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN,
-    CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042, I8042_PORT_LEN, PVPANIC_PORT_LEN, RUNNER_PORT_LEN,
-    SERIAL_PORT_LEN,
+    AcpiPm, Cmos, DebugExit, MprotectFlush, PcTestDev, PcTestDevIomem, PcTestDevIrq, PvPanic,
+    RunnerPort, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042,
+    I8042_PORT_LEN, PC_TESTDEV_IOMEM_LEN, PC_TESTDEV_IRQ_LEN, PC_TESTDEV_PORT_LEN,
+    PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
 };
 use devices::pci::{
     LpcBridge, PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
@@ -83,6 +84,18 @@ pub enum PlatformError {
     /// A `--net` tap could not be opened or used.
     #[error("--net {0}: {1}")]
     Net(String, #[source] devices::virtio::tap::TapError),
+}
+
+/// `pc-testdev`'s interrupt lines on the in-kernel irqchip (`KVM_IRQ_LINE`: the GSI's IOAPIC
+/// pin, and the PIC's for 0–15).
+struct KvmIrqLevel(Arc<VmFd>);
+
+impl devices::legacy::IrqLevel for KvmIrqLevel {
+    fn set_level(&self, gsi: u32, level: bool) -> Result<(), String> {
+        self.0
+            .set_irq_line(gsi, level)
+            .map_err(|e| format!("KVM_IRQ_LINE: {e}"))
+    }
 }
 
 /// The firmware interface of a VM: fw_cfg always (as on QEMU), and with UEFI firmware its
@@ -286,6 +299,33 @@ impl Platform {
             )?;
             pm
         };
+        if config.pc_testdev {
+            insert(
+                &pio,
+                "pc-testdev",
+                Arc::new(Mutex::new(PcTestDev::new(Box::new(MprotectFlush::new(
+                    mem.clone(),
+                ))))),
+                u64::from(ports::PC_TESTDEV),
+                PC_TESTDEV_PORT_LEN,
+            )?;
+            insert(
+                &pio,
+                "pc-testdev's interrupt lines",
+                Arc::new(Mutex::new(PcTestDevIrq::new(Box::new(KvmIrqLevel(
+                    vm.clone(),
+                ))))),
+                u64::from(ports::PC_TESTDEV_IRQ),
+                PC_TESTDEV_IRQ_LEN,
+            )?;
+            insert(
+                &mmio,
+                "pc-testdev's memory",
+                Arc::new(Mutex::new(PcTestDevIomem::default())),
+                layout::PC_TESTDEV_IOMEM_START,
+                PC_TESTDEV_IOMEM_LEN,
+            )?;
+        }
         let fw_cfg = Arc::new(Mutex::new(firmware.fw_cfg));
         insert(
             &pio,

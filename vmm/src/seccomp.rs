@@ -68,6 +68,7 @@ mod nr {
     );
     ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
     ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_bindings::kvm_irq_level);
     ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
     ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
     ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
@@ -329,6 +330,9 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     // MSI/MSI-X routes and masking, INTx (re)connection.
                     nr::KVM_SET_GSI_ROUTING(),
                     nr::KVM_IRQFD(),
+                    // pc-testdev's interrupt line ports (--pc-testdev): a level on one of the
+                    // VM's own GSIs, which the guest can already raise through its devices.
+                    nr::KVM_IRQ_LINE(),
                     // A guest moving a passed-through BAR moves its memory slots.
                     nr::KVM_SET_USER_MEMORY_REGION(),
                     // A guest moving a virtio BAR moves its queue notify ioeventfds.
@@ -675,6 +679,7 @@ mod tests {
         assert_eq!(nr::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(nr::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(nr::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(nr::KVM_IRQ_LINE(), 0x4008_ae61);
         assert_eq!(nr::KVM_IOEVENTFD(), 0x4040_ae79);
         assert_eq!(nr::KVM_SET_REGS(), 0x4090_ae82);
         assert_eq!(nr::KVM_SET_SREGS(), 0x4138_ae84);

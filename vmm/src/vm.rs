@@ -545,21 +545,44 @@ fn load_direct(
         .map(|h| h.cmdline_size as usize)
         .filter(|&n| n > 0)
         .map(|n| n - 1);
-    boot::write_cmdline(mem, &config.cmdline, max_cmdline)?;
+    // A multiboot kernel's command line starts with the kernel's name, as GRUB and QEMU pass it
+    // (kvm-unit-tests takes it as argv[0]).
+    let cmdline = match kernel.mode {
+        EntryMode::Multiboot => {
+            let name = config.kernel.as_deref().unwrap_or(Path::new("kernel"));
+            format!("{} {}", name.display(), config.cmdline)
+                .trim_end()
+                .to_string()
+        }
+        _ => config.cmdline.clone(),
+    };
+    boot::write_cmdline(mem, &cmdline, max_cmdline)?;
     let rsdp =
         platform::write_firmware_tables(mem, config, phys_bits).map_err(VmError::Firmware)?;
     let info = BootInfo {
         mem_size: config.memory,
-        cmdline: &config.cmdline,
+        cmdline: &cmdline,
         initramfs,
         rsdp: Some(rsdp),
     };
     let boot_info = match kernel.mode {
         EntryMode::Pvh => boot::write_pvh_start_info(mem, &info)?,
         EntryMode::Linux64 => boot::write_zero_page(mem, &kernel, &info)?,
+        EntryMode::Multiboot => {
+            // Module 0's string: the --initramfs argument as given (QEMU passes -initrd's).
+            let name = config
+                .initramfs
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            arch::multiboot::write_info(mem, &info, &name)?
+        }
     };
     regs::write_gdt_idt(mem)?;
-    regs::write_identity_page_tables(mem)?;
+    // Multiboot enters with paging off, and its image may load where the tables would go.
+    if kernel.mode != EntryMode::Multiboot {
+        regs::write_identity_page_tables(mem)?;
+    }
     Ok(DirectEntry { kernel, boot_info })
 }
 

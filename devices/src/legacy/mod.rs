@@ -13,6 +13,7 @@
 //! | [`Cmos`]      | MC146818 RTC/CMOS: wall-clock time, memory-size bytes, NVRAM  | [`CMOS_PORT_LEN`] (2)   |
 //! | [`RunnerPort`] | CI runner guests: init reached, command started, the command's exit status | [`RUNNER_PORT_LEN`] (0x10) |
 //! | [`PvPanic`]   | QEMU-compatible pvpanic: the guest kernel reports a panic      | [`PVPANIC_PORT_LEN`] (1) |
+//! | [`PcTestDev`], [`PcTestDevIrq`], [`PcTestDevIomem`] | QEMU-compatible `pc-testdev` for kvm-unit-tests: a data register, page flush, interrupt lines, 64 KiB of MMIO memory | [`PC_TESTDEV_PORT_LEN`] (0x0c), [`PC_TESTDEV_IRQ_LEN`] (24), [`PC_TESTDEV_IOMEM_LEN`] (0x10000, MMIO) |
 //!
 //! Devices that end the VM (i8042 reset, debug exit, ACPI power-off, the runner port's status,
 //! pvpanic) report through an
@@ -26,6 +27,7 @@
 pub mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
+pub mod pc_testdev;
 pub mod pvpanic;
 pub mod rtc;
 pub mod runner;
@@ -34,6 +36,10 @@ pub mod serial;
 pub use acpi_pm::{AcpiPm, AcpiPmError, ACPI_PM_BLOCK_LEN};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_PORT_LEN};
 pub use i8042::{I8042, I8042_PORT_LEN};
+pub use pc_testdev::{
+    IrqLevel, MprotectFlush, PageFlush, PcTestDev, PcTestDevIomem, PcTestDevIrq,
+    PC_TESTDEV_IOMEM_LEN, PC_TESTDEV_IRQ_LEN, PC_TESTDEV_PORT_LEN,
+};
 pub use pvpanic::{PvPanic, PVPANIC_PORT_LEN};
 pub use rtc::{Cmos, CMOS_PORT_LEN};
 pub use runner::{RunnerPort, RUNNER_PORT_LEN};

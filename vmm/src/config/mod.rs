@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub console: ConsoleKind,
     /// Attach the PCI test device (for the project's own guest tests).
     pub test_pci_device: bool,
+    /// Attach QEMU's `pc-testdev` ports (`--pc-testdev`, for kvm-unit-tests).
+    pub pc_testdev: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
     /// The run's time limits and verdict file (`--timeout`, `--boot-timeout`,
@@ -80,6 +82,7 @@ impl VmConfig {
             net: Vec::new(),
             console: ConsoleKind::Serial,
             test_pci_device: false,
+            pc_testdev: false,
             verbosity: 0,
             runner: Default::default(),
         }
@@ -404,9 +407,10 @@ USAGE:
                                              memlock, free huge pages for hugepages=)
 
 OPTIONS:
-    --kernel PATH        Kernel to boot: a bzImage, an ELF vmlinux (64-bit entry) or an ELF
-                         with a PVH note (32-bit PVH entry; preferred when present); with
-                         --firmware it is handed to the firmware through fw_cfg
+    --kernel PATH        Kernel to boot: a bzImage, an ELF vmlinux (64-bit entry), an ELF
+                         with a PVH note (32-bit PVH entry; preferred when present) or a
+                         multiboot image (kvm-unit-tests' *.flat; the initramfs is module 0);
+                         with --firmware it is handed to the firmware through fw_cfg
     --firmware PATH      Boot UEFI firmware: an OVMF CODE image (OVMF_CODE_4M.fd, the 2M
                          OVMF_CODE.fd) or a unified OVMF.fd (docs/firmware.md)
     --firmware-vars PATH A writable copy of the matching OVMF VARS image: UEFI variables
@@ -451,6 +455,8 @@ OPTIONS:
     --verdict FILE       Write the run's verdict (cause, status, guest status, boot and run
                          time, last console lines) as JSON to FILE at the end of the run,
                          atomically (docs/ci-runner.md)
+    --pc-testdev         QEMU's pc-testdev for kvm-unit-tests: ports 0xe0-0xeb (a data
+                         register, page flush) and 0x2000-0x2017 (interrupt lines)
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
                          default; turn them off only to debug a SIGSYS, see docs/security.md)
     --user UID:GID       Once the VM is built, drop root and run as this numeric user and
@@ -637,6 +643,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut net = Vec::new();
     let mut console = None;
     let mut test_pci_device = false;
+    let mut pc_testdev = false;
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
     let mut runner = crate::runner::RunnerConfig::default();
@@ -684,6 +691,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
+            "--pc-testdev" => pc_testdev = true,
             "--timeout" | "--boot-timeout" | "--stall-timeout" => {
                 let v = value(&mut it)?;
                 let limit = crate::runner::parse_secs(&v)
@@ -755,6 +763,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             net,
             console,
             test_pci_device,
+            pc_testdev,
             verbosity,
             runner,
         }),
@@ -780,6 +789,12 @@ mod tests {
 
     fn run(s: &[&str]) -> VmConfig {
         run_sandboxed(s).0
+    }
+
+    #[test]
+    fn pc_testdev_flag() {
+        assert!(!run(&["--kernel", "k"]).pc_testdev);
+        assert!(run(&["--kernel", "k", "--pc-testdev"]).pc_testdev);
     }
 
     #[test]
