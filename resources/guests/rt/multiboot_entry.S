@@ -4,9 +4,8 @@
  * stack and calls rt_multiboot_entry(magic, info). The linker script puts the header first in
  * .text, well inside the 8 KiB a loader searches. */
 
-#include "gdt.h"
+#include "flat32_entry.h"
 
-#define STACK_SIZE 0x4000
 #define MB_MAGIC 0x1BADB002
 #define MB_FLAGS 0x00000003 /* modules page aligned, memory information */
 
@@ -18,44 +17,11 @@
     .section .text.entry, "ax"
     .globl mb_start
 mb_start:
-    cli
-    cld
-    movl %eax, %esi             /* the bootloader magic; rep stosb leaves %esi and %ebx */
-    lgdt rt_gdt_desc
-    ljmp $SEL_CODE32, $1f
-1:  movl $SEL_DATA, %eax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %fs
-    movw %ax, %gs
-    movw %ax, %ss
-    movl $__bss_start, %edi
-    movl $__bss_end, %ecx
-    subl %edi, %ecx
-    xorl %eax, %eax
-    rep stosb
-    movl $rt_stack_top, %esp
+    movl %eax, %esi             /* the bootloader magic; FLAT32_ENTER leaves %esi and %ebx */
+    FLAT32_ENTER
     pushl %ebx
     pushl %esi
     call rt_multiboot_entry
-2:  cli
-    hlt
-    jmp 2b
+    FLAT32_HALT
 
-    /* Flat 4 GiB segments (gdt.h). The APs load it too (ap_trampoline.S). */
-    .section .data
-    .p2align 3
-    .globl rt_gdt
-rt_gdt:
-    .quad 0                     /* null */
-    .quad GDT_DESC_CODE32       /* SEL_CODE32 */
-    .quad GDT_DESC_DATA         /* SEL_DATA */
-    .p2align 2
-rt_gdt_desc:
-    .word GDT_LIMIT
-    .long rt_gdt
-
-    .section .bss
-    .p2align 4
-    .space STACK_SIZE
-rt_stack_top:
+    FLAT32_DATA

@@ -223,7 +223,7 @@ pub fn host_ram() -> Option<u64> {
 }
 
 /// Maps guest RAM for `mem_size` bytes as `cfg` asks (the layout decides where it goes).
-/// Nothing is populated yet: see [`populate`].
+/// Nothing is populated yet: see [`populate()`].
 pub fn create_guest_memory(mem_size: u64, cfg: &RamConfig) -> Result<GuestMemory, MemoryError> {
     create_guest_memory_with(mem_size, cfg, &HugePagePool::default())
 }
