@@ -569,7 +569,6 @@ impl NetHandler {
                 return Ok(());
             }
             if self.rx_pending.is_none() {
-                let published = queues.avail_idx(RX_QUEUE)?;
                 match self.receive_direct(queues)? {
                     Direct::Delivered => {
                         moved += 1;
@@ -579,9 +578,9 @@ impl NetHandler {
                     Direct::Empty => return Ok(()),
                     Direct::NoBuffers => {
                         // The frame stays in the backend until the driver adds buffers, which
-                        // it notifies once notifications are re-armed.
-                        queues.enable_notification(RX_QUEUE)?;
-                        if queues.avail_idx(RX_QUEUE)? == published {
+                        // it notifies once notifications are re-armed. Nothing was put back,
+                        // so chains found on re-arming are new.
+                        if !queues.enable_notification(RX_QUEUE)? {
                             return Ok(());
                         }
                         continue;
