@@ -165,6 +165,53 @@ fn virtio_io_threads_are_filtered_too() {
     assert_eq!(modes.len(), 4, "{modes:?}");
 }
 
+/// Descriptor numbers of `pid` (above stdio) that stay open across `exec`: `flags:` in
+/// `/proc/PID/fdinfo/N` lacks O_CLOEXEC. Each comes with what it is (`anon_inode:[eventfd]`…).
+fn inheritable_fds(pid: &str) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok());
+        if n > 2 && flags.is_some_and(|f| f & libc::O_CLOEXEC as u32 == 0) {
+            let what = std::fs::read_link(e.path()).unwrap_or_default();
+            out.push((n, what.display().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every descriptor the VMM opens (eventfds of interrupts and ioeventfds, KVM, epoll, signalfd,
+/// the virtio threads' wake and stop events) is closed on `exec`, so none leaks into another
+/// program. The test process's own inheritable descriptors (from whoever started it) reach
+/// vfiovm legitimately and are left out.
+#[test]
+fn no_descriptor_of_a_running_vm_survives_exec() {
+    let ours: Vec<u32> = inheritable_fds("self").into_iter().map(|(n, _)| n).collect();
+    let (leaks, status, stderr) = probe_a_running_vm(
+        &["--rng", "--test-pci-device"],
+        |pid| {
+            let all = inheritable_fds(&pid.to_string());
+            // Settled once all four threads run: the VM is built by then.
+            (seccomp_modes(pid).len(), all)
+        },
+        |(threads, _)| *threads == 4,
+    );
+    assert_eq!(leaks.0, 4, "the VM never ran: {stderr}");
+    let leaks: Vec<_> = leaks.1.into_iter().filter(|(n, _)| !ours.contains(n)).collect();
+    assert!(leaks.is_empty(), "descriptors without O_CLOEXEC: {leaks:?}");
+    assert_eq!(status.code(), Some(143), "{status:?}: {stderr}");
+}
+
 /// `--test-seccomp-violation=site` kills the process by SIGSYS; with `--no-seccomp` the same
 /// run ends the way the guest ends it.
 fn violation_kills(site: &str, thread: &str) {

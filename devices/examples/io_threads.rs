@@ -50,7 +50,7 @@ use vfiovm_devices::virtio::test_util::QueueSet;
 use vfiovm_devices::virtio::{QueueHandler, Ready, VirtioDevice, VIRTIO_F_VERSION_1};
 use vfiovm_devices::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vfiovm_devices::vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vfiovm_devices::vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vfiovm_devices::vmm_sys_util::eventfd::EventFd;
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -252,8 +252,8 @@ fn wire(
     queues
         .set(&mem, 0, QSIZE, QSIZE, (DESC, AVAIL, USED), false)
         .unwrap();
-    let notify = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-    let call = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let notify = Arc::new(vfiovm_devices::new_eventfd().unwrap());
+    let call = Arc::new(vfiovm_devices::new_eventfd().unwrap());
     let guest = Guest {
         mem: mem.clone(),
         notify: notify.clone(),
@@ -594,7 +594,7 @@ fn run(o: &Opts, io: BlockIo, direct: bool, arr: Arrangement) -> Outcome {
         open('A', &o.image_a, true, direct, io)
     };
     let b = (arr != Arrangement::Alone).then(|| open('B', &o.image_b, false, direct, io));
-    let stop = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let stop = Arc::new(vfiovm_devices::new_eventfd().unwrap());
     let spawn = |name: &str, devs: Vec<Dev>| {
         let stop = stop.clone();
         std::thread::Builder::new()

@@ -35,7 +35,6 @@ use vfiovm_devices::vfio::{LegacyContainer, VfioContainer, VfioDeviceAddress, Vf
 use vfiovm_devices::vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
-use vfiovm_devices::vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vfiovm_devices::{Bus, ExitSink, GuestExit};
 
 /// KVM's TSS and identity-map pages, below the 4 GiB hole's devices (Intel hosts need them).
@@ -165,8 +164,8 @@ fn run(args: &Args) -> Result<u8, Box<dyn Error>> {
     let pio = Arc::new(Bus::new("pio"));
     let mmio = Arc::new(Bus::new("mmio"));
     let serial = Serial::new(
-        EventFd::new(EFD_NONBLOCK)?,
-        EventFd::new(EFD_NONBLOCK)?,
+        vfiovm_devices::new_eventfd()?,
+        vfiovm_devices::new_eventfd()?,
         std::io::stdout(),
     );
     pio.insert(

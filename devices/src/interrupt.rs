@@ -174,7 +174,7 @@ pub mod fake {
     use std::os::unix::io::{AsRawFd, RawFd};
     use std::sync::{Arc, Mutex, MutexGuard};
 
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::{drain_eventfd, InterruptError, InterruptManager, IntxLine, MsiMessage, MsiVector};
 
@@ -538,7 +538,7 @@ pub mod fake {
             if msi_count >= u64::from(s.limit) {
                 return Err(InterruptError::NoFreeGsi { limit: s.limit });
             }
-            let fd = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(InterruptError::EventFd)?);
+            let fd = Arc::new(crate::new_eventfd().map_err(InterruptError::EventFd)?);
             let gsi = s.next;
             s.next += 1;
             s.gsis.insert(gsi, GsiLog::default());
@@ -554,8 +554,8 @@ pub mod fake {
             if gsi >= MSI_GSI_BASE {
                 return Err(InterruptError::InvalidIntxGsi { gsi });
             }
-            let fd = EventFd::new(EFD_NONBLOCK).map_err(InterruptError::EventFd)?;
-            let resample = EventFd::new(EFD_NONBLOCK).map_err(InterruptError::EventFd)?;
+            let fd = crate::new_eventfd().map_err(InterruptError::EventFd)?;
+            let resample = crate::new_eventfd().map_err(InterruptError::EventFd)?;
             let dup = resample.try_clone().map_err(InterruptError::EventFd)?;
             let mut s = lock(&self.state);
             let id = s.next_intx;

@@ -47,3 +47,10 @@ pub use kvm_ioctls;
 pub use vfio_bindings;
 pub use vm_memory;
 pub use vmm_sys_util;
+
+/// A non-blocking eventfd that is closed on `exec`: every eventfd this crate makes (interrupts,
+/// ioeventfds, worker stop and wake signals) comes from here, so none of them leaks into a
+/// process the embedding VMM starts.
+pub fn new_eventfd() -> std::io::Result<vmm_sys_util::eventfd::EventFd> {
+    vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+}

@@ -36,7 +36,6 @@ use devices::Bus;
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::input::{access_len, data, one_in, value, MAX_OPS};
 use vfiovm_fuzz::rig::{lock, RecordingExit};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// A console writer that records what it got and can be made to fail.
 #[derive(Clone, Default)]
@@ -140,8 +139,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
         out: Arc::default(),
         broken: one_in(u, 8)?,
     };
-    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let rx_drained = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let irq = devices::new_eventfd().expect("eventfd");
+    let rx_drained = devices::new_eventfd().expect("eventfd");
     let rx_probe = rx_drained.try_clone().expect("eventfd");
     let serial = Arc::new(Mutex::new(Serial::new(irq, rx_drained, console.clone())));
     let bus = Bus::new("pio");

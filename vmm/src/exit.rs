@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use devices::{ExitSink, GuestEvent, GuestExit};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Status for bad input or a host problem.
 pub const STATUS_ERROR: i32 = 2;
@@ -298,7 +298,7 @@ impl ExitState {
         Ok(ExitState {
             reason: Mutex::new(None),
             progress: Mutex::new(GuestProgress::default()),
-            event: EventFd::new(EFD_NONBLOCK)?,
+            event: devices::new_eventfd()?,
         })
     }
 

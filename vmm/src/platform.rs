@@ -21,7 +21,7 @@ use devices::pci::{
 use devices::virtio::console::HostInput;
 use devices::{Bus, BusDevice, BusError, ExitSink};
 use kvm_ioctls::VmFd;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::event_loop::ConsoleSink;
@@ -184,7 +184,7 @@ impl std::fmt::Debug for Platform {
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, PlatformError> {
-    EventFd::new(EFD_NONBLOCK).map_err(|e| PlatformError::EventFd(what, e))
+    devices::new_eventfd().map_err(|e| PlatformError::EventFd(what, e))
 }
 
 fn insert(

@@ -661,7 +661,7 @@ mod tests {
     use kvm_ioctls::{Kvm, VcpuFd, VmFd};
     use vm_memory::MmapRegion;
     use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    use vmm_sys_util::eventfd::EventFd;
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
@@ -740,7 +740,7 @@ mod tests {
             vm: Arc::new(vm),
             vcpu,
             page: MmapRegion::new(4096).unwrap(),
-            evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+            evt: devices::new_eventfd().unwrap(),
             file: tmp.as_file().try_clone().unwrap(),
             epoll: Epoll::new().unwrap(),
             pair: UnixDatagram::pair().unwrap(),
@@ -903,7 +903,7 @@ mod tests {
             ];
             let refused: Checks = vec![
                 ("openat", refused_io(std::fs::File::open("/dev/null"))),
-                ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
+                ("eventfd2", refused_io(devices::new_eventfd())),
                 ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
                 (
@@ -984,7 +984,7 @@ mod tests {
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
                 ("openat", refused_io(std::fs::File::open("/dev/null"))),
                 ("unlink", refused_io(std::fs::remove_file(&to))),
-                ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
+                ("eventfd2", refused_io(devices::new_eventfd())),
                 ("pread64", refused_io(k.file.read_at(&mut buf, 0))),
                 ("KVM_CREATE_VCPU", refused_kvm(k.vm.create_vcpu(1))),
                 ("mmap with PROT_EXEC", exec_mapping()),
@@ -1089,7 +1089,7 @@ mod tests {
                 ("KVM_IOEVENTFD", ioeventfd_round_trip(&k)),
                 ("KVM_SET_USER_MEMORY_REGION", slot_round_trip(&k)),
                 ("openat", refused_io(std::fs::File::open("/dev/null"))),
-                ("eventfd2", refused_io(EventFd::new(EFD_NONBLOCK))),
+                ("eventfd2", refused_io(devices::new_eventfd())),
                 ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
                 // The tap's offloads are set where the driver starts the card (a vCPU).
                 ("TUNSETOFFLOAD", refused_ioctl(&k.evt, nr::TUNSETOFFLOAD())),

@@ -38,7 +38,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_IRQ_ROUTES,
 };
 use kvm_ioctls::{Cap, VmFd};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Errors from setting up the interrupt manager.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +283,7 @@ impl KvmInterruptManager {
 }
 
 fn new_eventfd() -> Result<EventFd, InterruptError> {
-    EventFd::new(EFD_NONBLOCK).map_err(InterruptError::EventFd)
+    crate::new_eventfd().map_err(InterruptError::EventFd)
 }
 
 impl InterruptManager for KvmInterruptManager {

@@ -69,7 +69,6 @@ impl IoEventRegistrar for KvmIoEvents {
 mod tests {
     use super::*;
     use kvm_ioctls::Kvm;
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     /// Bind, refuse a duplicate, unbind, refuse a second unbind, on a real VM.
     #[test]
@@ -77,7 +76,7 @@ mod tests {
         let kvm = Kvm::new().unwrap();
         let vm = Arc::new(kvm.create_vm().unwrap());
         let io = KvmIoEvents::new(vm);
-        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let fd = crate::new_eventfd().unwrap();
         io.register(&fd, 0xc000_3000, Datamatch::Any).unwrap();
         io.register(&fd, 0xc000_3004, Datamatch::U16(1)).unwrap();
         assert!(io.register(&fd, 0xc000_3000, Datamatch::Any).is_err());

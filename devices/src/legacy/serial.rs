@@ -373,7 +373,7 @@ mod tests {
     const FIFO: usize = 64;
 
     fn evt() -> EventFd {
-        EventFd::new(libc::EFD_NONBLOCK).unwrap()
+        crate::new_eventfd().unwrap()
     }
 
     /// A serial port writing into a `Vec`, with clones of its interrupt and RX-drained events.

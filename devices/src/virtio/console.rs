@@ -59,7 +59,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::queues::{Queues, Ready, RingFault};
 use super::{Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_CONSOLE};
@@ -127,8 +127,8 @@ impl HostInput {
     pub fn new() -> io::Result<Self> {
         Ok(HostInput {
             state: Mutex::default(),
-            wake: EventFd::new(EFD_NONBLOCK)?,
-            space: EventFd::new(EFD_NONBLOCK)?,
+            wake: crate::new_eventfd()?,
+            space: crate::new_eventfd()?,
         })
     }
 

@@ -52,7 +52,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::queues::{Queues, Ready, RingFault};
 use super::{Chain, Completion, QueueHandler, VirtioDevice, VirtioError, VIRTIO_TYPE_NET};
@@ -266,7 +266,7 @@ impl Net {
             backend,
             mac,
             stats: Arc::default(),
-            resume: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            resume: Arc::new(crate::new_eventfd()?),
         })
     }
 

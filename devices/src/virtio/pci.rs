@@ -63,7 +63,7 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemory;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::irq::{IrqState, VIRTIO_MSI_NO_VECTOR};
 use super::worker::{make_queue, IoThread, Shared, ThreadStart, Worker};
@@ -378,7 +378,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
         let pci_cfg_cap = config.add_capability(PCI_CAP_ID_VNDR, &pci_cfg)?;
 
         let notify = (0..sizes.len())
-            .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
+            .map(|_| crate::new_eventfd().map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(VirtioPciError::EventFd)?;
         let offered = device.features() | TRANSPORT_FEATURES;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::Chain;
 use super::irq::IrqState;
@@ -71,7 +71,7 @@ pub(crate) struct IoThread {
 impl IoThread {
     /// Starts the thread, named `name`; it runs `start` first.
     pub(crate) fn spawn(name: &str, start: Option<ThreadStart>) -> std::io::Result<Self> {
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let stop = Arc::new(crate::new_eventfd()?);
         let (jobs, rx) = mpsc::channel::<Job>();
         let (finished, done) = mpsc::channel();
         let thread_stop = stop.clone();

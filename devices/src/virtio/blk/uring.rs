@@ -31,7 +31,7 @@ use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 
 use io_uring::{opcode, register::Restriction, squeue, types, IoUring};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Most iovecs one request may have (`IOV_MAX`).
 pub(crate) const MAX_IOVECS: usize = 1024;
@@ -105,7 +105,7 @@ impl Uring {
             .setup_r_disabled()
             .setup_cqsize(entries * 2)
             .build(entries)?;
-        let event = EventFd::new(EFD_NONBLOCK)?;
+        let event = crate::new_eventfd()?;
         let sub = ring.submitter();
         sub.register_eventfd(event.as_raw_fd())?;
         let mut rules = [
@@ -420,7 +420,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let mut r = Uring::new(&file, 8).unwrap();
         // io_uring_register: nothing is allowed once the ring is enabled.
-        let other = EventFd::new(EFD_NONBLOCK).unwrap();
+        let other = crate::new_eventfd().unwrap();
         let e = r.ring.submitter().register_eventfd(other.as_raw_fd());
         assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::EACCES));
         let e = r.ring.submitter().register_files(&[file.as_raw_fd()]);
