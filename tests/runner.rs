@@ -105,7 +105,7 @@ fn the_command_status_is_the_exit_status_exactly() {
             let t = tail(&j);
             assert_eq!(
                 t.first(),
-                Some(&"runner: signature 0x4e524656 (ok), version 1")
+                Some(&"runner: signature 0x4e524656 (ok), version 2")
             );
             assert_eq!(
                 t.last().copied(),
@@ -381,5 +381,62 @@ fn the_verdict_escapes_what_the_guest_printed() {
         tail(&j).iter().any(|l| l.contains(r#"x="a\b""#)),
         "{:?}",
         tail(&j)
+    );
+}
+
+/// `--exec` with `runner_probe` standing in for vfiovm's init (Linux does not boot on this
+/// host's KVM; the rig runs the real init, resources/rig/payload-vfiovm/checks/62-exec.sh): the
+/// guest's COM1 stays off stdout, the status comes back exactly, and a run that does not end
+/// with the command's status shows the end of the kernel's console on stderr.
+#[test]
+fn exec_keeps_the_kernel_console_off_stdout_and_returns_the_status() {
+    let (o, j) = probe("status:7", &["--exec", "true"]);
+    o.expect_status(7);
+    assert!(o.stdout.is_empty(), "COM1 is not on stdout: {o:#?}");
+    assert_eq!(cause(&j), "command-exited");
+    assert!(tail(&j).contains(&"runner: command exits with 7"), "{j:?}");
+    assert!(
+        o.stderr
+            .contains("--exec: the kernel image names no release"),
+        "{o:#?}"
+    );
+    assert!(!o.stderr.contains("guest: "), "{o:#?}");
+
+    let (o, j) = probe("init-failed", &["--exec", "true"]);
+    o.expect_status(125);
+    assert_eq!(cause(&j), "init-error");
+    assert!(o.stdout.is_empty(), "{o:#?}");
+    assert!(
+        o.stderr
+            .contains("guest: vfiovm-init: cannot run the command: runner_probe says so\n"),
+        "{o:#?}"
+    );
+    assert!(
+        o.stderr.contains(
+            "vfiovm: the guest's init could not run the command; its 'vfiovm-init:' line above says why"
+        ),
+        "{o:#?}"
+    );
+
+    let (o, j) = probe("panic-reset", &["--exec", "true"]);
+    o.expect_status(6);
+    assert_eq!(cause(&j), "kernel-panic");
+    assert!(
+        o.stderr
+            .contains("guest: Kernel panic - not syncing: runner_probe: test panic"),
+        "{o:#?}"
+    );
+}
+
+/// The same guest without `--exec` writes 0x100 as a status vfiovm ignores no more: it is the
+/// init's failure whoever writes it, and the status table has it (docs/ci-runner.md).
+#[test]
+fn init_failed_without_exec_is_still_its_own_cause() {
+    let (o, j) = probe("init-failed", &[]);
+    o.expect_status(125);
+    assert_eq!(cause(&j), "init-error");
+    assert!(
+        o.stdout.contains("vfiovm-init: cannot run the command"),
+        "{o:#?}"
     );
 }

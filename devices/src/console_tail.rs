@@ -112,6 +112,13 @@ impl ConsoleTail {
         }
     }
 
+    /// Counts `n` bytes of output as progress without keeping them as lines (an `--exec`
+    /// command's own stdout and stderr: its text is the user's, not the kernel's, and a line
+    /// of it that looks like a panic is not one).
+    pub fn count(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// How many bytes the guest has written to its consoles so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
@@ -145,6 +152,8 @@ pub struct TeeWriter<W: Write> {
     inner: W,
     tail: Arc<ConsoleTail>,
     source: ConsoleSource,
+    /// Only record, do not pass on (the kernel's console of an `--exec` run).
+    quiet: bool,
 }
 
 impl<W: Write> TeeWriter<W> {
@@ -154,7 +163,14 @@ impl<W: Write> TeeWriter<W> {
             inner,
             tail,
             source,
+            quiet: false,
         }
+    }
+
+    /// Records in `tail` only; `inner` gets nothing.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
     }
 
     /// The writer it passes output on to.
@@ -165,6 +181,10 @@ impl<W: Write> TeeWriter<W> {
 
 impl<W: Write> Write for TeeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.quiet {
+            self.tail.record(self.source, buf);
+            return Ok(buf.len());
+        }
         match self.inner.write(buf) {
             Ok(n) => {
                 self.tail.record(self.source, &buf[..n.min(buf.len())]);

@@ -16,6 +16,9 @@ pub enum GuestExit {
     /// The command a runner guest's init ran exited with this status (the runner port's
     /// status register, [`crate::legacy::RunnerPort`]).
     CommandExited(u8),
+    /// A runner guest's init could not run the command (the runner port's status register got
+    /// [`crate::legacy::runner::STATUS_INIT_FAILED`]); it said why on the kernel's console.
+    InitFailed,
     /// The guest kernel panicked and asks the host to act (pvpanic bit 0,
     /// [`crate::legacy::PvPanic`]).
     Panicked,

@@ -11,6 +11,8 @@
  *   crash-loaded    pvpanic bit 1 (a crash kernel takes over), then an i8042 reset
  *   panic-line      Linux's panic lines on the console, then cli; hlt
  *   panic-reset     Linux's panic lines, then an i8042 reset
+ *   init-failed     what vfiovm's --exec init does when it cannot run the command: a
+ *                   "vfiovm-init:" line, then 0x100 in the status register
  *
  * A test that does not end the VM as it should ends it through debug-exit with 0x7f (255). */
 #include "rt.h"
@@ -89,6 +91,9 @@ void guest_main(const struct rt_boot *boot)
     } else if (!strcmp(test, "panic-line")) {
         panic_lines();
         cpu_halt_forever();
+    } else if (!strcmp(test, "init-failed")) {
+        rt_printf("vfiovm-init: cannot run the command: runner_probe says so\n");
+        outl(RUNNER_REG_STATUS, 0x100);
     } else if (!strcmp(test, "panic-reset")) {
         panic_lines();
         rt_action("reset", &acpi);

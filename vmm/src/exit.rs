@@ -28,6 +28,9 @@ pub const STATUS_STALL: i32 = 120;
 pub const STATUS_BOOT_TIMEOUT: i32 = 122;
 /// Status for a run that took longer than `--timeout` (as `timeout(1)`).
 pub const STATUS_TIMEOUT: i32 = 124;
+/// Status for a runner guest whose init could not run the command (`--exec`: a missing
+/// driver, a share that would not mount), as `env(1)` and container runners use 125.
+pub const STATUS_INIT_FAILED: i32 = 125;
 
 /// How vfiovm knows the guest kernel panicked, when the guest did not say so through pvpanic
 /// bit 0 (which is [`GuestExit::Panicked`]).
@@ -134,6 +137,7 @@ impl ExitReason {
             ExitReason::Guest(GuestExit::Reset | GuestExit::PowerOff) => 0,
             ExitReason::Guest(GuestExit::DebugExit(v)) => ((v << 1) | 1) as i32 & 0xff,
             ExitReason::Guest(GuestExit::CommandExited(n)) => i32::from(*n),
+            ExitReason::Guest(GuestExit::InitFailed) => STATUS_INIT_FAILED,
             ExitReason::Guest(GuestExit::Panicked) | ExitReason::KernelPanic { .. } => {
                 STATUS_KERNEL_PANIC
             }
@@ -156,6 +160,7 @@ impl ExitReason {
             ExitReason::Guest(GuestExit::PowerOff) => "poweroff",
             ExitReason::Guest(GuestExit::DebugExit(_)) => "debug-exit",
             ExitReason::Guest(GuestExit::CommandExited(_)) => "command-exited",
+            ExitReason::Guest(GuestExit::InitFailed) => "init-error",
             ExitReason::Guest(GuestExit::Panicked) | ExitReason::KernelPanic { .. } => {
                 "kernel-panic"
             }
@@ -218,6 +223,9 @@ impl ExitReason {
         match self {
             ExitReason::Guest(GuestExit::Panicked) => Some(
                 "guest kernel panic, reported by its pvpanic driver; the console above shows why".into(),
+            ),
+            ExitReason::Guest(GuestExit::InitFailed) => Some(
+                "the guest's init could not run the command; its 'vfiovm-init:' line above says why".into(),
             ),
             ExitReason::Guest(_) => None,
             ExitReason::KernelPanic { evidence, then } => {

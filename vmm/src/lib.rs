@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod event_loop;
+pub mod exec;
 pub mod exit;
 pub mod firmware;
 pub mod logger;
@@ -136,6 +137,12 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
     let progress = exit_state.progress();
     match result {
         Ok(reason) => {
+            if config.exec.is_some() && reason.cause() != "command-exited" {
+                // The kernel's console was kept off stdout: show its end, which says why.
+                for line in tail.lines() {
+                    eprintln!("guest: {line}");
+                }
+            }
             if let Some(line) = reason.complaint() {
                 eprintln!("vfiovm: {line}");
             }

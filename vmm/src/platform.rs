@@ -233,15 +233,17 @@ impl Platform {
         let stop = Arc::new(AtomicBool::new(false));
         // What both consoles write, for the verdict, the stall watch and the panic line.
         let tail = Arc::new(ConsoleTail::default());
-        let serial = Arc::new(Mutex::new(Serial::new(
-            serial_irq,
-            drained,
-            TeeWriter::new(
-                StdoutWriter::stdout_with_abort(stop.clone()),
-                tail.clone(),
-                ConsoleSource::Serial,
-            ),
-        )));
+        let mut com1 = TeeWriter::new(
+            StdoutWriter::stdout_with_abort(stop.clone()),
+            tail.clone(),
+            ConsoleSource::Serial,
+        );
+        if config.exec.is_some() {
+            // The kernel's console stays off stdout, which is the command's: the verdict and
+            // a failed run's stderr quote it (crate::exec).
+            com1 = com1.quiet();
+        }
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, drained, com1)));
         let serial_console = Arc::new(Mutex::new(SerialConsole {
             serial: serial.clone(),
             drained: drained_clone,

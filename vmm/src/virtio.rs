@@ -91,6 +91,24 @@ pub fn add_devices(
             .map_err(|e| PlatformError::Virtio(name.clone(), e.to_string()))?;
         add(&name, Box::new(card))?;
     }
+    if config.exec.is_some() {
+        // The command's stdout and stderr (hvc0, hvc1 in the guest: PCI slot order). Their
+        // output counts as progress for the stall watch but is not kept as console lines.
+        for (name, fd) in [
+            ("virtio-console-stdout", libc::STDOUT_FILENO),
+            ("virtio-console-stderr", libc::STDERR_FILENO),
+        ] {
+            let fail = |what: &str, e: std::io::Error| {
+                PlatformError::Virtio(name.to_string(), format!("{what}: {e}"))
+            };
+            let input = Arc::new(HostInput::new().map_err(|e| fail("its input buffer", e))?);
+            let output = HostOutput::for_fd(fd).map_err(|e| fail("opening its output", e))?;
+            add(
+                name,
+                Box::new(Console::new(input, output).with_progress(tail.clone())),
+            )?;
+        }
+    }
     if config.console == ConsoleKind::Virtio {
         let name = "virtio-console";
         let fail = |what: &str, e: std::io::Error| {

@@ -32,6 +32,9 @@ const KVM_IDENTITY_MAP_ADDRESS: u64 = arch::firmware::KVM_IDENTITY_MAP_ADDRESS;
 /// Errors from building or running a VM. Each names the cause and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// `--exec`'s initramfs could not be made.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
     /// An input file cannot be opened.
     #[error("cannot open {what} '{path}': {err}")]
     OpenFile {
@@ -188,6 +191,14 @@ impl Vm {
             .as_deref()
             .map(|p| open_input("initramfs", p))
             .transpose()?;
+        if let (Some(exec), Some(kernel)) = (&config.exec, kernel_file.as_mut()) {
+            initramfs_file = Some(crate::exec::initramfs(
+                exec,
+                &config.shares,
+                kernel,
+                initramfs_file.as_mut(),
+            )?);
+        }
         let firmware = config
             .firmware
             .as_ref()

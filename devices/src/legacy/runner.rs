@@ -8,7 +8,7 @@
 //! | 0x0 | [`RUNNER_SIGNATURE`] (`"VFRN"` little-endian): an init reads it to know the port is there | ignored |
 //! | 0x4 | [`RUNNER_VERSION`] | ignored |
 //! | 0x8 | the last phase written (0 before any) | phase: [`PHASE_INIT`] = init reached, [`PHASE_COMMAND`] = command started ([`GuestEvent::Phase`]) |
-//! | 0xC | all ones | the command's exit status, 0–255: ends the VM ([`GuestExit::CommandExited`]); larger values are ignored (logged once) |
+//! | 0xC | all ones | the command's exit status, 0–255: ends the VM ([`GuestExit::CommandExited`]); [`STATUS_INIT_FAILED`] (0x100, 2 or 4 bytes): the init could not run the command, ends the VM ([`GuestExit::InitFailed`]); other values are ignored (logged once) |
 //!
 //! Writes are 1, 2 or 4 bytes at the register's own offset, the value zero-extended (an init
 //! written in shell can use `outb`); other writes are ignored and logged once. Reads of any size
@@ -26,7 +26,9 @@ pub const RUNNER_PORT_LEN: u64 = 0x10;
 /// What offset 0 reads: the bytes `V F R N`.
 pub const RUNNER_SIGNATURE: u32 = u32::from_le_bytes(*b"VFRN");
 /// What offset 4 reads: the register map's version.
-pub const RUNNER_VERSION: u32 = 1;
+pub const RUNNER_VERSION: u32 = 2;
+/// Status register value: the init could not run the command (it says why on the console).
+pub const STATUS_INIT_FAILED: u32 = 0x100;
 /// Phase value: the guest's init runs.
 pub const PHASE_INIT: u32 = 1;
 /// Phase value: the init started the command.
@@ -103,6 +105,10 @@ impl BusDevice for RunnerPort {
                 self.exit.guest_event(GuestEvent::Phase(value));
             }
             REG_STATUS if matches!(data.len(), 1 | 2 | 4) => match u8::try_from(value) {
+                Err(_) if value == STATUS_INIT_FAILED => {
+                    log::info!("runner port: the guest's init could not run the command");
+                    self.exit.request_exit(GuestExit::InitFailed);
+                }
                 Ok(status) => {
                     log::info!("runner port: the guest's command exited with status {status}");
                     self.exit.request_exit(GuestExit::CommandExited(status));
@@ -188,9 +194,18 @@ mod tests {
     }
 
     #[test]
+    fn init_failed_ends_the_vm_as_such() {
+        for bytes in [&STATUS_INIT_FAILED.to_le_bytes()[..], &[0, 1][..]] {
+            let (sink, mut dev) = device();
+            dev.write(0, REG_STATUS, bytes);
+            assert_eq!(sink.requests(), vec![GuestExit::InitFailed]);
+        }
+    }
+
+    #[test]
     fn statuses_above_255_and_stray_writes_are_ignored() {
         let (sink, mut dev) = device();
-        dev.write(0, REG_STATUS, &256u32.to_le_bytes());
+        dev.write(0, REG_STATUS, &257u32.to_le_bytes());
         dev.write(0, REG_STATUS, &[0xff, 0xff]);
         dev.write(0, REG_STATUS, &[1, 2, 3]);
         dev.write(0, REG_STATUS, &[0; 8]);

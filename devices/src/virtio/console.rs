@@ -37,7 +37,8 @@
 //! driver finds its transmit queue full and waits), and waits for room on its I/O thread
 //! together with its other events, so a stop or a driver reset is never held up by a reader
 //! that stopped reading. A closed reader (`EPIPE`) makes it drop output from then on. Output
-//! still pending when the device stops is dropped and counted in one warning.
+//! still pending when the device stops is written for up to [`STOP_DRAIN`] while the reader
+//! takes it, and what is left then is dropped and counted in one warning.
 //!
 //! Input ([`HostInput`]) is a buffer of [`INPUT_MAX`] bytes that the VMM fills (from stdin, in
 //! its event loop, where the Ctrl-A escape is handled for the serial console too) and the I/O
@@ -265,6 +266,17 @@ impl HostOutput {
     }
 }
 
+/// Waits up to `limit` for room in `fd` (epoll: what the I/O thread's filter allows).
+fn wait_writable(fd: RawFd, limit: std::time::Duration) -> io::Result<()> {
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let epoll = Epoll::new()?;
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::OUT, 0))?;
+    let mut events = [EpollEvent::default()];
+    let ms = i32::try_from(limit.as_millis().max(1)).unwrap_or(i32::MAX);
+    epoll.wait(ms, &mut events)?;
+    Ok(())
+}
+
 /// `dup(fd)` with close-on-exec.
 fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor for the same file; it takes no pointers.
@@ -309,6 +321,8 @@ pub struct Console {
     output: Arc<HostOutput>,
     stats: Arc<ConsoleStats>,
     tail: Option<Arc<ConsoleTail>>,
+    /// Keep the output as lines in `tail` (else only count it).
+    lines: bool,
 }
 
 impl fmt::Debug for Console {
@@ -327,6 +341,7 @@ impl Console {
             output: Arc::new(output),
             stats: Arc::default(),
             tail: None,
+            lines: false,
         }
     }
 
@@ -334,6 +349,15 @@ impl Console {
     /// the host's output takes it.
     pub fn with_tail(mut self, tail: Arc<ConsoleTail>) -> Self {
         self.tail = Some(tail);
+        self.lines = true;
+        self
+    }
+
+    /// Only counts the guest's output in `tail` as progress (for the stall watch), without
+    /// keeping it as lines ([`ConsoleTail::count`]).
+    pub fn with_progress(mut self, tail: Arc<ConsoleTail>) -> Self {
+        self.tail = Some(tail);
+        self.lines = false;
         self
     }
 
@@ -380,6 +404,7 @@ impl VirtioDevice for Console {
             output: self.output.clone(),
             stats: self.stats.clone(),
             tail: self.tail.clone(),
+            lines: self.lines,
             pending: VecDeque::new(),
             broken: false,
             warned_long: false,
@@ -393,6 +418,7 @@ struct ConsoleHandler {
     output: Arc<HostOutput>,
     stats: Arc<ConsoleStats>,
     tail: Option<Arc<ConsoleTail>>,
+    lines: bool,
     /// Guest output taken from the transmit queue, not yet written.
     pending: VecDeque<u8>,
     /// The host's reader is gone: output is dropped.
@@ -413,7 +439,25 @@ enum Flush {
     Full,
 }
 
+/// How long a stopping console keeps writing what it already took from the guest while its
+/// reader takes it (a command's last output before its status ends the VM).
+pub const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ConsoleHandler {
+    /// Writes the pending output while the reader makes room, for at most `limit`.
+    fn drain(&mut self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.flush() == Flush::Full {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(fd) = self.output.pollable() else {
+                break;
+            };
+            if left.is_zero() || wait_writable(fd, left).is_err() {
+                break;
+            }
+        }
+    }
+
     /// Writes pending output until it is all out or the host's output is full.
     fn flush(&mut self) -> Flush {
         while !self.pending.is_empty() {
@@ -477,8 +521,10 @@ impl ConsoleHandler {
         }
         let mut buf = vec![0u8; take as usize];
         if chain.read_at(0, &mut buf) {
-            if let Some(t) = &self.tail {
-                t.record(ConsoleSource::Virtio, &buf);
+            match &self.tail {
+                Some(t) if self.lines => t.record(ConsoleSource::Virtio, &buf),
+                Some(t) => t.count(buf.len()),
+                None => {}
             }
             self.pending.extend(buf);
         } else {
@@ -542,6 +588,7 @@ impl QueueHandler for ConsoleHandler {
 
 impl Drop for ConsoleHandler {
     fn drop(&mut self) {
+        self.drain(STOP_DRAIN);
         if !self.pending.is_empty() {
             let n = self.pending.len();
             add(&self.stats.tx_dropped, n as u64);

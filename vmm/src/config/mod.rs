@@ -62,6 +62,21 @@ pub struct VmConfig {
     /// The run's time limits and verdict file (`--timeout`, `--boot-timeout`,
     /// `--stall-timeout`, `--verdict`).
     pub runner: crate::runner::RunnerConfig,
+    /// Host directories shared into the guest over virtio-9p (`--share`), in order.
+    pub shares: Vec<ShareConfig>,
+    /// `--exec`: run this command in the guest with vfiovm's own init (docs/ci-runner.md).
+    pub exec: Option<crate::exec::ExecConfig>,
+}
+
+/// `--share HOSTDIR[:ro|:rw]`: a host directory the guest mounts by `tag` (9p over virtio).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub path: PathBuf,
+    /// The guest may only read it.
+    pub read_only: bool,
+    /// The mount tag the guest names it by: `share0`, `share1`, … in command-line order.
+    pub tag: String,
 }
 
 impl VmConfig {
@@ -85,6 +100,8 @@ impl VmConfig {
             pc_testdev: false,
             verbosity: 0,
             runner: Default::default(),
+            shares: Vec::new(),
+            exec: None,
         }
     }
 }
@@ -355,6 +372,12 @@ pub enum ConfigError {
     /// `--initramfs` or `--cmdline` with a firmware but no kernel to give them to.
     #[error("{0} needs --kernel: with --firmware, the initramfs and command line go to the kernel given with --kernel (through fw_cfg); add --kernel PATH or leave out {0}")]
     NeedsKernel(&'static str),
+    /// `--exec` with something it cannot go with.
+    #[error("--exec cannot go with {0}: {1}")]
+    ExecConflict(&'static str, &'static str),
+    /// `--modules` without `--exec`.
+    #[error("--modules needs --exec: only vfiovm's own init loads modules from it; leave out --modules or add --exec COMMAND")]
+    ModulesWithoutExec,
     /// `--firmware-vars` needs `--firmware`.
     #[error(
         "--firmware-vars needs --firmware: give the firmware's CODE image with --firmware PATH"
@@ -647,6 +670,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
     let mut runner = crate::runner::RunnerConfig::default();
+    let mut exec = None;
+    let mut modules = None;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -688,6 +713,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                 );
             }
             "--rng" => rng = true,
+            "--exec" => once(&mut exec, value(&mut it)?, &flag)?,
+            "--modules" => once(&mut modules, PathBuf::from(value(&mut it)?), &flag)?,
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
@@ -745,6 +772,40 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         ConsoleKind::Serial => DEFAULT_CMDLINE,
         ConsoleKind::Virtio => DEFAULT_CMDLINE_VIRTIO,
     };
+    let shares: Vec<ShareConfig> = Vec::new();
+    let (exec, shares, cmdline) = match exec {
+        None if modules.is_some() => return Err(ConfigError::ModulesWithoutExec),
+        None => (None, shares, cmdline),
+        Some(command) => {
+            if firmware.is_some() {
+                return Err(ConfigError::ExecConflict(
+                    "--firmware",
+                    "vfiovm's init is handed to the kernel directly; boot the kernel with --kernel",
+                ));
+            }
+            if console == ConsoleKind::Virtio {
+                return Err(ConfigError::ExecConflict(
+                    "--console virtio",
+                    "the command's stdout and stderr are virtio consoles of their own and the kernel's console is COM1; leave out --console",
+                ));
+            }
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+            let cmdline = Some(match cmdline {
+                Some(extra) => format!("{} {extra}", crate::exec::EXEC_CMDLINE),
+                None => crate::exec::EXEC_CMDLINE.to_string(),
+            });
+            let shares = exec_shares(shares);
+            (
+                Some(crate::exec::ExecConfig {
+                    command,
+                    cwd,
+                    modules,
+                }),
+                shares,
+                cmdline,
+            )
+        }
+    };
     Ok(Command::Run {
         vm: Box::new(VmConfig {
             kernel,
@@ -766,9 +827,24 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             pc_testdev,
             verbosity,
             runner,
+            shares,
+            exec,
         }),
         sandbox,
     })
+}
+
+/// The shares of an `--exec` run: the ones given, or the host's root read-only when none is
+/// (what the command sees is then the host's own file system, as with virtme-ng).
+fn exec_shares(mut shares: Vec<ShareConfig>) -> Vec<ShareConfig> {
+    if shares.is_empty() {
+        shares.push(ShareConfig {
+            path: PathBuf::from("/"),
+            read_only: true,
+            tag: "share0".into(),
+        });
+    }
+    shares
 }
 
 #[cfg(test)]
@@ -795,6 +871,61 @@ mod tests {
     fn pc_testdev_flag() {
         assert!(!run(&["--kernel", "k"]).pc_testdev);
         assert!(run(&["--kernel", "k", "--pc-testdev"]).pc_testdev);
+    }
+
+    #[test]
+    fn exec_flags() {
+        let c = run(&["--kernel", "k"]);
+        assert_eq!((c.exec.as_ref(), c.shares.len()), (None, 0));
+        let c = run(&["--kernel", "k", "--exec", "make -C t run; exit 7"]);
+        let exec = c.exec.as_ref().unwrap();
+        assert_eq!(exec.command, "make -C t run; exit 7");
+        assert_eq!(exec.cwd, std::env::current_dir().unwrap());
+        assert_eq!(exec.modules, None);
+        assert_eq!(c.cmdline, crate::exec::EXEC_CMDLINE);
+        assert_eq!(
+            c.shares,
+            [ShareConfig {
+                path: "/".into(),
+                read_only: true,
+                tag: "share0".into()
+            }],
+            "the host's root, read-only, when no share is given"
+        );
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--exec=true",
+            "--cmdline",
+            "loglevel=7",
+            "--modules",
+            "/m",
+        ]);
+        assert_eq!(
+            c.cmdline,
+            format!("{} loglevel=7", crate::exec::EXEC_CMDLINE)
+        );
+        assert_eq!(c.exec.unwrap().modules.as_deref(), Some(Path::new("/m")));
+
+        let e = |s: &[&str]| parse_args(args(s)).unwrap_err();
+        assert_eq!(
+            e(&["--kernel", "k", "--modules", "/m"]),
+            ConfigError::ModulesWithoutExec
+        );
+        let err = e(&["--kernel", "k", "--exec", "x", "--console", "virtio"]);
+        assert!(matches!(
+            err,
+            ConfigError::ExecConflict("--console virtio", _)
+        ));
+        assert!(err
+            .to_string()
+            .starts_with("--exec cannot go with --console virtio: "));
+        let err = e(&["--firmware", "f", "--kernel", "k", "--exec", "x"]);
+        assert!(matches!(err, ConfigError::ExecConflict("--firmware", _)));
+        assert_eq!(
+            e(&["--kernel", "k", "--exec", "a", "--exec", "b"]),
+            ConfigError::Repeated("--exec".into())
+        );
     }
 
     #[test]

@@ -156,8 +156,21 @@ pub fn memfd(size: u64, huge: Option<u64>) -> Result<File, std::io::Error> {
     if let Some(page) = huge {
         flags |= libc::MFD_HUGETLB | (page.trailing_zeros() << libc::MFD_HUGE_SHIFT);
     }
-    // SAFETY: the name is a NUL-terminated literal; the call only returns a new fd.
-    let fd = unsafe { libc::memfd_create(c"vfiovm-guest-ram".as_ptr(), flags) };
+    memfd_with(c"vfiovm-guest-ram", size, flags)
+}
+
+/// A memfd of `size` bytes of shared memory named `name` (in `/proc/PID/fd`).
+pub fn memfd_named(name: &std::ffi::CStr, size: u64) -> Result<File, std::io::Error> {
+    memfd_with(name, size, libc::MFD_CLOEXEC)
+}
+
+fn memfd_with(
+    name: &std::ffi::CStr,
+    size: u64,
+    flags: libc::c_uint,
+) -> Result<File, std::io::Error> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; the call only returns a new fd.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -1,0 +1,418 @@
+//! `--exec`: vfiovm as a kernel CI runner (docs/ci-runner.md). vfiovm packs an initramfs on the
+//! fly, in memory: its own init (`resources/init/vfiovm-init.c`, built static by `build.rs`),
+//! the command, the working directory, the shares to mount and the guest kernel's modules the
+//! init needs (virtio-console for the command's stdout and stderr, 9p for the shares), taken
+//! from `/lib/modules/RELEASE` (or `--modules`) with their dependencies from `modules.dep`.
+//! The kernel's release comes from its image (the bzImage header's version string, or the
+//! `Linux version` banner of an ELF vmlinux).
+//!
+//! The init reports through the runner port: the command's exit status becomes vfiovm's.
+
+pub mod cpio;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::ShareConfig;
+
+/// The init, built by `build.rs`.
+static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vfiovm-init"));
+
+/// The guest kernel command line `--exec` starts from (`--cmdline` is appended): the kernel's
+/// messages on COM1, which vfiovm keeps out of stdout; a panic reboots at once.
+pub const EXEC_CMDLINE: &str = "console=ttyS0 quiet panic=-1 rdinit=/init";
+
+/// The modules the init needs, by module name; each with its dependencies.
+const NEEDED: &[&str] = &["virtio_pci", "virtio_console", "9pnet_virtio", "9p"];
+
+/// What `--exec` runs and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// The command, run with `/bin/sh -c` in the guest.
+    pub command: String,
+    /// The directory it runs in (vfiovm's own working directory).
+    pub cwd: PathBuf,
+    /// Where the guest kernel's modules are (`--modules`); `None`: `/lib/modules/RELEASE`.
+    pub modules: Option<PathBuf>,
+}
+
+/// Why the initramfs could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// `--modules` names a directory without `modules.dep`.
+    #[error("--modules {0}: no modules.dep there: give the guest kernel's module directory (lib/modules/RELEASE of its build, after `make modules_install INSTALL_MOD_PATH=...`)")]
+    NoModulesDep(PathBuf),
+    /// A module file could not be read.
+    #[error("cannot read the guest kernel's module {0}: {1}")]
+    Module(PathBuf, std::io::Error),
+    /// The in-memory initramfs could not be made.
+    #[error("cannot make the initramfs for --exec in memory: {0}")]
+    Memfd(std::io::Error),
+    /// The user's `--initramfs` could not be read.
+    #[error("cannot read the initramfs to append to --exec's: {0}")]
+    Initramfs(std::io::Error),
+    /// The kernel image could not be read for its release.
+    #[error("cannot read the kernel image for its release: {0}")]
+    Kernel(std::io::Error),
+}
+
+/// The kernel release in a bzImage's header (`kernel_version`, boot protocol 2.00+) or an ELF
+/// vmlinux's `Linux version ` banner; `None` if neither is there.
+pub fn kernel_release(kernel: &mut File) -> Result<Option<String>, ExecError> {
+    let first_word = |b: &[u8]| -> Option<String> {
+        let end = b
+            .iter()
+            .position(|&c| c == b' ' || c == 0)
+            .unwrap_or(b.len());
+        let s = std::str::from_utf8(&b[..end]).ok()?;
+        (!s.is_empty() && s.len() < 128).then(|| s.to_string())
+    };
+    let mut head = vec![0u8; 0x400];
+    kernel.seek(SeekFrom::Start(0)).map_err(ExecError::Kernel)?;
+    let n = read_up_to(kernel, &mut head).map_err(ExecError::Kernel)?;
+    head.truncate(n);
+    if head.len() >= 0x210 && &head[0x202..0x206] == b"HdrS" {
+        let off = u64::from(u16::from_le_bytes([head[0x20e], head[0x20f]]));
+        if off != 0 {
+            let mut s = [0u8; 128];
+            kernel
+                .seek(SeekFrom::Start(off + 0x200))
+                .map_err(ExecError::Kernel)?;
+            let n = read_up_to(kernel, &mut s).map_err(ExecError::Kernel)?;
+            return Ok(first_word(&s[..n]));
+        }
+        return Ok(None);
+    }
+    // An ELF vmlinux: the banner is in .rodata, uncompressed.
+    let mut all = Vec::new();
+    kernel.seek(SeekFrom::Start(0)).map_err(ExecError::Kernel)?;
+    kernel.read_to_end(&mut all).map_err(ExecError::Kernel)?;
+    const BANNER: &[u8] = b"Linux version ";
+    Ok(all
+        .windows(BANNER.len())
+        .position(|w| w == BANNER)
+        .and_then(|i| first_word(&all[i + BANNER.len()..])))
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// A module's name from its path in `modules.dep`: the file name without `.ko` and a
+/// compression suffix, `-` read as `_` (as modprobe does).
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// The module files to load, in order (each after its dependencies), for `wanted` given the
+/// text of `modules.dep` and `modules.builtin`. Built-in modules and names the kernel does not
+/// have are left out (the init then says which option is missing).
+pub fn load_order(dep: &str, builtin: &str, wanted: &[&str]) -> Vec<String> {
+    let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    for line in dep.lines() {
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let list = rest.split_whitespace().map(str::to_string).collect();
+        deps.insert(module_name(path), (path.to_string(), list));
+    }
+    let builtin: HashSet<String> = builtin.lines().map(module_name).collect();
+    fn visit(
+        name: &str,
+        deps: &HashMap<String, (String, Vec<String>)>,
+        builtin: &HashSet<String>,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if builtin.contains(name) || !seen.insert(name.to_string()) {
+            return;
+        }
+        let Some((path, list)) = deps.get(name) else {
+            return;
+        };
+        for d in list {
+            visit(&module_name(d), deps, builtin, seen, out);
+        }
+        out.push(path.clone());
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for w in wanted {
+        visit(&w.replace('-', "_"), &deps, &builtin, &mut seen, &mut out);
+    }
+    out
+}
+
+/// Makes the `--exec` initramfs for `kernel` as an in-memory file: the init, the command, the
+/// shares and the modules.
+pub fn initramfs(
+    exec: &ExecConfig,
+    shares: &[ShareConfig],
+    kernel: &mut File,
+    extra: Option<&mut File>,
+) -> Result<File, ExecError> {
+    let mut a = cpio::Archive::new();
+    a.file("init", 0o755, INIT);
+    for d in ["dev", "proc", "sys", "newroot", "vfiovm", "vfiovm/mod"] {
+        a.dir(d);
+    }
+    a.file("vfiovm/cmd", 0o644, exec.command.as_bytes());
+    a.file("vfiovm/cwd", 0o644, exec.cwd.to_string_lossy().as_bytes());
+    let mut lines = String::new();
+    for s in shares {
+        let mode = if s.read_only { "ro" } else { "rw" };
+        lines.push_str(&format!("{} {mode} {}\n", s.tag, s.path.display()));
+    }
+    a.file("vfiovm/shares", 0o644, lines.as_bytes());
+
+    let dir = match &exec.modules {
+        Some(d) => {
+            if !d.join("modules.dep").is_file() {
+                return Err(ExecError::NoModulesDep(d.clone()));
+            }
+            Some(d.clone())
+        }
+        None => match kernel_release(kernel).and_then(|r| {
+            kernel.seek(SeekFrom::Start(0)).map_err(ExecError::Kernel)?;
+            Ok(r)
+        })? {
+            Some(rel) => {
+                let d = PathBuf::from("/lib/modules").join(&rel);
+                if d.join("modules.dep").is_file() {
+                    Some(d)
+                } else {
+                    log::warn!("--exec: no {}/modules.dep: the guest kernel ({rel}) must have virtio-console and 9p built in; give --modules DIR otherwise", d.display());
+                    None
+                }
+            }
+            None => {
+                log::warn!("--exec: the kernel image names no release, so no modules are packed: it must have virtio-console and 9p built in; give --modules DIR otherwise");
+                None
+            }
+        },
+    };
+    let mut order = String::new();
+    if let Some(dir) = dir {
+        let dep = std::fs::read_to_string(dir.join("modules.dep"))
+            .map_err(|e| ExecError::Module(dir.join("modules.dep"), e))?;
+        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+        for rel in load_order(&dep, &builtin, NEEDED) {
+            let path = dir.join(&rel);
+            let data = std::fs::read(&path).map_err(|e| ExecError::Module(path.clone(), e))?;
+            let file = Path::new(&rel)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            a.file(&format!("vfiovm/mod/{file}"), 0o644, &data);
+            order.push_str(&file);
+            order.push('\n');
+        }
+        log::info!(
+            "--exec: modules from {}: {}",
+            dir.display(),
+            order.trim_end().replace('\n', " ")
+        );
+    }
+    a.file("vfiovm/modules", 0o644, order.as_bytes());
+
+    let mut bytes = a.finish();
+    // The user's --initramfs after ours: the kernel unpacks both, later files winning.
+    if let Some(extra) = extra {
+        extra
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| extra.read_to_end(&mut bytes))
+            .map_err(ExecError::Initramfs)?;
+    }
+    let mut f = crate::memory::backing::memfd_named(c"vfiovm-exec-initramfs", 0)
+        .map_err(ExecError::Memfd)?;
+    f.write_all(&bytes).map_err(ExecError::Memfd)?;
+    f.seek(SeekFrom::Start(0)).map_err(ExecError::Memfd)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/fs/9p/9p.ko.xz: kernel/fs/netfs/netfs.ko.xz kernel/net/9p/9pnet.ko.xz
+kernel/net/9p/9pnet.ko.xz:
+kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
+kernel/fs/netfs/netfs.ko.xz:
+kernel/drivers/char/virtio_console.ko.xz: kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
+kernel/drivers/virtio/virtio_ring.ko.xz:
+kernel/drivers/virtio/virtio.ko.xz:
+kernel/drivers/virtio/virtio_pci.ko.xz: kernel/drivers/virtio/virtio_pci_modern_dev.ko.xz kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz
+kernel/drivers/virtio/virtio_pci_modern_dev.ko.xz:
+";
+
+    #[test]
+    fn modules_come_after_their_dependencies_once_each() {
+        let order = load_order(DEP, "", NEEDED);
+        let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "virtio_pci_modern_dev",
+                "virtio",
+                "virtio_ring",
+                "virtio_pci",
+                "virtio_console",
+                "9pnet",
+                "9pnet_virtio",
+                "netfs",
+                "9p"
+            ]
+        );
+        let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
+        for (m, d) in [("9p", "9pnet"), ("9p", "netfs"), ("9pnet_virtio", "9pnet")] {
+            assert!(pos(d) < pos(m), "{d} before {m}: {names:?}");
+        }
+    }
+
+    #[test]
+    fn built_in_and_unknown_modules_are_left_out() {
+        let builtin = "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/virtio/virtio_pci_modern_dev.ko\n";
+        let names: Vec<String> =
+            load_order(DEP, builtin, &["virtio_pci", "virtio-console", "nope"])
+                .iter()
+                .map(|p| module_name(p))
+                .collect();
+        assert_eq!(names, ["virtio_console"]);
+    }
+
+    /// The whole initramfs: the init (a static ELF), the run's files, the modules the init
+    /// needs from a module directory in load order, and a user's initramfs after it all.
+    #[test]
+    fn the_initramfs_holds_the_init_the_run_and_the_modules() {
+        let dir = std::env::temp_dir().join(format!("vfiovm-exec-{}", std::process::id()));
+        let mods = dir.join("lib/modules/6.12.0-test");
+        for d in [
+            "kernel/fs/9p",
+            "kernel/net/9p",
+            "kernel/fs/netfs",
+            "kernel/drivers/char",
+        ] {
+            std::fs::create_dir_all(mods.join(d)).unwrap();
+        }
+        let dep = "kernel/fs/9p/9p.ko: kernel/fs/netfs/netfs.ko kernel/net/9p/9pnet.ko\n\
+                   kernel/net/9p/9pnet.ko:\nkernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko\n\
+                   kernel/fs/netfs/netfs.ko:\nkernel/drivers/char/virtio_console.ko:\n";
+        std::fs::write(mods.join("modules.dep"), dep).unwrap();
+        std::fs::write(
+            mods.join("modules.builtin"),
+            "kernel/drivers/virtio/virtio_pci.ko\n",
+        )
+        .unwrap();
+        for m in dep.lines().filter_map(|l| l.split(':').next()) {
+            std::fs::write(mods.join(m), format!("module {m}")).unwrap();
+        }
+        let kernel_path = dir.join("vmlinux");
+        std::fs::write(&kernel_path, b"\x7fELF Linux version 6.12.0-test #1").unwrap();
+        let extra_path = dir.join("extra.cpio");
+        let mut extra = cpio::Archive::new();
+        extra.file("bin/tool", 0o755, b"tool");
+        std::fs::write(&extra_path, extra.finish()).unwrap();
+
+        let exec = ExecConfig {
+            command: "cd /src && ./run; exit 7".into(),
+            cwd: "/home/me/src".into(),
+            modules: Some(mods.clone()),
+        };
+        let shares = [
+            ShareConfig {
+                path: "/".into(),
+                read_only: true,
+                tag: "share0".into(),
+            },
+            ShareConfig {
+                path: "/home/me/out dir".into(),
+                read_only: false,
+                tag: "share1".into(),
+            },
+        ];
+        let mut kernel = File::open(&kernel_path).unwrap();
+        let mut extra = File::open(&extra_path).unwrap();
+        let mut f = initramfs(&exec, &shares, &mut kernel, Some(&mut extra)).unwrap();
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        // Ours, then the user's archive as it was (the kernel unpacks them in turn).
+        let ours_len = bytes.len() - std::fs::metadata(&extra_path).unwrap().len() as usize;
+        let entries = cpio::parse(&bytes[..ours_len]);
+        assert_eq!(cpio::parse(&bytes[ours_len..])[0].0, "bin/tool");
+        let get = |name: &str| {
+            entries.iter().find(|e| e.0 == name).unwrap_or_else(|| {
+                panic!(
+                    "no {name} in {:?}",
+                    entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+                )
+            })
+        };
+        let init = get("init");
+        assert_eq!(init.1, 0o100755);
+        assert_eq!(&init.2[..4], b"\x7fELF", "the init is an ELF program");
+        assert_eq!(get("vfiovm/cmd").2, exec.command.as_bytes());
+        assert_eq!(get("vfiovm/cwd").2, b"/home/me/src");
+        assert_eq!(
+            get("vfiovm/shares").2,
+            b"share0 ro /\nshare1 rw /home/me/out dir\n"
+        );
+        assert_eq!(
+            String::from_utf8(get("vfiovm/modules").2.clone()).unwrap(),
+            "virtio_console.ko\n9pnet.ko\n9pnet_virtio.ko\nnetfs.ko\n9p.ko\n",
+            "virtio_pci is built in; each module after its dependencies"
+        );
+        assert_eq!(get("vfiovm/mod/9p.ko").2, b"module kernel/fs/9p/9p.ko");
+
+        // The release from the image finds the same directory under /lib/modules only; a
+        // --modules without modules.dep is an error naming the flag.
+        let bad = ExecConfig {
+            modules: Some(dir.clone()),
+            ..exec.clone()
+        };
+        let e = initramfs(&bad, &shares, &mut kernel, None).unwrap_err();
+        assert!(e.to_string().starts_with("--modules "), "{e}");
+        assert!(e.to_string().contains("no modules.dep there"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn release_from_a_bzimage_header() {
+        let mut img = vec![0u8; 0x1000];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        img[0x500..0x520].copy_from_slice(b"6.12.38+deb12-amd64 (debian-ke..");
+        let path = std::env::temp_dir().join(format!("vfiovm-rel-{}", std::process::id()));
+        std::fs::write(&path, &img).unwrap();
+        let mut f = File::open(&path).unwrap();
+        assert_eq!(
+            kernel_release(&mut f).unwrap().as_deref(),
+            Some("6.12.38+deb12-amd64")
+        );
+        std::fs::write(
+            &path,
+            b"\x7fELF....Linux version 6.1.0-9-cloud-amd64 (x) #1\0",
+        )
+        .unwrap();
+        let mut f = File::open(&path).unwrap();
+        assert_eq!(
+            kernel_release(&mut f).unwrap().as_deref(),
+            Some("6.1.0-9-cloud-amd64")
+        );
+        std::fs::write(&path, b"no kernel here").unwrap();
+        let mut f = File::open(&path).unwrap();
+        assert_eq!(kernel_release(&mut f).unwrap(), None);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
