@@ -403,7 +403,7 @@ fn exec_keeps_the_kernel_console_off_stdout_and_returns_the_status() {
     assert!(!o.stderr.contains("guest: "), "{o:#?}");
 
     let (o, j) = probe("init-failed", &["--exec", "true"]);
-    o.expect_status(125);
+    o.expect_status(118);
     assert_eq!(cause(&j), "init-error");
     assert!(o.stdout.is_empty(), "{o:#?}");
     assert!(
@@ -433,7 +433,7 @@ fn exec_keeps_the_kernel_console_off_stdout_and_returns_the_status() {
 #[test]
 fn init_failed_without_exec_is_still_its_own_cause() {
     let (o, j) = probe("init-failed", &[]);
-    o.expect_status(125);
+    o.expect_status(118);
     assert_eq!(cause(&j), "init-error");
     assert!(
         o.stdout.contains("vfiovm-init: cannot run the command"),

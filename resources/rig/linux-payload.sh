@@ -4,6 +4,8 @@
 #   DIR/linux/vmlinux    the same kernel as an ELF (PVH note), extracted from the bzImage
 #   DIR/linux/initrd.gz  busybox + resources/rig/l2-linux/init + nvmeio + the kernel's virtio modules
 #   DIR/linux/root.img   an ext4 root file system for l2.root=vda (busybox, nvmeio, the same init)
+#   DIR/linux-std/       the standard-flavour Debian kernel (vmlinuz) and the modules --exec packs
+#                        for it (modules/RELEASE), for checks/62-exec.sh
 #   DIR/nvmeio           nvmeio for L1 (static)
 #   DIR/kvmhold          keeps an idle VM open in L1 during the payload (static; kvmhold.c)
 # Usage: linux-payload.sh DIR
@@ -11,6 +13,7 @@
 #        if missing) into root.img with every shared library they load (ldd) and ld.so, so the
 #        guest runs them from its virtio-blk root (scripts/rig-bench-virtio); the image grows to fit.
 set -euo pipefail
+export PATH=$PATH:/sbin:/usr/sbin # depmod
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$1
 kernel=$("$here/build.sh" | sed -n 's/^kernel=//p')
@@ -63,6 +66,34 @@ mkfs.ext4 -q -F -L l2root -d "$rt" "$dir/linux/root.img" "${size}M" >/dev/null
 rm -rf "$rt"
 rm -rf "$ir" "$dir/linux/bb"
 cp "$kernel" "$dir/linux/vmlinuz"
+# DIR/linux-std: the standard-flavour Debian kernel for checks/62-exec.sh (--exec mounts 9p shares;
+# the cloud kernel has no 9p) and, under modules/RELEASE, the modules --exec packs for it
+# (virtio, virtio-console, 9p and what they need), with a modules.dep made for just those.
+std=${RIG_STD_KPKG:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')}
+if [ -z "$std" ]; then
+	# offline: the newest standard-flavour kernel already cached
+	f=$(ls "$work"/debs/linux-image-*-amd64_*.deb 2>/dev/null | grep -v -- '-cloud-amd64_' | sort -V | tail -1 || true)
+	f=${f##*/}
+	std=${f%%_*}
+fi
+[ -n "$std" ] || { echo "linux-payload: cannot resolve the standard-flavour kernel package (linux-image-amd64)" >&2; exit 1; }
+ls "$work"/debs/"$std"_*.deb >/dev/null 2>&1 ||
+	(cd "$work"/debs && apt-get -qq -o APT::Sandbox::User=root download "$std" >&2) ||
+	{ echo "linux-payload: apt-get download $std failed" >&2; exit 1; }
+sdeb=$(ls "$work"/debs/"$std"_*.deb | sort -V | tail -1)
+srel=${std#linux-image-}
+sx=$dir/linux-std/x
+mkdir -p "$sx"
+dpkg-deb --fsys-tarfile "$sdeb" | tar -x -C "$sx" --wildcards "./boot/vmlinuz-$srel" \
+	"./lib/modules/$srel/modules.builtin*" "./lib/modules/$srel/modules.order" \
+	"./lib/modules/$srel/kernel/drivers/virtio/*" "./lib/modules/$srel/kernel/drivers/char/virtio_console.ko*" \
+	"./lib/modules/$srel/kernel/net/9p/*" "./lib/modules/$srel/kernel/fs/9p/*" \
+	"./lib/modules/$srel/kernel/fs/netfs/*" "./lib/modules/$srel/kernel/fs/fscache/*"
+depmod -b "$sx" "$srel"
+mkdir -p "$dir/linux-std/modules"
+mv "$sx/boot/vmlinuz-$srel" "$dir/linux-std/vmlinuz"
+mv "$sx/lib/modules/$srel" "$dir/linux-std/modules/$srel"
+rm -rf "$sx"
 command -v lz4 >/dev/null 2>&1 || {
 	echo "linux-payload: installing lz4 (the Debian kernel's payload is lz4-compressed)" >&2
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lz4 >/dev/null

@@ -29,8 +29,8 @@ pub const STATUS_BOOT_TIMEOUT: i32 = 122;
 /// Status for a run that took longer than `--timeout` (as `timeout(1)`).
 pub const STATUS_TIMEOUT: i32 = 124;
 /// Status for a runner guest whose init could not run the command (`--exec`: a missing
-/// driver, a share that would not mount), as `env(1)` and container runners use 125.
-pub const STATUS_INIT_FAILED: i32 = 125;
+/// driver, a share that would not mount): even, like the VMM's other statuses, below the stall's.
+pub const STATUS_INIT_FAILED: i32 = 118;
 
 /// How vfiovm knows the guest kernel panicked, when the guest did not say so through pvpanic
 /// bit 0 (which is [`GuestExit::Panicked`]).
@@ -414,6 +414,12 @@ mod tests {
                 7,
                 "debug-exit",
                 Some(3),
+            ),
+            (
+                ExitReason::Guest(GuestExit::InitFailed),
+                118,
+                "init-error",
+                None,
             ),
             (
                 ExitReason::Guest(GuestExit::Panicked),
