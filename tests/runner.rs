@@ -440,3 +440,29 @@ fn init_failed_without_exec_is_still_its_own_cause() {
         "{o:#?}"
     );
 }
+
+/// `--save-initramfs FILE` writes the initramfs `--exec` boots with (a cpio archive with the
+/// init and the command) and runs nothing.
+#[test]
+fn save_initramfs_writes_the_archive_and_runs_nothing() {
+    let dir = VerdictDir::new("saved");
+    let file = format!("{}.cpio", dir.path());
+    let kernel = guest("runner_probe");
+    let o = run(&[
+        "--kernel",
+        &kernel,
+        "--exec",
+        "echo saved-command",
+        "--save-initramfs",
+        &file,
+    ]);
+    o.expect_status(0);
+    assert!(o.stdout.is_empty(), "{o:#?}");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(&bytes[..6], b"070701", "a newc cpio archive");
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"echo saved-command"));
+    assert!(has(b"vfiovm/shares"));
+    assert!(has(b"TRAILER!!!"));
+}

@@ -108,6 +108,14 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             runner::Verdict::of_error(message, exit::STATUS_ERROR, start, None, Vec::new()),
         )
     };
+    if let (Some(exec), Some(kernel)) = (&config.exec, &config.kernel) {
+        if exec.save.is_some() {
+            return match exec::save_initramfs(exec, &config.shares, kernel) {
+                Ok(()) => 0,
+                Err(e) => error(verdict, e),
+            };
+        }
+    }
     let t0 = Instant::now();
     let mut vm = match vm::Vm::build(&config) {
         Ok(vm) => vm,

@@ -375,8 +375,8 @@ pub enum ConfigError {
     /// `--exec` with something it cannot go with.
     #[error("--exec cannot go with {0}: {1}")]
     ExecConflict(&'static str, &'static str),
-    /// `--modules` without `--exec`.
-    #[error("--modules needs --exec: only vfiovm's own init loads modules from it; leave out --modules or add --exec COMMAND")]
+    /// `--modules` or `--save-initramfs` without `--exec`.
+    #[error("--modules and --save-initramfs need --exec: they are about vfiovm's own init; leave them out or add --exec COMMAND")]
     ModulesWithoutExec,
     /// `--firmware-vars` needs `--firmware`.
     #[error(
@@ -672,6 +672,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut runner = crate::runner::RunnerConfig::default();
     let mut exec = None;
     let mut modules = None;
+    let mut save_initramfs = None;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -715,6 +716,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--rng" => rng = true,
             "--exec" => once(&mut exec, value(&mut it)?, &flag)?,
             "--modules" => once(&mut modules, PathBuf::from(value(&mut it)?), &flag)?,
+            "--save-initramfs" => once(&mut save_initramfs, PathBuf::from(value(&mut it)?), &flag)?,
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
@@ -774,7 +776,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     };
     let shares: Vec<ShareConfig> = Vec::new();
     let (exec, shares, cmdline) = match exec {
-        None if modules.is_some() => return Err(ConfigError::ModulesWithoutExec),
+        None if modules.is_some() || save_initramfs.is_some() => {
+            return Err(ConfigError::ModulesWithoutExec)
+        }
         None => (None, shares, cmdline),
         Some(command) => {
             if firmware.is_some() {
@@ -800,6 +804,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                     command,
                     cwd,
                     modules,
+                    save: save_initramfs,
                 }),
                 shares,
                 cmdline,
@@ -908,10 +913,12 @@ mod tests {
         assert_eq!(c.exec.unwrap().modules.as_deref(), Some(Path::new("/m")));
 
         let e = |s: &[&str]| parse_args(args(s)).unwrap_err();
-        assert_eq!(
-            e(&["--kernel", "k", "--modules", "/m"]),
-            ConfigError::ModulesWithoutExec
-        );
+        for flag in ["--modules", "--save-initramfs"] {
+            assert_eq!(
+                e(&["--kernel", "k", flag, "/m"]),
+                ConfigError::ModulesWithoutExec
+            );
+        }
         let err = e(&["--kernel", "k", "--exec", "x", "--console", "virtio"]);
         assert!(matches!(
             err,

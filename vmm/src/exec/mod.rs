@@ -36,6 +36,28 @@ pub struct ExecConfig {
     pub cwd: PathBuf,
     /// Where the guest kernel's modules are (`--modules`); `None`: `/lib/modules/RELEASE`.
     pub modules: Option<PathBuf>,
+    /// `--save-initramfs FILE`: write the initramfs to FILE and stop there (to run the same
+    /// init under another VMM, as scripts/rig-bench-exec does with QEMU).
+    pub save: Option<PathBuf>,
+}
+
+/// `--save-initramfs`: writes the initramfs `--exec` would boot with to `exec.save`.
+pub fn save_initramfs(
+    exec: &ExecConfig,
+    shares: &[ShareConfig],
+    kernel: &Path,
+) -> Result<(), String> {
+    let Some(to) = &exec.save else {
+        return Ok(());
+    };
+    let mut k = File::open(kernel)
+        .map_err(|e| format!("cannot open kernel '{}': {e}", kernel.display()))?;
+    let mut f = initramfs(exec, shares, &mut k, None).map_err(|e| e.to_string())?;
+    let mut out = File::create(to)
+        .map_err(|e| format!("cannot create '{}' for --save-initramfs: {e}", to.display()))?;
+    std::io::copy(&mut f, &mut out)
+        .map_err(|e| format!("cannot write '{}' for --save-initramfs: {e}", to.display()))?;
+    Ok(())
 }
 
 /// Why the initramfs could not be made.
@@ -329,6 +351,7 @@ kernel/drivers/virtio/virtio_pci_modern_dev.ko.xz:
             command: "cd /src && ./run; exit 7".into(),
             cwd: "/home/me/src".into(),
             modules: Some(mods.clone()),
+            save: None,
         };
         let shares = [
             ShareConfig {
