@@ -14,12 +14,7 @@
 nvme=$(dev_of 1b36:0010)
 edu=$(dev_of 1234:11e8)
 # 40-vfio-nvme.sh ends by giving the controller to L1's nvme driver: back to vfio-pci.
-if [ -n "$nvme" ] && [ "$(basename "$(readlink "/sys/bus/pci/devices/$nvme/driver")")" != vfio-pci ]; then
-	d=/sys/bus/pci/devices/$nvme
-	[ ! -e "$d/driver" ] || echo "$nvme" >"$d/driver/unbind"
-	echo vfio-pci >"$d/driver_override" && echo "$nvme" >/sys/bus/pci/drivers_probe
-	echo "VFIOVM measure reset: $nvme rebound to $(basename "$(readlink "$d/driver")")"
-fi
+to_vfio "$nvme" reset
 j=0
 while [ $j -lt "${RIG_NDEV:-0}" ]; do
 	eval "id=\${RIG_DEV${j}_ID-} b=\${RIG_DEV${j}_BDF-}"

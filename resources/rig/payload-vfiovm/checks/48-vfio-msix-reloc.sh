@@ -23,13 +23,8 @@
 # 0x3800 (the PBA's page) 5000 times each through sysfs resource0. Each of those reads is an exit
 # with off and none with auto: the MMIO exits of the two runs differ by about 10000.
 nvme=$(dev_of 1b36:0010)
-# 40-vfio-nvme.sh ends by giving the controller to L1's nvme driver (45 takes it back): to vfio-pci.
-if [ -n "$nvme" ] && [ "$(basename "$(readlink "/sys/bus/pci/devices/$nvme/driver")")" != vfio-pci ]; then
-	d=/sys/bus/pci/devices/$nvme
-	[ ! -e "$d/driver" ] || echo "$nvme" >"$d/driver/unbind"
-	echo vfio-pci >"$d/driver_override" && echo "$nvme" >/sys/bus/pci/drivers_probe
-	echo "VFIOVM measure msix-reloc: $nvme rebound to $(basename "$(readlink "$d/driver")")"
-fi
+# 40-vfio-nvme.sh ends by giving the controller to L1's nvme driver: back to vfio-pci.
+to_vfio "$nvme" msix-reloc
 msix_reloc_mmio() { # <check-name> -> MMIO exits to userspace from vfiovm's -v summary
 	sed -n 's/.*exits to userspace: [0-9]* port I\/O, \([0-9]*\) MMIO, .*/\1/p' "err.$1"
 }

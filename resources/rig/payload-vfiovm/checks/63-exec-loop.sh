@@ -1,0 +1,66 @@
+# Sourced by ../run. Passthrough in a loop (docs/ci-runner.md, "A passed-through device, run after
+# run"): vfiovm --exec runs the stock Debian kernel (linux-std) with QEMU's NVMe controller passed
+# through, back to back, vfiovm.loop=N times (default 50). Each run's command, from L1's root shared
+# read-only, first reads the controller's CC register through sysfs before any driver touches it:
+# it must be 0, i.e. the run found the controller reset (the previous run's driver left it set up
+# and shut down, which does not clear CC). Then it loads the nvme driver, checks that the pattern
+# the previous run wrote is on the disk, writes its own, and exits 0. The count of runs that found
+# the device reset and working is printed.
+nvme=$(dev_of 1b36:0010)
+rel=$(ls linux-std/modules 2>/dev/null | head -1)
+loops=$(sed -n 's/.*vfiovm\.loop=\([0-9]*\).*/\1/p' /proc/cmdline)
+loops=${loops:-50}
+if [ -z "$nvme" ] || [ ! -f linux-std/vmlinuz ] || [ -z "$rel" ]; then
+	bad "exec-loop: no NVMe controller bound, or no linux-std kernel in the payload"
+else
+	to_vfio "$nvme" exec-loop
+	mkdir -p /lib/modules && ln -sfn "$PWD/linux-std/modules/$rel" "/lib/modules/$rel"
+	# The guest's command (busybox sh of L1's root): $1 = this run, $2 = the previous run (0: none).
+	cat >/tmp/exec-loop.sh <<'EOF'
+run=$1 prev=$2
+dev=
+for f in /sys/bus/pci/devices/*; do
+	[ "$(cat "$f/vendor"):$(cat "$f/device")" = "0x1b36:0x0010" ] && dev=$f
+done
+[ -n "$dev" ] || { echo "loop: no NVMe controller in the guest"; exit 10; }
+echo 1 >"$dev/enable"
+cc=$(/test/nvmeio peek "$dev/resource0" 0x14 1 | sed -n 's/.* first=\(0x[0-9a-f]*\) .*/\1/p')
+echo "loop: run $run cc=$cc"
+[ "$cc" = 0x00000000 ] || { echo "loop: the controller was not reset (CC=$cc)"; exit 11; }
+echo 0 >"$dev/enable"
+modprobe nvme || { echo "loop: modprobe nvme failed"; exit 12; }
+i=0
+while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+[ -b /dev/nvme0n1 ] || { echo "loop: no /dev/nvme0n1"; exit 13; }
+off=$((64 << 20))
+if [ "$prev" != 0 ]; then
+	/test/nvmeio check /dev/nvme0n1 $off 64K $((100 + prev)) || exit 14
+fi
+/test/nvmeio write /dev/nvme0n1 $off 64K $((100 + run)) || exit 15
+echo "loop: run $run ok"
+EOF
+	good=0
+	i=1
+	t0=$(cut -d' ' -f1 /proc/uptime)
+	while [ $i -le "$loops" ]; do
+		timeout -s TERM "${VFIOVM_TMO:-120}" ./vfiovm --kernel linux-std/vmlinuz --memory 256M --device "$nvme" \
+			--timeout 100 --verdict "/tmp/loop.json" --exec "sh /tmp/exec-loop.sh $i $((i - 1))" \
+			>out.exec-loop 2>err.exec-loop </dev/null
+		rc=$?
+		if [ $rc = 0 ] && grep -q "loop: run $i ok" out.exec-loop; then
+			good=$((good + 1))
+		else
+			echo "VFIOVM measure exec-loop: run $i status $rc"
+			sed 's/^/  [exec-loop] /' out.exec-loop
+			sed 's/^/  [exec-loop] stderr: /' err.exec-loop
+			break
+		fi
+		i=$((i + 1))
+	done
+	t1=$(cut -d' ' -f1 /proc/uptime)
+	if [ $good = "$loops" ]; then
+		ok "exec-loop ($good of $loops runs found the controller reset and working, $(awk "BEGIN{printf \"%.1f\", ($t1-$t0)/$loops}") s each)"
+	else
+		bad "exec-loop: $good of $loops runs found the controller reset and working"
+	fi
+fi
