@@ -36,6 +36,10 @@ use crate::memory::GuestMemory;
 use crate::platform::PlatformError;
 use crate::seccomp::DeviceGate;
 
+/// How long the `--exec` consoles keep writing the command's last output at the stop while
+/// vfiovm's stdout or stderr reader takes it.
+const EXEC_STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Creates the virtio devices `config` asks for and adds each to `pci` in a free slot; returns
 /// the virtio console's input side when there is one. The virtio console records its output in
 /// `tail`.
@@ -105,7 +109,11 @@ pub fn add_devices(
             let output = HostOutput::for_fd(fd).map_err(|e| fail("opening its output", e))?;
             add(
                 name,
-                Box::new(Console::new(input, output).with_progress(tail.clone())),
+                Box::new(
+                    Console::new(input, output)
+                        .with_progress(tail.clone())
+                        .with_stop_drain(EXEC_STOP_DRAIN),
+                ),
             )?;
         }
     }

@@ -37,8 +37,8 @@
 //! driver finds its transmit queue full and waits), and waits for room on its I/O thread
 //! together with its other events, so a stop or a driver reset is never held up by a reader
 //! that stopped reading. A closed reader (`EPIPE`) makes it drop output from then on. Output
-//! still pending when the device stops is written for up to [`STOP_DRAIN`] while the reader
-//! takes it, and what is left then is dropped and counted in one warning.
+//! still pending when the device stops is dropped and counted in one warning, or, with
+//! [`Console::with_stop_drain`], written for up to that long first while the reader takes it.
 //!
 //! Input ([`HostInput`]) is a buffer of [`INPUT_MAX`] bytes that the VMM fills (from stdin, in
 //! its event loop, where the Ctrl-A escape is handled for the serial console too) and the I/O
@@ -59,6 +59,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -267,7 +268,7 @@ impl HostOutput {
 }
 
 /// Waits up to `limit` for room in `fd` (epoll: what the I/O thread's filter allows).
-fn wait_writable(fd: RawFd, limit: std::time::Duration) -> io::Result<()> {
+fn wait_writable(fd: RawFd, limit: Duration) -> io::Result<()> {
     use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
     let epoll = Epoll::new()?;
     epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::OUT, 0))?;
@@ -323,6 +324,8 @@ pub struct Console {
     tail: Option<Arc<ConsoleTail>>,
     /// Keep the output as lines in `tail` (else only count it).
     lines: bool,
+    /// How long a stop keeps writing output already taken ([`Console::with_stop_drain`]).
+    stop_drain: Duration,
 }
 
 impl fmt::Debug for Console {
@@ -342,6 +345,7 @@ impl Console {
             stats: Arc::default(),
             tail: None,
             lines: false,
+            stop_drain: Duration::ZERO,
         }
     }
 
@@ -350,6 +354,16 @@ impl Console {
     pub fn with_tail(mut self, tail: Arc<ConsoleTail>) -> Self {
         self.tail = Some(tail);
         self.lines = true;
+        self
+    }
+
+    /// At a stop (the VM's, or the driver's reset), keeps writing the output already taken from
+    /// the guest for up to `limit` while the reader makes room, instead of dropping it at once:
+    /// for output that must arrive whole (an `--exec` command's stdout and stderr, whose last
+    /// bytes may still be on their way when its status ends the VM). A reader that stopped
+    /// reading holds the stop up for `limit`.
+    pub fn with_stop_drain(mut self, limit: Duration) -> Self {
+        self.stop_drain = limit;
         self
     }
 
@@ -405,6 +419,7 @@ impl VirtioDevice for Console {
             stats: self.stats.clone(),
             tail: self.tail.clone(),
             lines: self.lines,
+            stop_drain: self.stop_drain,
             pending: VecDeque::new(),
             broken: false,
             warned_long: false,
@@ -419,6 +434,7 @@ struct ConsoleHandler {
     stats: Arc<ConsoleStats>,
     tail: Option<Arc<ConsoleTail>>,
     lines: bool,
+    stop_drain: Duration,
     /// Guest output taken from the transmit queue, not yet written.
     pending: VecDeque<u8>,
     /// The host's reader is gone: output is dropped.
@@ -439,13 +455,12 @@ enum Flush {
     Full,
 }
 
-/// How long a stopping console keeps writing what it already took from the guest while its
-/// reader takes it (a command's last output before its status ends the VM).
-pub const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
-
 impl ConsoleHandler {
     /// Writes the pending output while the reader makes room, for at most `limit`.
-    fn drain(&mut self, limit: std::time::Duration) {
+    fn drain(&mut self, limit: Duration) {
+        if limit.is_zero() {
+            return;
+        }
         let deadline = std::time::Instant::now() + limit;
         while self.flush() == Flush::Full {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -588,7 +603,7 @@ impl QueueHandler for ConsoleHandler {
 
 impl Drop for ConsoleHandler {
     fn drop(&mut self) {
-        self.drain(STOP_DRAIN);
+        self.drain(self.stop_drain);
         if !self.pending.is_empty() {
             let n = self.pending.len();
             add(&self.stats.tx_dropped, n as u64);

@@ -56,10 +56,15 @@ struct Rig {
 }
 
 fn rig_with(before_start: impl FnOnce(&File, &HostInput)) -> Rig {
+    rig_draining(before_start, Duration::ZERO)
+}
+
+fn rig_draining(before_start: impl FnOnce(&File, &HostInput), stop_drain: Duration) -> Rig {
     let (out, w) = pipe();
     let input = Arc::new(HostInput::new().unwrap());
     before_start(&out, &input);
-    let console = Console::new(input.clone(), HostOutput::for_fd(w.as_raw_fd()).unwrap());
+    let console = Console::new(input.clone(), HostOutput::for_fd(w.as_raw_fd()).unwrap())
+        .with_stop_drain(stop_drain);
     let stats = console.stats();
     let mut d = Driver::named("virtio-con-test", Box::new(console));
     d.bring_up(0, &[QUEUE_SIZE, QUEUE_SIZE]);
@@ -236,6 +241,58 @@ fn a_full_output_holds_chains_back_and_never_holds_up_a_stop() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(stats.tx_dropped.load(Ordering::Relaxed) > 0, "counted");
     drop(out);
+}
+
+/// With a stop drain (the `--exec` consoles), output the device took but could not write yet
+/// still reaches a reader that reads during the stop: nothing is dropped.
+#[test]
+fn a_stop_drain_writes_what_was_taken_while_the_reader_reads() {
+    let mut r = rig_draining(|out, _| small_pipe(out), Duration::from_secs(2));
+    let m = r.d.mem.clone();
+    // 8 chains of 4000 bytes: more than the one-page pipe, less than the device's own buffer,
+    // so every chain is taken and completed while most of it waits in the device.
+    let text: Vec<u8> = (0..32_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for (k, part) in text.chunks(4000).enumerate() {
+        let at = BUF + 0x1000 * k as u64;
+        m.write_slice(part, GuestAddress(at)).unwrap();
+        r.d.queues[usize::from(TX_QUEUE)].add(&m, &[(at, 4000, false)]);
+    }
+    r.d.notify(TX_QUEUE);
+    let start = Instant::now();
+    while r.d.queues[usize::from(TX_QUEUE)].used_idx(&m) < 8 {
+        assert!(start.elapsed() < WAIT, "the chains were not all taken");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Rig {
+        mut d,
+        stats,
+        mut out,
+        ..
+    } = r;
+    // The stop comes while the pipe is full; the reader starts 200 ms later.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let start = Instant::now();
+        while got.len() < text.len() && start.elapsed() < Duration::from_secs(3) {
+            if buffered(&out) > 0 {
+                let n = out.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert!(
+            got == text,
+            "{} of {} bytes, or they differ",
+            got.len(),
+            text.len()
+        );
+    });
+    d.set_status(0);
+    reader.join().unwrap();
+    assert_eq!(stats.tx_dropped.load(Ordering::Relaxed), 0);
 }
 
 #[test]
