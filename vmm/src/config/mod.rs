@@ -478,6 +478,13 @@ OPTIONS:
     --verdict FILE       Write the run's verdict (cause, status, guest status, boot and run
                          time, last console lines) as JSON to FILE at the end of the run,
                          atomically (docs/ci-runner.md)
+    --exec CMD           Run CMD (/bin/sh -c) in the guest with vfiovm's own init, in this
+                         directory; its stdout, stderr and exit status become vfiovm's; the
+                         kernel's console (COM1) stays off stdout (docs/ci-runner.md)
+    --modules DIR        With --exec: the guest kernel's module directory (virtio-console,
+                         9p) [default: /lib/modules/RELEASE of the kernel image]
+    --save-initramfs FILE
+                         With --exec: write the initramfs it would boot with, run nothing
     --pc-testdev         QEMU's pc-testdev for kvm-unit-tests: ports 0xe0-0xeb (a data
                          register, page flush) and 0x2000-0x2017 (interrupt lines)
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
