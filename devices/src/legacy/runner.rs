@@ -154,7 +154,7 @@ mod tests {
         let (sink, mut dev) = device();
         assert_eq!(read(&mut dev, 0, 4), b"VFRN");
         assert_eq!(read(&mut dev, 1, 2), b"FR");
-        assert_eq!(read(&mut dev, 4, 4), 1u32.to_le_bytes());
+        assert_eq!(read(&mut dev, 4, 4), 2u32.to_le_bytes());
         assert_eq!(read(&mut dev, 8, 4), [0; 4], "no phase yet");
         assert_eq!(read(&mut dev, 12, 4), [0xff; 4]);
         assert_eq!(read(&mut dev, 14, 4), [0xff; 4], "past the end");
