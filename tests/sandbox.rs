@@ -196,7 +196,10 @@ fn inheritable_fds(pid: &str) -> Vec<(u32, String)> {
 /// vfiovm legitimately and are left out.
 #[test]
 fn no_descriptor_of_a_running_vm_survives_exec() {
-    let ours: Vec<u32> = inheritable_fds("self").into_iter().map(|(n, _)| n).collect();
+    let ours: Vec<u32> = inheritable_fds("self")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let (leaks, status, stderr) = probe_a_running_vm(
         &["--rng", "--test-pci-device"],
         |pid| {
@@ -207,7 +210,11 @@ fn no_descriptor_of_a_running_vm_survives_exec() {
         |(threads, _)| *threads == 4,
     );
     assert_eq!(leaks.0, 4, "the VM never ran: {stderr}");
-    let leaks: Vec<_> = leaks.1.into_iter().filter(|(n, _)| !ours.contains(n)).collect();
+    let leaks: Vec<_> = leaks
+        .1
+        .into_iter()
+        .filter(|(n, _)| !ours.contains(n))
+        .collect();
     assert!(leaks.is_empty(), "descriptors without O_CLOEXEC: {leaks:?}");
     assert_eq!(status.code(), Some(143), "{status:?}: {stderr}");
 }
