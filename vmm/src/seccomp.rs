@@ -1121,8 +1121,7 @@ mod tests {
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::os::unix::fs::symlink("sub", root.join("link")).unwrap();
         let server = ShareServer::new(&root, false);
-        // SAFETY: as in current_ids: plain getters.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (_, uid, _, gid) = current_ids();
         let session: Vec<(&str, Vec<u8>)> = vec![
             ("Tversion", t9(100, &[W(65536), S("9P2000.L")])),
             ("Tattach", t9(104, &[W(1), W(!0), S(""), S(""), W(0)])),
