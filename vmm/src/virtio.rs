@@ -176,3 +176,38 @@ fn open_net(net: &NetConfig) -> Result<(Tap, MacAddr), PlatformError> {
     let mac = net.mac.unwrap_or_else(|| MacAddr::from_seed(tap.name()));
     Ok((tap, mac))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_errors_name_the_path_and_the_fix() {
+        let dir = std::env::temp_dir().join(format!("vfiovm-share-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(check_share(&dir).is_ok());
+        let missing = dir.join("missing");
+        assert_eq!(
+            check_share(&missing).unwrap_err().to_string(),
+            format!(
+                "--share {}: no such directory: give the path of an existing directory",
+                missing.display()
+            )
+        );
+        assert!(matches!(
+            check_share(&file),
+            Err(ShareError::NotADirectory(p)) if p == file
+        ));
+        // Permission denied cannot be had as root: the message alone.
+        let denied = ShareError::Open(
+            "/srv/x".into(),
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert!(denied
+            .to_string()
+            .starts_with("--share /srv/x: cannot open it: Permission denied (os error 13) (give vfiovm's user read and search permission"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
