@@ -98,7 +98,7 @@ pub const MAX_WALK_NAMES: usize = 16;
 
 /// size[4] type[1] tag[2]
 const HEADER_LEN: usize = 7;
-/// `Rlerror`: header, ecode[4].
+/// `Rlerror`: header, then the errno as a u32.
 pub const RLERROR_LEN: usize = HEADER_LEN + 4;
 /// `Rread` and `Rreaddir` before their data: header, count[4].
 const RDATA_HEADER_LEN: usize = HEADER_LEN + 4;
