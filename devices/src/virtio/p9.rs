@@ -87,7 +87,9 @@ use super::{
 pub const VIRTIO_9P_MOUNT_TAG: u64 = 1 << 0;
 /// Size of the request queue (Linux's 9pnet_virtio uses up to 128 descriptors per request).
 pub const QUEUE_SIZE: u16 = 128;
-/// The largest 9P message (T or R) the server negotiates and accepts: see the module docs.
+/// The largest 9P message (T or R) the server negotiates and accepts: 500 KiB, the most Linux's
+/// 9pnet_virtio asks for (its transport maximum, `PAGE_SIZE * (VIRTQUEUE_NUM - 3)`), so a
+/// guest's `msize=` mount option is never cut down; its default (128 KiB) is granted as asked.
 pub const MAX_MSIZE: u32 = 512_000;
 /// The longest mount tag.
 pub const MAX_TAG_LEN: usize = 255;
