@@ -125,7 +125,11 @@ fn probe_a_running_vm<T>(
 
 /// The seccomp modes of a running 2-vCPU VM's three threads, once all show `want`.
 fn modes_of_a_running_vm(extra: &[&str], want: u32) -> (Vec<(String, u32)>, ExitStatus, String) {
-    let threads = if extra.contains(&"--rng") { 4 } else { 3 };
+    let devices = extra
+        .iter()
+        .filter(|a| **a == "--rng" || **a == "--share")
+        .count();
+    let threads = 3 + devices;
     probe_a_running_vm(extra, seccomp_modes, |modes| {
         modes.len() == threads && modes.iter().all(|(_, m)| *m == want)
     })
@@ -163,6 +167,27 @@ fn virtio_io_threads_are_filtered_too() {
     assert_eq!(status.code(), Some(143), "{status:?}: {stderr}");
     let (modes, _, _) = modes_of_a_running_vm(&["--rng", "--no-seccomp"], 0);
     assert_eq!(modes.len(), 4, "{modes:?}");
+}
+
+/// A `--share`'s virtio-9p I/O thread runs under a filter too (its own, with the file-system
+/// calls of the 9P server: `seccomp::tests` checks what it allows and refuses).
+#[test]
+fn virtio_9p_io_threads_are_filtered_too() {
+    let dir = std::env::temp_dir().join(format!("vfiovm-sandbox-9p-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let share = dir.to_str().unwrap();
+    let (modes, status, stderr) = modes_of_a_running_vm(&["--share", share, "--rng"], 2);
+    let names: Vec<&str> = modes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["vcpu0", "vcpu1", "vfiovm", "virtio-9p0", "virtio-rng"],
+        "{modes:?}"
+    );
+    assert!(modes.iter().all(|(_, m)| *m == 2), "{modes:?}");
+    assert_eq!(status.code(), Some(143), "{status:?}: {stderr}");
+    let (modes, _, _) = modes_of_a_running_vm(&["--share", share, "--no-seccomp"], 0);
+    assert_eq!(modes.len(), 4, "{modes:?}");
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Descriptor numbers of `pid` (above stdio) that stay open across `exec`: `flags:` in

@@ -11,7 +11,7 @@
 //! | `legacy` | yes | the PC devices in `legacy` (serial, i8042, RTC, ACPI PM, debug exit) |
 //! | `firmware` | yes | `firmware`: fw_cfg (with DMA), the ACPI table-loader writer, the CFI flash OVMF keeps its variables in |
 //! | `kvm` | no | `kvm`: GSI routing with irqfds, BAR memory slots, the KVM VFIO device |
-//! | `virtio` | yes | `virtio`: the virtio 1.x PCI transport, virtio-rng and virtio-blk (pulls in rust-vmm `virtio-queue` and `virtio-bindings`) |
+//! | `virtio` | yes | `virtio`: the virtio 1.x PCI transport, virtio-rng, virtio-blk, virtio-net, virtio-console and virtio-9p (pulls in rust-vmm `virtio-queue` and `virtio-bindings`, `io-uring`, and the `p9` crate's 9P server) |
 //! | `test-util` | no | the test doubles `vfio::mock`, `interrupt::fake` and `ioevent::fake` |
 //!
 //! # Foreign types

@@ -111,6 +111,8 @@ const char *vio_type_name(uint16_t type)
         return "console";
     case VIRTIO_ID_RNG:
         return "rng";
+    case VIRTIO_ID_9P:
+        return "9p";
     default:
         return "other";
     }

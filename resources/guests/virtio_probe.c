@@ -11,6 +11,8 @@
  *   hostile   malformed chains to the first disk (virtio_hostile.c)
  *   net       the first virtio-net card: ARP and ICMP echo both ways (virtio_net.c; ip=,
  *             peer=, pings=, net_ms=)
+ *   9p        the first virtio-9p device: its tag, a 9P2000.L session reading hello.txt,
+ *             walking "..", creating and writing from-guest.txt (virtio_9p.c)
  * `accept=indirect,event_idx` also accepts those ring features when offered, `timeout_ms=` sets
  * the per-request timeout, `msix=off` leaves MSI-X off (completion by polling alone). It checks
  * its own results: each failed check prints "fail: ...", the last lines are
@@ -67,7 +69,7 @@ static unsigned queues_for(uint16_t type)
 {
     if (type == VIRTIO_ID_NET)
         return 2;
-    return type == VIRTIO_ID_RNG || type == VIRTIO_ID_BLOCK ? 1 : 0;
+    return type == VIRTIO_ID_RNG || type == VIRTIO_ID_BLOCK || type == VIRTIO_ID_9P ? 1 : 0;
 }
 
 static void test_list(void)
@@ -366,12 +368,14 @@ struct test {
 static void run_hostile(void) { test_hostile(devs, ndevs); }
 static void run_net(void) { test_net(devs, ndevs); }
 static void run_console(void) { test_console(devs, ndevs); }
+static void run_9p(void) { test_9p(devs, ndevs); }
 static void run_console_spam(void) { test_console_spam(devs, ndevs); }
 
 static const struct test tests[] = {
     { "list", test_list },         { "rng", test_rng },         { "blk", test_blk },
     { "blk-read", test_blk_read }, { "blk-ro", test_blk_ro },   { "hostile", run_hostile },
     { "net", run_net },            { "console", run_console },  { "console-spam", run_console_spam },
+    { "9p", run_9p },
 };
 
 static uint64_t cmdline_number(const char *key, uint64_t fallback, uint64_t max)

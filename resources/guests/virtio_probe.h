@@ -69,6 +69,9 @@ void test_hostile(struct vio_dev *devs, unsigned n);
 /* virtio_net.c: ARP and ICMP echo on the first virtio-net card (ip=, peer=, pings=, net_ms=) */
 void test_net(struct vio_dev *devs, unsigned n);
 
+/* virtio_9p.c: a 9P2000.L session on the first virtio-9p device */
+void test_9p(struct vio_dev *devs, unsigned n);
+
 /* virtio_console.c: port 0 of the first virtio-console (con_ms=); console-spam writes forever */
 void test_console(struct vio_dev *devs, unsigned n);
 void test_console_spam(struct vio_dev *devs, unsigned n);

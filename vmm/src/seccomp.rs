@@ -14,6 +14,11 @@
 //!   writes; virtio-console's output to a socket is `sendto` with `MSG_DONTWAIT |
 //!   MSG_NOSIGNAL` only. The tap's `TUNSETOFFLOAD` is a vCPU thread's: the driver starts the card there. Each is created with its device while the VM is built, waits at the
 //!   [`DeviceGate`] and installs its filter when the gate opens, before it serves anything.
+//! - The virtio-9p I/O threads (`virtio-9pN`, `--share`), [`ThreadKind::Share`]: the same
+//!   queue work, and the file-system calls of the in-process 9P server (`openat`, `*at`
+//!   calls on its directory descriptors, `getdents64`, `pread64`/`pwrite64`, `fsync`…), which
+//!   no other thread gets. None of the other devices' backend calls (`getrandom`, io_uring,
+//!   `fallocate`, `sendto`, `readv`/`writev`).
 //!
 //! The VMM spawns no other threads (the kernel may add io_uring workers, `iou-wrk-*`, for a
 //! disk's ring: they run no user-space code). Order, in [`crate::vm::Vm::run_sandboxed`]: the VM is fully
@@ -109,6 +114,8 @@ pub enum ThreadKind {
     Vcpu,
     /// A virtio device's I/O thread: its queues and its backend's I/O.
     Device,
+    /// A virtio-9p device's I/O thread: its queue and the 9P server's file-system calls.
+    Share,
 }
 
 impl ThreadKind {
@@ -117,6 +124,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "VMM thread",
             ThreadKind::Vcpu => "vCPU thread",
             ThreadKind::Device => "virtio I/O thread",
+            ThreadKind::Share => "virtio-9p I/O thread",
         }
     }
 }
@@ -410,13 +418,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
             ]);
         }
         ThreadKind::Device => {
+            queue_waits(&mut r);
             r.any(&[
-                // Waiting on the queues' notify eventfds and the stop eventfd; a new epoll
-                // set per start of the device.
-                libc::SYS_epoll_create1,
-                libc::SYS_epoll_ctl,
-                libc::SYS_epoll_wait,
-                libc::SYS_epoll_pwait,
                 // virtio-rng
                 libc::SYS_getrandom,
                 // virtio-net: frames between its tap and guest RAM (read(2)/write(2) through
@@ -443,8 +446,57 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
             let dontwait = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
             r.arg_in(libc::SYS_sendto, 3, &[dontwait])?;
         }
+        ThreadKind::Share => {
+            queue_waits(&mut r);
+            // The p9 crate's server (devices::virtio::p9), on the shared directory: it opens
+            // /proc and the share's root by path, everything else relative to descriptors it
+            // holds (openat with O_NOFOLLOW, or through /proc/self/fd), and the device's own
+            // checks run first. These are what its handlers call, traced (docs/security.md).
+            r.any(&[
+                libc::SYS_openat,
+                libc::SYS_newfstatat,
+                libc::SYS_fstatfs,
+                libc::SYS_readlinkat,
+                // Treaddir: readdir64 and seekdir on a duplicate of the directory's descriptor.
+                libc::SYS_getdents64,
+                libc::SYS_lseek,
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_ftruncate,
+                libc::SYS_fsync,
+                libc::SYS_fdatasync,
+                libc::SYS_fchmodat,
+                libc::SYS_fchownat,
+                libc::SYS_utimensat,
+                libc::SYS_mkdirat,
+                libc::SYS_renameat,
+                libc::SYS_unlinkat,
+                libc::SYS_linkat,
+                // The device refuses a chown to any other user or group than the VMM's.
+                libc::SYS_geteuid,
+                libc::SYS_getegid,
+            ]);
+            // Duplicating a directory descriptor for readdir (and a walk of no names), which
+            // glibc's fdopendir then marks close-on-exec.
+            r.arg_in(
+                libc::SYS_fcntl,
+                1,
+                &[libc::F_DUPFD_CLOEXEC as u64, libc::F_SETFD as u64],
+            )?;
+        }
     }
     Ok(r)
+}
+
+/// What every virtio I/O thread does to wait: on the queues' notify eventfds and the stop
+/// eventfd, a new epoll set per start of the device.
+fn queue_waits(r: &mut Rules) {
+    r.any(&[
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+    ]);
 }
 
 /// Keeps every thread's heap allocations in glibc's main arena (`M_ARENA_MAX` = 1); call it
@@ -462,38 +514,52 @@ pub fn malloc_in_one_arena() {
     }
 }
 
-/// Holds virtio I/O threads back, at their start, until the VM runs: then each installs the
-/// device filter (or none: `--no-seccomp`, or an embedder's [`crate::vm::Vm::run`]) and goes on.
-/// A VM dropped without running opens it with no filter, so the threads can leave.
+/// The filters of the virtio I/O threads.
+#[derive(Debug, Clone)]
+pub struct DeviceFilters {
+    /// Every device's but virtio-9p's ([`ThreadKind::Device`]).
+    pub device: Arc<BpfProgram>,
+    /// virtio-9p's ([`ThreadKind::Share`]).
+    pub share: Arc<BpfProgram>,
+}
+
+/// Holds virtio I/O threads back, at their start, until the VM runs: then each installs its
+/// kind's filter (or none: `--no-seccomp`, or an embedder's [`crate::vm::Vm::run`]) and goes
+/// on. A VM dropped without running opens it with no filter, so the threads can leave.
 #[derive(Debug, Default)]
 pub struct DeviceGate {
-    /// `None` until opened; then the filter to install, if any.
-    state: Mutex<Option<Option<Arc<BpfProgram>>>>,
+    /// `None` until opened; then the filters to install, if any.
+    state: Mutex<Option<Option<DeviceFilters>>>,
     cond: Condvar,
 }
 
 impl DeviceGate {
-    /// Opens the gate: each waiting thread (and each that arrives later) installs `filter`.
-    /// Only the first call counts.
-    pub fn open(&self, filter: Option<Arc<BpfProgram>>) {
+    /// Opens the gate: each waiting thread (and each that arrives later) installs its filter
+    /// from `filters`. Only the first call counts.
+    pub fn open(&self, filters: Option<DeviceFilters>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.is_none() {
-            *s = Some(filter);
+            *s = Some(filters);
         }
         self.cond.notify_all();
     }
 
-    /// On a device's I/O thread, first thing: waits for the gate, installs its filter.
+    /// On a device's I/O thread, first thing: waits for the gate, installs the filter of
+    /// `kind` ([`ThreadKind::Share`] for virtio-9p, [`ThreadKind::Device`] for the others).
     /// `false` (with an error logged) when the kernel refused the filter: the thread must end.
-    pub fn enter(&self, thread: &str) -> bool {
+    pub fn enter(&self, thread: &str, kind: ThreadKind) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let filter = loop {
+        let filters = loop {
             match &*s {
                 Some(f) => break f.clone(),
                 None => s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
             }
         };
         drop(s);
+        let filter = filters.map(|f| match kind {
+            ThreadKind::Share => f.share,
+            _ => f.device,
+        });
         match filter {
             Some(f) => match apply_filter(&f) {
                 Ok(()) => true,
@@ -545,8 +611,8 @@ impl Gate {
 /// The process's sandbox for one VM run: the compiled filters (none with `--no-seccomp`), the
 /// start gate, and the test hook.
 pub struct Sandbox {
-    /// `(vmm, vcpu, device)` programs; `None` when seccomp is off.
-    filters: Option<(BpfProgram, BpfProgram, Arc<BpfProgram>)>,
+    /// `(vmm, vcpu, virtio devices)` programs; `None` when seccomp is off.
+    filters: Option<(BpfProgram, BpfProgram, DeviceFilters)>,
     test_violation: Option<ViolationSite>,
     gate: Gate,
 }
@@ -559,7 +625,7 @@ impl std::fmt::Debug for Sandbox {
                 &self
                     .filters
                     .as_ref()
-                    .map(|(a, b, c)| (a.len(), b.len(), c.len())),
+                    .map(|(a, b, c)| (a.len(), b.len(), c.device.len(), c.share.len())),
             )
             .field("test_violation", &self.test_violation)
             .finish()
@@ -573,7 +639,10 @@ impl Sandbox {
             Some((
                 program(ThreadKind::Vmm, SeccompAction::KillProcess)?,
                 program(ThreadKind::Vcpu, SeccompAction::KillProcess)?,
-                Arc::new(program(ThreadKind::Device, SeccompAction::KillProcess)?),
+                DeviceFilters {
+                    device: Arc::new(program(ThreadKind::Device, SeccompAction::KillProcess)?),
+                    share: Arc::new(program(ThreadKind::Share, SeccompAction::KillProcess)?),
+                },
             ))
         } else {
             None
@@ -622,8 +691,8 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The filter virtio I/O threads install ([`DeviceGate::open`]); `None` without seccomp.
-    pub fn device_filter(&self) -> Option<Arc<BpfProgram>> {
+    /// The filters virtio I/O threads install ([`DeviceGate::open`]); `None` without seccomp.
+    pub fn device_filters(&self) -> Option<DeviceFilters> {
         self.filters.as_ref().map(|(_, _, d)| d.clone())
     }
 
@@ -704,8 +773,8 @@ mod tests {
     fn filters_compile_within_the_bpf_limit() {
         let s = Sandbox::new(&SandboxConfig::default()).unwrap();
         assert!(s.enabled());
-        let (vmm, vcpu, device) = s.filters.as_ref().unwrap();
-        for p in [vmm, vcpu, &**device] {
+        let (vmm, vcpu, devices) = s.filters.as_ref().unwrap();
+        for p in [vmm, vcpu, &*devices.device, &*devices.share] {
             assert!(!p.is_empty() && p.len() < 4096, "{} instructions", p.len());
         }
         let off = Sandbox::new(&SandboxConfig {
@@ -1002,6 +1071,204 @@ mod tests {
         // SAFETY: send(2) reads `out`, a live buffer of the length passed.
         let n = unsafe { libc::send(k.pair.0.as_raw_fd(), out.as_ptr().cast(), out.len(), flags) };
         n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(REFUSED)
+    }
+
+    /// A 9P message field (9P2000.L wire format).
+    enum F<'a> {
+        B(u8),
+        H(u16),
+        W(u32),
+        D(u64),
+        S(&'a str),
+        Data(&'a [u8]),
+    }
+
+    /// A T-message of type `ty`, tag 1.
+    fn t9(ty: u8, fields: &[F]) -> Vec<u8> {
+        let mut m = vec![0, 0, 0, 0, ty, 1, 0];
+        for f in fields {
+            match f {
+                F::B(v) => m.push(*v),
+                F::H(v) => m.extend_from_slice(&v.to_le_bytes()),
+                F::W(v) => m.extend_from_slice(&v.to_le_bytes()),
+                F::D(v) => m.extend_from_slice(&v.to_le_bytes()),
+                F::S(v) => {
+                    m.extend_from_slice(&(v.len() as u16).to_le_bytes());
+                    m.extend_from_slice(v.as_bytes());
+                }
+                F::Data(v) => {
+                    m.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    m.extend_from_slice(v);
+                }
+            }
+        }
+        let n = m.len() as u32;
+        m[..4].copy_from_slice(&n.to_le_bytes());
+        m
+    }
+
+    /// A whole 9P session on a real directory, every kind of message the server handles with
+    /// a system call, served under the virtio-9p filter: each one succeeds (a call the filter
+    /// refused would come back as `Rlerror(REFUSED)`). The other devices' calls stay refused.
+    #[test]
+    fn share_filter_allows_what_the_9p_server_does_and_nothing_else() {
+        use devices::virtio::p9::ShareServer;
+        use F::*;
+        let tmp = TempFile::new().unwrap();
+        let mut k = kit(&tmp);
+        let root = std::env::temp_dir().join(format!("vfiovm-seccomp-9p-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("link")).unwrap();
+        let server = ShareServer::new(&root, false);
+        let (_, uid, _, gid) = current_ids();
+        let session: Vec<(&str, Vec<u8>)> = vec![
+            ("Tversion", t9(100, &[W(65536), S("9P2000.L")])),
+            ("Tattach", t9(104, &[W(1), W(!0), S(""), S(""), W(0)])),
+            ("Twalk (clone)", t9(110, &[W(1), W(2), H(0)])),
+            ("Tlcreate", t9(14, &[W(2), S("f"), W(2), W(0o644), W(0)])),
+            ("Twrite", t9(118, &[W(2), D(0), Data(b"hello")])),
+            ("Tread", t9(116, &[W(2), D(0), W(5)])),
+            ("Tfsync", t9(50, &[W(2), W(0)])),
+            ("Tfsync (data)", t9(50, &[W(2), W(1)])),
+            (
+                "Tlock",
+                t9(52, &[W(2), B(0), W(0), D(0), D(0), W(1), S("c")]),
+            ),
+            ("Tgetlock", t9(54, &[W(2), B(0), D(0), D(0), W(1), S("c")])),
+            ("Tgetattr", t9(24, &[W(2), D(0x7ff)])),
+            (
+                "Tsetattr (mode, owner, size, times)",
+                t9(
+                    26,
+                    &[
+                        W(2),
+                        W(0x3f),
+                        W(0o600),
+                        W(uid),
+                        W(gid),
+                        D(2),
+                        D(1),
+                        D(0),
+                        D(1),
+                        D(0),
+                    ],
+                ),
+            ),
+            (
+                "Tsetattr (ctime)",
+                t9(
+                    26,
+                    &[
+                        W(2),
+                        W(0x40),
+                        W(0),
+                        W(0),
+                        W(0),
+                        D(0),
+                        D(0),
+                        D(0),
+                        D(0),
+                        D(0),
+                    ],
+                ),
+            ),
+            ("Tstatfs", t9(8, &[W(1)])),
+            ("Tmkdir", t9(72, &[W(1), S("d"), W(0o755), W(0)])),
+            ("Twalk", t9(110, &[W(1), W(3), H(1), S("f")])),
+            (
+                "Tsetattr (size, not open)",
+                t9(
+                    26,
+                    &[W(3), W(0x8), W(0), W(0), W(0), D(1), D(0), D(0), D(0), D(0)],
+                ),
+            ),
+            ("Tlink", t9(70, &[W(1), W(3), S("hard")])),
+            ("Trenameat", t9(74, &[W(1), S("hard"), W(1), S("moved")])),
+            ("Tunlinkat", t9(76, &[W(1), S("moved"), W(0)])),
+            ("Twalk (to a link)", t9(110, &[W(1), W(4), H(1), S("link")])),
+            ("Treadlink", t9(22, &[W(4)])),
+            ("Twalk (clone)", t9(110, &[W(1), W(5), H(0)])),
+            ("Tlopen", t9(12, &[W(5), W(0o200000)])),
+            ("Treaddir", t9(40, &[W(5), D(0), W(4096)])),
+            ("Tclunk", t9(120, &[W(3)])),
+        ];
+        // Then the same directory from its second entry on (seekdir: lseek).
+        let readdir_from = |offset: u64| t9(40, &[W(5), D(offset), W(4096)]);
+        let (replies, refused) = confined(ThreadKind::Share, move || {
+            let mut server = server;
+            let replies: Vec<(&str, u8, Vec<u8>)> = session
+                .into_iter()
+                .map(|(what, mut m)| {
+                    let ty = m[4];
+                    let mut r = Vec::new();
+                    server.handle(&mut m, 65536, &mut r);
+                    (what, ty, r)
+                })
+                .collect();
+            // The first entry's offset: after its qid (13 bytes) in the Rreaddir's data.
+            let first = &replies.iter().find(|r| r.0 == "Treaddir").unwrap().2;
+            let offset = u64::from_le_bytes(first[24..32].try_into().unwrap());
+            let mut m = readdir_from(offset);
+            let mut rest = Vec::new();
+            server.handle(&mut m, 65536, &mut rest);
+            let replies = [replies, vec![("Treaddir from the second entry", 40, rest)]].concat();
+            drop(server);
+            let mut rnd = [0u8; 4];
+            // SAFETY: `rnd` is a valid buffer of that length.
+            let got = unsafe { libc::getrandom(rnd.as_mut_ptr().cast(), rnd.len(), 0) };
+            let fd_file = std::os::fd::AsRawFd::as_raw_fd(&k.file);
+            // SAFETY: plain fallocate on a file of ours.
+            let falloc = unsafe { libc::fallocate(fd_file, 0, 0, 4096) };
+            let errno = || std::io::Error::last_os_error().raw_os_error();
+            let refused: Checks = vec![
+                ("KVM_IRQFD", irqfd_round_trip(&k)),
+                ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),
+                ("eventfd2", refused_io(devices::new_eventfd())),
+                ("getrandom", got < 0 && errno() == Some(REFUSED)),
+                ("fallocate", falloc < 0 && errno() == Some(REFUSED)),
+                ("io_uring_enter", uring_call(libc::SYS_io_uring_enter)),
+                ("sendto", sent(&k, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)),
+                ("TCGETS", refused_ioctl(&k.evt, nr::TCGETS())),
+                ("mmap with PROT_EXEC", exec_mapping()),
+            ];
+            (replies, refused)
+        });
+        let _ = std::fs::remove_dir_all(&root);
+        let replies_data: Vec<(&str, Vec<u8>)> = replies
+            .iter()
+            .map(|r| (r.0, r.2.get(11..).unwrap_or_default().to_vec()))
+            .collect();
+        for (what, ty, r) in replies {
+            assert!(r.len() >= 7, "{what}: no reply");
+            if r[4] == 7 {
+                let errno = i32::from_le_bytes(r[7..11].try_into().unwrap());
+                panic!(
+                    "{what} failed with errno {errno}{}",
+                    if errno == REFUSED {
+                        " (refused by the filter)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            assert_eq!(r[4], ty + 1, "{what}");
+            // A directory read that fails (getdents64 refused) reads as the end: no entries.
+            if what == "Treaddir" || what == "Tread" {
+                assert!(r.len() > 11, "{what} returned no data");
+            }
+        }
+        // Rreaddir data after size[4] type[1] tag[2] count[4]; an entry is qid[13] offset[8]
+        // type[1] name[s].
+        let data = |what: &str| replies_data.iter().find(|r| r.0 == what).unwrap().1.clone();
+        let (all, rest) = (data("Treaddir"), data("Treaddir from the second entry"));
+        let first_len = 24 + usize::from(u16::from_le_bytes([all[22], all[23]]));
+        assert_eq!(
+            rest,
+            all[first_len..],
+            "a directory read from an offset does not start there (lseek refused?)"
+        );
+        check(ThreadKind::Share, Vec::new(), refused);
     }
 
     #[test]

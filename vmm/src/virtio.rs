@@ -1,5 +1,5 @@
-//! The virtio devices the command line asks for (`--disk`, `--rng`, `--net`, `--console
-//! virtio`), built on
+//! The virtio devices the command line asks for (`--disk`, `--rng`, `--net`, `--share`,
+//! `--console virtio`), built on
 //! [`devices::virtio`] and put on the guest's PCI bus after the test device and before the
 //! passed-through devices.
 //!
@@ -7,7 +7,11 @@
 //! so a guest's kick never exits to userspace; completions go out through irqfds. Each device
 //! has one I/O thread, created here by the thread that builds the VM; it waits at the
 //! platform's [`DeviceGate`] and installs the virtio seccomp filter before it serves anything
-//! ([`crate::seccomp`]).
+//! ([`crate::seccomp`]); a `--share`'s virtio-9p thread installs its own, the only one that
+//! allows file-system calls.
+//!
+//! The `--share` directories are checked before the VM is built ([`check_shares`]): each must
+//! be an existing directory vfiovm can open, or the run stops with one line naming it.
 //!
 //! A `--net` tap is opened here, while the VM is built (before any filter and before
 //! `--user` drops root); an error names the flag's value and the fix, and what was already
@@ -17,6 +21,7 @@
 //! blocking: [`HostOutput::stdout`]), and its input buffer goes back to the platform, which
 //! hands it to the event loop in place of COM1's receive FIFO.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use devices::console_tail::ConsoleTail;
@@ -26,6 +31,7 @@ use devices::pci::PciPlatform;
 use devices::virtio::blk::Block;
 use devices::virtio::console::{Console, HostInput, HostOutput};
 use devices::virtio::net::{MacAddr, Net};
+use devices::virtio::p9::Share;
 use devices::virtio::rng::Rng;
 use devices::virtio::tap::Tap;
 use devices::virtio::{ThreadStart, VirtioDevice, VirtioPciDevice};
@@ -34,7 +40,38 @@ use kvm_ioctls::VmFd;
 use crate::config::{ConsoleKind, NetBackendConfig, NetConfig, VmConfig};
 use crate::memory::GuestMemory;
 use crate::platform::PlatformError;
-use crate::seccomp::DeviceGate;
+use crate::seccomp::{DeviceGate, ThreadKind};
+
+/// A `--share` directory that cannot be shared. Each names the path and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// Nothing at the path.
+    #[error("--share {0}: no such directory: give the path of an existing directory")]
+    Missing(PathBuf),
+    /// A file, device or socket.
+    #[error("--share {0}: not a directory: give a directory (to share one file, share the directory that holds it)")]
+    NotADirectory(PathBuf),
+    /// It exists but cannot be opened or listed.
+    #[error("--share {0}: cannot open it: {1} (give vfiovm's user read and search permission on it, and search permission on every directory above it)")]
+    Open(PathBuf, #[source] std::io::Error),
+}
+
+/// Checks every `--share` of `config`: an existing directory vfiovm can open and list.
+pub fn check_shares(config: &VmConfig) -> Result<(), ShareError> {
+    config.shares.iter().try_for_each(|s| check_share(&s.path))
+}
+
+fn check_share(path: &Path) -> Result<(), ShareError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ShareError::Missing(path.into()),
+        _ => ShareError::Open(path.into(), e),
+    })?;
+    if !meta.is_dir() {
+        return Err(ShareError::NotADirectory(path.into()));
+    }
+    std::fs::read_dir(path).map_err(|e| ShareError::Open(path.into(), e))?;
+    Ok(())
+}
 
 /// How long the `--exec` consoles keep writing the command's last output at the stop while
 /// vfiovm's stdout or stderr reader takes it.
@@ -53,9 +90,12 @@ pub fn add_devices(
     tail: &Arc<ConsoleTail>,
 ) -> Result<Option<Arc<HostInput>>, PlatformError> {
     let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm.clone()));
-    let add = |name: &str, device: Box<dyn VirtioDevice>| -> Result<(), PlatformError> {
+    let add_kind = |name: &str,
+                    device: Box<dyn VirtioDevice>,
+                    kind: ThreadKind|
+     -> Result<(), PlatformError> {
         let thread_gate = gate.clone();
-        let start: ThreadStart = Arc::new(move |thread: &str| thread_gate.enter(thread));
+        let start: ThreadStart = Arc::new(move |thread: &str| thread_gate.enter(thread, kind));
         let dev = VirtioPciDevice::with_thread_start(
             name,
             device,
@@ -80,6 +120,8 @@ pub fn add_devices(
         log::info!("{name} at {addr}");
         Ok(())
     };
+    let add =
+        |name: &str, device: Box<dyn VirtioDevice>| add_kind(name, device, ThreadKind::Device);
     for (i, disk) in config.disks.iter().enumerate() {
         let dev = Block::open(disk).map_err(PlatformError::Disk)?;
         add(&format!("virtio-blk{i}"), Box::new(dev))?;
@@ -94,6 +136,22 @@ pub fn add_devices(
         let card = Net::new(Arc::new(tap), mac)
             .map_err(|e| PlatformError::Virtio(name.clone(), e.to_string()))?;
         add(&name, Box::new(card))?;
+    }
+    for (i, share) in config.shares.iter().enumerate() {
+        let name = format!("virtio-9p{i}");
+        let dev = Share::new(&share.path, &share.tag, share.read_only)
+            .map_err(|e| PlatformError::Virtio(name.clone(), e.to_string()))?;
+        log::info!(
+            "{name}: {} as '{}' ({})",
+            dev.root().display(),
+            share.tag,
+            if share.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        );
+        add_kind(&name, Box::new(dev), ThreadKind::Share)?;
     }
     if config.exec.is_some() {
         // The command's stdout and stderr (hvc0, hvc1 in the guest: PCI slot order). Their
@@ -143,4 +201,39 @@ fn open_net(net: &NetConfig) -> Result<(Tap, MacAddr), PlatformError> {
     let tap = tap.map_err(|e| PlatformError::Net(arg, e))?;
     let mac = net.mac.unwrap_or_else(|| MacAddr::from_seed(tap.name()));
     Ok((tap, mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_errors_name_the_path_and_the_fix() {
+        let dir = std::env::temp_dir().join(format!("vfiovm-share-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(check_share(&dir).is_ok());
+        let missing = dir.join("missing");
+        assert_eq!(
+            check_share(&missing).unwrap_err().to_string(),
+            format!(
+                "--share {}: no such directory: give the path of an existing directory",
+                missing.display()
+            )
+        );
+        assert!(matches!(
+            check_share(&file),
+            Err(ShareError::NotADirectory(p)) if p == file
+        ));
+        // Permission denied cannot be had as root: the message alone.
+        let denied = ShareError::Open(
+            "/srv/x".into(),
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert!(denied
+            .to_string()
+            .starts_with("--share /srv/x: cannot open it: Permission denied (os error 13) (give vfiovm's user read and search permission"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

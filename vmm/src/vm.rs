@@ -90,6 +90,9 @@ pub enum VmError {
     /// Devices.
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    /// A `--share` directory.
+    #[error(transparent)]
+    Share(#[from] crate::virtio::ShareError),
     /// PCI passthrough.
     #[error(transparent)]
     Passthrough(#[from] crate::passthrough::PassthroughError),
@@ -204,6 +207,7 @@ impl Vm {
             .as_ref()
             .map(crate::firmware::FirmwareImage::open)
             .transpose()?;
+        crate::virtio::check_shares(config)?;
 
         let exit = Arc::new(ExitState::new().map_err(|e| VmError::EventLoop(e.to_string()))?);
         // Block the stop signals before any thread starts, so every thread inherits the mask.
@@ -393,7 +397,7 @@ impl Vm {
         // The virtio I/O threads confine themselves and may serve from here on.
         self.platform
             .device_gate()
-            .open(sandbox.as_ref().and_then(|s| s.device_filter()));
+            .open(sandbox.as_ref().and_then(|s| s.device_filters()));
         // Shared with the console's writer, so a vCPU blocked on a full stdout stops too.
         let stop = self.platform.stop_flag();
         let mut threads: Vec<VcpuHandle> = Vec::new();

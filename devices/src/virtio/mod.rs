@@ -1,7 +1,8 @@
 //! Virtio 1.x devices over PCI (feature `virtio`): the modern PCI transport
 //! [`VirtioPciDevice`], and the devices behind it: [`rng::Rng`] (virtio-rng), [`blk::Block`]
-//! (virtio-blk on a raw image), [`net::Net`] (virtio-net) and [`console::Console`]
-//! (virtio-console). Register maps: `docs/devices.md`.
+//! (virtio-blk on a raw image), [`net::Net`] (virtio-net), [`console::Console`]
+//! (virtio-console) and [`p9::Share`] (virtio-9p: a host directory). Register maps:
+//! `docs/devices.md`.
 //!
 //! # Pieces
 //!
@@ -13,6 +14,7 @@
 //! | [`blk`] | virtio-blk (type 2) |
 //! | [`console`] | virtio-console (type 3): one port on the host's stdin and stdout |
 //! | [`net`] | virtio-net (type 1) over a [`tap`] |
+//! | [`p9`] | virtio-9p (type 9): a host directory over 9P2000.L, in process |
 //! | [`queues`] | [`Queues`]: the rings for a handler serving a queue itself (network receive) |
 //!
 //! A device implements [`VirtioDevice`] (identity, features, config space) and, once the driver
@@ -86,6 +88,8 @@
 //! `sendto` with `MSG_DONTWAIT | MSG_NOSIGNAL` when it is a socket, `read` of its input
 //! eventfd, `epoll_ctl` for both (virtio-console), `madvise`, `munmap`, `mmap` (allocator),
 //! `close`, `exit`, `sigaltstack`, `rt_sigprocmask` (thread exit), and `write` to stderr (logs).
+//! virtio-9p's thread also makes the file-system calls of its 9P server ([`p9`] lists them),
+//! which no other device needs: a VMM gives it a filter of its own.
 //!
 //! # Hostile guests
 //!
@@ -111,6 +115,7 @@ pub mod rng;
 mod worker;
 
 pub mod net;
+pub mod p9;
 pub mod queues;
 pub mod tap;
 
@@ -373,6 +378,8 @@ pub const VIRTIO_TYPE_BLOCK: u16 = 2;
 pub const VIRTIO_TYPE_CONSOLE: u16 = 3;
 /// Virtio device type: entropy source.
 pub const VIRTIO_TYPE_RNG: u16 = 4;
+/// Virtio device type: 9P transport.
+pub const VIRTIO_TYPE_9P: u16 = 9;
 
 /// Feature bit: the device follows virtio 1.x (mandatory for a modern-only device).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

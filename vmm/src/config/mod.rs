@@ -2,7 +2,7 @@
 //!
 //! The flag names are a contract with users and scripts: `--kernel`, `--initramfs`,
 //! `--cmdline`, `--memory`, `--cpus`, `--device`, `--firmware`, `--firmware-vars`,
-//! `--no-seccomp`, `--user`. Aliases: `--initrd`, `--append`, `-m`, `--smp`. `--flag value`
+//! `--no-seccomp`, `--user`, `--share`. Aliases: `--initrd`, `--append`, `-m`, `--smp`. `--flag value`
 //! and `--flag=value` both work.
 
 use devices::vfio::MsixRelocation;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 mod virtio;
 
 pub use devices::virtio::blk::BlockConfig;
-pub use virtio::{NetBackendConfig, NetConfig};
+pub use virtio::{NetBackendConfig, NetConfig, ShareConfig};
 
 /// Smallest guest RAM we accept: room for the boot structures, a small kernel and a stack.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -51,6 +51,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-net cards (`--net`), in order.
     pub net: Vec<NetConfig>,
+    /// Host directories shared over virtio-9p (`--share`), in order (tags `share0`, …).
+    pub shares: Vec<ShareConfig>,
     /// Which device is the guest's console (`--console`).
     pub console: ConsoleKind,
     /// Attach the PCI test device (for the project's own guest tests).
@@ -62,21 +64,8 @@ pub struct VmConfig {
     /// The run's time limits and verdict file (`--timeout`, `--boot-timeout`,
     /// `--stall-timeout`, `--verdict`).
     pub runner: crate::runner::RunnerConfig,
-    /// Host directories shared into the guest over virtio-9p (`--share`), in order.
-    pub shares: Vec<ShareConfig>,
     /// `--exec`: run this command in the guest with vfiovm's own init (docs/ci-runner.md).
     pub exec: Option<crate::exec::ExecConfig>,
-}
-
-/// `--share HOSTDIR[:ro|:rw]`: a host directory the guest mounts by `tag` (9p over virtio).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShareConfig {
-    /// The host directory.
-    pub path: PathBuf,
-    /// The guest may only read it.
-    pub read_only: bool,
-    /// The mount tag the guest names it by: `share0`, `share1`, … in command-line order.
-    pub tag: String,
 }
 
 impl VmConfig {
@@ -95,12 +84,12 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             net: Vec::new(),
+            shares: Vec::new(),
             console: ConsoleKind::Serial,
             test_pci_device: false,
             pc_testdev: false,
             verbosity: 0,
             runner: Default::default(),
-            shares: Vec::new(),
             exec: None,
         }
     }
@@ -363,7 +352,7 @@ pub enum ConfigError {
     MissingValue(String),
     /// A flag given twice that may only appear once.
     #[error(
-        "option '{0}' given more than once: give it once (only --device, --disk, --net and -v repeat)"
+        "option '{0}' given more than once: give it once (only --device, --disk, --net, --share and -v repeat)"
     )]
     Repeated(String),
     /// `--kernel` or `--firmware` is required.
@@ -401,6 +390,9 @@ pub enum ConfigError {
     /// A `--net` value that does not parse.
     #[error("invalid --net '{0}': {1} (syntax: {syntax})", syntax = NetConfig::SYNTAX)]
     BadNet(String, String),
+    /// A `--share` value that does not parse.
+    #[error("invalid --share '{0}': {1} (syntax: {syntax})", syntax = ShareConfig::SYNTAX)]
+    BadShare(String, String),
     /// A `--console` value other than `serial` or `virtio`.
     #[error("invalid --console '{0}': use serial or virtio (syntax: {syntax})", syntax = ConsoleKind::SYNTAX)]
     BadConsole(String),
@@ -464,6 +456,10 @@ OPTIONS:
                          A virtio-net card on a tap (repeatable): the tap NAME (created if
                          missing; needs CAP_NET_ADMIN unless it belongs to you) or an open tap
                          descriptor N; MAC defaults to 52:54:00:xx:xx:xx from the tap's name
+    --share HOSTDIR[:ro|:rw]
+                         Share a host directory with the guest over virtio-9p (repeatable),
+                         read-only unless :rw; the guest mounts the Nth one by its tag shareN:
+                         mount -t 9p -o trans=virtio,version=9p2000.L share0 /mnt
     --console serial|virtio
                          The guest's console [default: serial]: COM1 (ttyS0), or a virtio
                          console (the guest's virtio_console driver: /dev/hvc0), whose output
@@ -671,6 +667,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut disks = Vec::new();
     let mut rng = false;
     let mut net = Vec::new();
+    let mut shares = Vec::new();
     let mut console = None;
     let mut test_pci_device = false;
     let mut pc_testdev = false;
@@ -725,6 +722,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--modules" => once(&mut modules, PathBuf::from(value(&mut it)?), &flag)?,
             "--save-initramfs" => once(&mut save_initramfs, PathBuf::from(value(&mut it)?), &flag)?,
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
+            "--share" => shares.push(ShareConfig::parse(&value(&mut it)?, shares.len())?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
             "--pc-testdev" => pc_testdev = true,
@@ -781,7 +779,6 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         ConsoleKind::Serial => DEFAULT_CMDLINE,
         ConsoleKind::Virtio => DEFAULT_CMDLINE_VIRTIO,
     };
-    let shares: Vec<ShareConfig> = Vec::new();
     let (exec, shares, cmdline) = match exec {
         None if modules.is_some() || save_initramfs.is_some() => {
             return Err(ConfigError::ModulesWithoutExec)
@@ -834,12 +831,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             disks,
             rng,
             net,
+            shares,
             console,
             test_pci_device,
             pc_testdev,
             verbosity,
             runner,
-            shares,
             exec,
         }),
         sandbox,
@@ -1258,6 +1255,41 @@ mod tests {
             parse_args(args(&["--kernel", "k", "--net", "fd=x"])),
             Err(ConfigError::BadNet(..))
         ));
+    }
+
+    #[test]
+    fn shares_repeat_in_order_with_their_tags() {
+        let vm = run(&[
+            "--kernel",
+            "k",
+            "--share",
+            "/srv/a",
+            "--share=/srv/b:rw",
+            "--share",
+            "rel:ro",
+        ]);
+        let got: Vec<(&str, bool, &str)> = vm
+            .shares
+            .iter()
+            .map(|s| (s.path.to_str().unwrap(), s.read_only, s.tag.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/srv/a", true, "share0"),
+                ("/srv/b", false, "share1"),
+                ("rel", true, "share2")
+            ]
+        );
+        assert!(run(&["--kernel", "k"]).shares.is_empty());
+        assert!(matches!(
+            parse_args(args(&["--kernel", "k", "--share", ":rw"])),
+            Err(ConfigError::BadShare(..))
+        ));
+        assert_eq!(
+            parse_args(args(&["--kernel", "k", "--share"])),
+            Err(ConfigError::MissingValue("--share".into()))
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The virtio device flags' values: `--net`.
+//! The virtio device flags' values: `--net`, `--share`.
+
+use std::path::PathBuf;
 
 use devices::virtio::net::MacAddr;
 
@@ -64,9 +66,78 @@ impl NetConfig {
     }
 }
 
+/// One `--share`: a host directory the guest mounts over virtio-9p by its tag
+/// (`mount -t 9p -o trans=virtio,version=9p2000.L share0 /mnt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The host directory, as given (checked to be a directory before the VM is built).
+    pub path: PathBuf,
+    /// `:ro` (the default): the guest cannot change anything in it; `:rw`: it can.
+    pub read_only: bool,
+    /// The mount tag: `share0`, `share1`, … in command-line order.
+    pub tag: String,
+}
+
+impl ShareConfig {
+    /// The syntax of `--share`, for help and error messages.
+    pub const SYNTAX: &'static str = "HOSTDIR[:ro|:rw]";
+
+    /// Parses the `index`-th `--share` value (0 for the first): `HOSTDIR`, `HOSTDIR:ro` or
+    /// `HOSTDIR:rw`. A path that itself ends in `:ro` or `:rw` needs the suffix given too.
+    pub fn parse(s: &str, index: usize) -> Result<ShareConfig, ConfigError> {
+        let (path, read_only) = match s.rsplit_once(':') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            _ => (s, true),
+        };
+        if path.is_empty() {
+            return Err(ConfigError::BadShare(
+                s.to_string(),
+                "no directory given".into(),
+            ));
+        }
+        Ok(ShareConfig {
+            path: PathBuf::from(path),
+            read_only,
+            tag: format!("share{index}"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_syntax() {
+        let p = |s: &str| ShareConfig::parse(s, 2).unwrap();
+        assert_eq!(
+            p("/srv/data"),
+            ShareConfig {
+                path: "/srv/data".into(),
+                read_only: true,
+                tag: "share2".into()
+            }
+        );
+        assert!(p("/srv/data:ro").read_only);
+        let rw = p("/srv/data:rw");
+        assert!(!rw.read_only);
+        assert_eq!(rw.path, PathBuf::from("/srv/data"));
+        // Only the last `:` counts, and only before ro or rw.
+        assert_eq!(p("/a:b").path, PathBuf::from("/a:b"));
+        assert_eq!(p("/a:rw:ro").path, PathBuf::from("/a:rw"));
+        assert_eq!(p("rel/dir:rwx").path, PathBuf::from("rel/dir:rwx"));
+        for bad in ["", ":ro", ":rw"] {
+            let e = ShareConfig::parse(bad, 0).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid --share '{bad}': no directory given (syntax: {})",
+                    ShareConfig::SYNTAX
+                )
+            );
+        }
+    }
 
     #[test]
     fn net_syntax() {

@@ -194,7 +194,9 @@ pub fn initramfs(
     let mut lines = String::new();
     for s in shares {
         let mode = if s.read_only { "ro" } else { "rw" };
-        lines.push_str(&format!("{} {mode} {}\n", s.tag, s.path.display()));
+        // Mounted at the same path in the guest: absolute, without symbolic links.
+        let path = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+        lines.push_str(&format!("{} {mode} {}\n", s.tag, path.display()));
     }
     a.file("vfiovm/shares", 0o644, lines.as_bytes());
 

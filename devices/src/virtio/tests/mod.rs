@@ -25,6 +25,7 @@ mod blk_queue;
 mod console;
 mod hostile;
 mod net;
+mod p9;
 mod platform;
 mod rng;
 mod transport;
