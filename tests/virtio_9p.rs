@@ -131,6 +131,17 @@ fn bad_share_paths_are_refused_with_the_fix() {
         assert!(o.stderr.starts_with(&want), "{o:#?}");
         assert!(!o.stdout.contains("action:"), "the guest ran: {o:#?}");
     }
+    // The host's root read-write holds /proc (and with it vfiovm's own memory): refused; the
+    // same read-only is fine.
+    let o = run(&["--kernel", &kernel, "--share", "/:rw"]);
+    o.expect_status(2).expect_clean_stderr(1);
+    assert!(
+        o.stderr
+            .starts_with("vfiovm: error: --share /:rw: /proc (proc) is mounted inside it"),
+        "{o:#?}"
+    );
+    let o = run(&["--kernel", &kernel, "--share", "/", "--cmdline", "action=exit:0"]);
+    o.expect_status(1);
     let o = run(&["--kernel", &kernel, "--share", ":rw"]);
     o.expect_status(2).expect_clean_stderr(1);
     assert!(

@@ -54,11 +54,81 @@ pub enum ShareError {
     /// It exists but cannot be opened or listed.
     #[error("--share {0}: cannot open it: {1} (give vfiovm's user read and search permission on it, and search permission on every directory above it)")]
     Open(PathBuf, #[source] std::io::Error),
+    /// A writable share with a kernel file system (proc, sysfs, devtmpfs…) mounted inside it.
+    #[error("--share {0}:rw: {1} ({2}) is mounted inside it, and a guest that may write there could change the host kernel's settings or vfiovm's own memory (/proc/PID/mem): share it read-only, and read-write only the directories the command writes")]
+    KernelFsInside(PathBuf, String, String),
+}
+
+/// File systems a writable share must not contain: writing into them reaches the host kernel
+/// or a process's memory, not files.
+const KERNEL_FS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "configfs",
+    "cgroup",
+    "cgroup2",
+    "bpf",
+    "efivarfs",
+    "fusectl",
+    "pstore",
+    "binfmt_misc",
+    "mqueue",
+];
+
+/// The mount points in `mountinfo` (the text of /proc/self/mountinfo) at or below `dir` whose
+/// file system is one of [`KERNEL_FS`], with the file system's type.
+fn kernel_fs_under(mountinfo: &str, dir: &Path) -> Option<(String, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, rest) = line.split_once(" - ")?;
+        let point = unescape_mount(mount.split(' ').nth(4)?);
+        let fstype = rest.split(' ').next()?;
+        (KERNEL_FS.contains(&fstype) && Path::new(&point).starts_with(dir))
+            .then(|| (point, fstype.to_string()))
+    })
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a blank) undone.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let esc = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match esc {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks every `--share` of `config`: an existing directory vfiovm can open and list.
 pub fn check_shares(config: &VmConfig) -> Result<(), ShareError> {
-    config.shares.iter().try_for_each(|s| check_share(&s.path))
+    config.shares.iter().try_for_each(|s| {
+        check_share(&s.path)?;
+        if !s.read_only {
+            let dir =
+                std::fs::canonicalize(&s.path).map_err(|e| ShareError::Open(s.path.clone(), e))?;
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            if let Some((point, fstype)) = kernel_fs_under(&info, &dir) {
+                return Err(ShareError::KernelFsInside(s.path.clone(), point, fstype));
+            }
+        }
+        Ok(())
+    })
 }
 
 fn check_share(path: &Path) -> Result<(), ShareError> {
@@ -206,6 +276,36 @@ fn open_net(net: &NetConfig) -> Result<(Tap, MacAddr), PlatformError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writable_shares_must_not_hold_kernel_file_systems() {
+        let info = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                    25 1 0:5 / /dev rw - devtmpfs udev rw\n\
+                    30 1 8:1 / /srv/my\\040dir rw - ext4 /dev/sda1 rw\n\
+                    31 30 0:40 / /srv/my\\040dir/sys rw - sysfs sysfs rw\n\
+                    40 1 0:41 / /home rw - ext4 /dev/sda2 rw\n";
+        assert_eq!(
+            kernel_fs_under(info, Path::new("/")),
+            Some(("/proc".into(), "proc".into()))
+        );
+        assert_eq!(
+            kernel_fs_under(info, Path::new("/srv/my dir")),
+            Some(("/srv/my dir/sys".into(), "sysfs".into()))
+        );
+        assert_eq!(kernel_fs_under(info, Path::new("/home")), None);
+        assert_eq!(
+            kernel_fs_under(info, Path::new("/pro")),
+            None,
+            "a prefix is not a parent"
+        );
+        assert_eq!(kernel_fs_under(info, Path::new("/dev/shm")), None);
+        let e = ShareError::KernelFsInside("/".into(), "/proc".into(), "proc".into());
+        assert!(
+            e.to_string()
+                .starts_with("--share /:rw: /proc (proc) is mounted inside it"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn share_errors_name_the_path_and_the_fix() {
