@@ -15,8 +15,9 @@ if [ -z "$nvme" ] || [ ! -f linux-std/vmlinuz ] || [ -z "$rel" ]; then
 else
 	to_vfio "$nvme" exec-loop
 	mkdir -p /lib/modules && ln -sfn "$PWD/linux-std/modules/$rel" "/lib/modules/$rel"
-	# The guest's command (busybox sh of L1's root): $1 = this run, $2 = the previous run (0: none).
-	cat >/tmp/exec-loop.sh <<'EOF'
+	# The guest's command (busybox sh of L1's root; not under /tmp, which is a tmpfs of the
+	# guest's own): $1 = this run, $2 = the previous run (0: none).
+	cat >"$PWD/exec-loop.sh" <<'EOF'
 run=$1 prev=$2
 dev=
 for f in /sys/bus/pci/devices/*; do
@@ -44,7 +45,7 @@ EOF
 	t0=$(cut -d' ' -f1 /proc/uptime)
 	while [ $i -le "$loops" ]; do
 		timeout -s TERM "${VFIOVM_TMO:-120}" ./vfiovm --kernel linux-std/vmlinuz --memory 256M --device "$nvme" \
-			--timeout 100 --verdict "/tmp/loop.json" --exec "sh /tmp/exec-loop.sh $i $((i - 1))" \
+			--timeout 100 --verdict "/tmp/loop.json" --exec "sh $PWD/exec-loop.sh $i $((i - 1))" \
 			>out.exec-loop 2>err.exec-loop </dev/null
 		rc=$?
 		if [ $rc = 0 ] && grep -q "loop: run $i ok" out.exec-loop; then
