@@ -29,7 +29,11 @@ cc=$(/test/nvmeio peek "$dev/resource0" 0x14 1 | sed -n 's/.* first=\(0x[0-9a-f]
 echo "loop: run $run cc=$cc"
 [ "$cc" = 0x00000000 ] || { echo "loop: the controller was not reset (CC=$cc)"; exit 11; }
 echo 0 >"$dev/enable"
-modprobe nvme || { echo "loop: modprobe nvme failed"; exit 12; }
+# the CRC algorithms t10-pi asks the crypto API for first: the kernel's own request_module runs
+# /sbin/modprobe in the initramfs, which has none
+for m in crct10dif_generic crc64_rocksoft_generic nvme; do
+	modprobe $m || { echo "loop: modprobe $m failed"; exit 12; }
+done
 i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 [ -b /dev/nvme0n1 ] || { echo "loop: no /dev/nvme0n1"; exit 13; }
