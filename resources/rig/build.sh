@@ -24,6 +24,8 @@ FLAVOUR=${RIG_FLAVOUR:-cloud}
 # setup (a device bound to a non-VFIO driver makes its IOMMU group non-viable), loaded only on request;
 # tun for the virtio-net check (the tap vfiovm's --net attaches to), loaded by that check.
 MODULES="vfio vfio_iommu_type1 vfio_pci kvm kvm_amd kvm_intel virtio_pci tun"
+# The standard flavour also has igb, the PF driver of checks/56-sriov-host.sh (loaded by that check).
+[ "${RIG_FLAVOUR:-cloud}" != std ] || MODULES+=" igb"
 
 log() { echo "rig-build: $*" >&2; }
 die() { log "FAILED at step $1: ${*:2}"; exit 1; }

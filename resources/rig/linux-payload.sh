@@ -68,8 +68,9 @@ rm -rf "$ir" "$dir/linux/bb"
 cp "$kernel" "$dir/linux/vmlinuz"
 # DIR/linux-std: the standard-flavour Debian kernel for checks/62-exec.sh (--exec mounts 9p shares;
 # the cloud kernel has no 9p) and, under modules/RELEASE, the modules --exec packs for it
-# (virtio, virtio-console, 9p and what they need) and nvme with its checksum modules
-# (checks/63-exec-loop.sh loads them), with a modules.dep made for just those.
+# (virtio, virtio-console, 9p and what they need), nvme with its checksum modules
+# (checks/63-exec-loop.sh loads them) and igbvf (checks/56-sriov-host.sh), with a modules.dep
+# made for just those.
 std=${RIG_STD_KPKG:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')}
 if [ -z "$std" ]; then
 	# offline: the newest standard-flavour kernel already cached
@@ -92,7 +93,8 @@ dpkg-deb --fsys-tarfile "$sdeb" | tar -x -C "$sx" --wildcards "./boot/vmlinuz-$s
 	"./lib/modules/$srel/kernel/fs/netfs/*" "./lib/modules/$srel/kernel/fs/fscache/*" \
 	"./lib/modules/$srel/kernel/drivers/nvme/host/*" "./lib/modules/$srel/kernel/block/t10-pi.ko*" \
 	"./lib/modules/$srel/kernel/lib/crc-t10dif.ko*" "./lib/modules/$srel/kernel/lib/crc64*" \
-	"./lib/modules/$srel/kernel/crypto/crct10dif*" "./lib/modules/$srel/kernel/crypto/crc64_rocksoft*"
+	"./lib/modules/$srel/kernel/crypto/crct10dif*" "./lib/modules/$srel/kernel/crypto/crc64_rocksoft*" \
+	"./lib/modules/$srel/kernel/drivers/net/ethernet/intel/igbvf/*"
 depmod -b "$sx" "$srel"
 mkdir -p "$dir/linux-std/modules"
 mv "$sx/boot/vmlinuz-$srel" "$dir/linux-std/vmlinuz"
