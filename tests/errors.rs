@@ -852,6 +852,7 @@ fn rig_has_check(name: &str) -> bool {
                 let t = l.trim_start();
                 t.starts_with(&format!("expect_error {name} "))
                     || t.starts_with(&format!("expect {name} "))
+                    || t.starts_with(&format!("init_fails {name} "))
                     || t.contains(&format!("ok \"{name} ("))
             })
         })

@@ -49,25 +49,22 @@ else
 		grep -q '"boot_ms": *[0-9]' /tmp/exec.json && ok "exec-verdict" ||
 		bad "exec: the verdict does not say command-exited, status 7 with a boot time"
 
-	# The same kernel without its 9p module: the init names the options.
+	# A kernel without what the init needs: status 118 and the options named on stderr.
+	init_fails() { # <check-name> <kernel option the init must name> vfiovm args...
+		_n=$1 _opt=$2
+		shift 2
+		timeout -s TERM "${VFIOVM_TMO:-180}" ./vfiovm --memory 256M --exec true "$@" >"out.$_n" 2>"err.$_n" </dev/null
+		_rc=$?
+		sed "s/^/  [$_n] stderr: /" "err.$_n"
+		if [ $_rc = 118 ] && grep -q "$_opt" "err.$_n"; then
+			ok "$_n (status 118, the kernel options named)"
+		else
+			bad "$_n: status $_rc (want 118) or no $_opt on stderr"
+		fi
+	}
+	# the same kernel without its 9p module
 	rm -rf /tmp/no9p && cp -a "linux-std/modules/$rel" /tmp/no9p && grep -v '^kernel/fs/9p/' "linux-std/modules/$rel/modules.dep" >/tmp/no9p/modules.dep
-	timeout -s TERM "${VFIOVM_TMO:-180}" ./vfiovm --kernel linux-std/vmlinuz --memory 256M --modules /tmp/no9p \
-		--exec true >out.exec-no9p 2>err.exec-no9p </dev/null
-	rc=$?
-	sed 's/^/  [exec-no9p] stderr: /' err.exec-no9p
-	if [ $rc = 118 ] && grep -q "CONFIG_9P_FS" err.exec-no9p; then
-		ok "exec-no9p (status 118, the kernel options named)"
-	else
-		bad "exec-no9p: status $rc (want 118) or no CONFIG_9P_FS on stderr"
-	fi
-	# The cloud kernel: no virtio-console module among L1's.
-	timeout -s TERM "${VFIOVM_TMO:-180}" ./vfiovm --kernel linux/vmlinuz --memory 256M --exec true \
-		>out.exec-cloud 2>err.exec-cloud </dev/null
-	rc=$?
-	sed 's/^/  [exec-cloud] stderr: /' err.exec-cloud
-	if [ $rc = 118 ] && grep -q "CONFIG_VIRTIO_CONSOLE" err.exec-cloud; then
-		ok "exec-cloud-kernel (status 118, the kernel options named)"
-	else
-		bad "exec-cloud-kernel: status $rc (want 118) or no CONFIG_VIRTIO_CONSOLE on stderr"
-	fi
+	init_fails exec-no9p CONFIG_9P_FS --kernel linux-std/vmlinuz --modules /tmp/no9p
+	# the cloud kernel: no virtio-console module among L1's
+	init_fails exec-cloud-kernel CONFIG_VIRTIO_CONSOLE --kernel linux/vmlinuz
 fi
