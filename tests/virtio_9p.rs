@@ -157,3 +157,59 @@ fn bad_share_paths_are_refused_with_the_fix() {
         "{o:#?}"
     );
 }
+
+/// With a share, the soft limit on open files goes up to what the 9p server may hold (16384 fids
+/// a share, plus 1024), within the hard limit.
+#[test]
+fn a_share_raises_the_open_file_limit() {
+    let kernel = guest("pvh_probe");
+    let dir = Dir::new("nofile");
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let hard = lim.rlim_max;
+    let o = common::run_cmd(
+        std::process::Command::new("prlimit").args([
+            &format!("--nofile=256:{hard}"),
+            common::vfiovm_bin().to_str().unwrap(),
+            "-v",
+            "--kernel",
+            &kernel,
+            "--share",
+            dir.0.to_str().unwrap(),
+            "--cmdline",
+            "action=exit:0",
+        ]),
+        None,
+        std::time::Duration::from_secs(30),
+    );
+    o.expect_status(1);
+    // As root the hard limit goes up too, to at most fs.nr_open.
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: geteuid only returns the effective user ID.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reachable = if root {
+        hard.max(nr_open.min(1 << 20))
+    } else {
+        hard
+    };
+    if reachable >= 17408 {
+        assert!(
+            o.stderr.contains("--share: open-file limit 17408"),
+            "{o:#?}"
+        );
+    } else {
+        assert!(
+            o.stderr
+                .contains(&format!("--share: vfiovm may open {reachable} files")),
+            "{o:#?}"
+        );
+    }
+}

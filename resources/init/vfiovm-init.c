@@ -206,7 +206,7 @@ static void mount_share(const char *tag, const char *mode, const char *path)
 	unsigned long flags = strcmp(mode, "ro") == 0 ? MS_RDONLY : 0;
 	/* msize: what vfiovm's 9p server offers (docs/devices.md); the kernel takes less if its
 	 * transport cannot. */
-	if (mount(tag, where, "9p", flags, "trans=virtio,version=9p2000.L,msize=512000,cache=loose,access=client") != 0)
+	if (mount(tag, where, "9p", flags, "trans=virtio,version=9p2000.L,msize=512000,cache=mmap,access=client") != 0)
 		fail("mounting share %s (%s) at %s: %s", tag, path, where, strerror(errno));
 }
 

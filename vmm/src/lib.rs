@@ -116,6 +116,7 @@ pub fn run_main<I: IntoIterator<Item = String>>(args: I) -> i32 {
             };
         }
     }
+    virtio::raise_fd_limit_for_shares(&config);
     let t0 = Instant::now();
     let mut vm = match vm::Vm::build(&config) {
         Ok(vm) => vm,

@@ -115,6 +115,51 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// With a `--share`, raises the soft limit on open files to the hard one (as root, the hard one
+/// too, up to `fs.nr_open` or 2^20): the 9p server holds a host descriptor for every file and
+/// directory the guest has open or walked to, up to [`devices::virtio::p9::MAX_FIDS`] a share,
+/// and the usual soft limit of 1024 is below that. Returns the soft limit now in force.
+pub fn raise_fd_limit_for_shares(config: &VmConfig) -> Option<u64> {
+    if config.shares.is_empty() {
+        return None;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, a live exclusive reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let want = (devices::virtio::p9::MAX_FIDS * config.shares.len() + 1024) as u64;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    let mut new = lim;
+    new.rlim_cur = lim.rlim_max.min(want.max(lim.rlim_cur));
+    // SAFETY: geteuid only returns the calling process's effective user ID.
+    if unsafe { libc::geteuid() } == 0 && lim.rlim_max < want {
+        new.rlim_max = want.min(nr_open.min(1 << 20)).max(lim.rlim_max);
+        new.rlim_cur = new.rlim_max.min(want);
+    }
+    if new.rlim_cur > lim.rlim_cur || new.rlim_max != lim.rlim_max {
+        // SAFETY: setrlimit reads one rlimit from `new`, a live reference.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            lim = new;
+        }
+    }
+    if lim.rlim_cur < want {
+        log::warn!(
+            "--share: vfiovm may open {} files, fewer than the {want} a guest may hold open through its shares; a guest walking large trees may get EMFILE (raise `ulimit -n`)",
+            lim.rlim_cur
+        );
+    } else {
+        log::info!("--share: open-file limit {}", lim.rlim_cur);
+    }
+    Some(lim.rlim_cur)
+}
+
 /// Checks every `--share` of `config`: an existing directory vfiovm can open and list.
 pub fn check_shares(config: &VmConfig) -> Result<(), ShareError> {
     config.shares.iter().try_for_each(|s| {
