@@ -233,7 +233,7 @@ pub mod test_util {
             };
             let mut queues = Queues::new(&mut rings, n);
             handler.ready(why, &mut queues);
-            let (completed, error) = queues.finish();
+            let (completed, _spent, error) = queues.finish();
             if let Some(e) = error {
                 return Err(e);
             }
@@ -334,7 +334,9 @@ pub mod test_util {
             handler: &mut dyn QueueHandler,
             why: Ready,
         ) -> (Vec<usize>, Option<String>) {
-            super::worker::ready_queues(mem, &mut self.queues, handler, why)
+            let (signal, _more, error) =
+                super::worker::ready_queues(mem, &mut self.queues, handler, why);
+            (signal, error)
         }
 
         /// Queue `index`'s next available-ring index (0 when not enabled).

@@ -64,8 +64,18 @@ pub(crate) trait RingOps<'r> {
 pub struct Queues<'a, 'r> {
     ops: &'a mut dyn RingOps<'r>,
     completed: Vec<bool>,
+    /// Chains each queue may still give out in this call ([`POP_BUDGET`]).
+    budget: Vec<usize>,
     error: Option<ServeError>,
 }
+
+/// Chains one queue gives out in one [`QueueHandler::ready`](super::QueueHandler::ready)
+/// call. Past it, [`Queues::pop`] finds the ring empty and [`Queues::enable_notification`]
+/// reports nothing new, and the I/O thread comes back for the rest through its event loop: a
+/// driver whose used ring lies over its own available index (every completion then looks like
+/// a new request), or one that keeps adding from another vCPU, cannot keep the thread from a
+/// stop or a reset.
+pub const POP_BUDGET: usize = 1024;
 
 impl std::fmt::Debug for Queues<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +90,7 @@ impl<'a, 'r> Queues<'a, 'r> {
         Queues {
             ops,
             completed: vec![false; queues],
+            budget: vec![POP_BUDGET; queues],
             error: None,
         }
     }
@@ -99,6 +110,11 @@ impl<'a, 'r> Queues<'a, 'r> {
     pub fn pop(&mut self, q: u16) -> Result<Option<Chain<'r>>, RingFault> {
         if self.error.is_some() {
             return Err(RingFault);
+        }
+        match self.budget.get_mut(usize::from(q)) {
+            Some(0) => return Ok(None),
+            Some(b) => *b -= 1,
+            None => {}
         }
         let r = self.ops.pop(q);
         self.check(r)
@@ -128,6 +144,10 @@ impl<'a, 'r> Queues<'a, 'r> {
     pub fn enable_notification(&mut self, q: u16) -> Result<bool, RingFault> {
         if self.error.is_some() {
             return Err(RingFault);
+        }
+        if self.budget.get(usize::from(q)) == Some(&0) {
+            // Notifications stay off; the I/O thread comes back (see [`POP_BUDGET`]).
+            return Ok(false);
         }
         let r = self.ops.enable_notification(q);
         self.check(r)
@@ -163,8 +183,10 @@ impl<'a, 'r> Queues<'a, 'r> {
     }
 
     /// The queues with completions, and the first ring error (worker side).
-    pub(crate) fn finish(self) -> (Vec<bool>, Option<ServeError>) {
-        (self.completed, self.error)
+    /// Per queue: whether a chain was completed, and whether its budget ran out; the error.
+    pub(crate) fn finish(self) -> (Vec<bool>, Vec<bool>, Option<ServeError>) {
+        let spent = self.budget.iter().map(|&b| b == 0).collect();
+        (self.completed, spent, self.error)
     }
 }
 

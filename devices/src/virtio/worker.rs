@@ -248,9 +248,16 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return;
         }
-        let (signal, error) = ready_queues(&self.mem, &mut self.queues, self.handler.as_mut(), why);
+        let (signal, more, error) =
+            ready_queues(&self.mem, &mut self.queues, self.handler.as_mut(), why);
         for q in signal {
             lock(&self.irq).signal_queue(q);
+        }
+        // Queues that gave out their whole budget: back through epoll for the rest.
+        for q in more {
+            if let Some(fd) = self.notify.get(q) {
+                let _ = fd.write(1);
+            }
         }
         if let Some(e) = error {
             self.fault(format_args!("{e}"));
@@ -269,15 +276,30 @@ impl<M: GuestMemory + Send + Sync + 'static> Worker<M> {
             return;
         };
         let r = serve_queue(mem, queue, q as u16, handler.as_mut());
+        let more = r.is_ok() && has_pending(mem, queue);
         match r {
             Ok(notify) => {
                 if notify {
                     lock(&self.irq).signal_queue(q);
                 }
+                if more {
+                    // Back through epoll for the rest, so a stop in between is seen.
+                    if let Some(fd) = self.notify.get(q) {
+                        let _ = fd.write(1);
+                    }
+                }
             }
             Err(e) => self.fault(format_args!("queue {q}: {e}")),
         }
     }
+}
+
+/// Whether `queue`'s available ring holds chains not yet taken (what [`serve_queue`] leaves
+/// when its budget runs out).
+pub(crate) fn has_pending<M: GuestMemory>(mem: &M, queue: &Queue) -> bool {
+    queue
+        .avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|a| a != Wrapping(queue.next_avail()))
 }
 
 /// A queue as the driver programmed it, checked as at DRIVER_OK: a power-of-two size up to
@@ -325,15 +347,21 @@ pub(crate) fn ready_queues<M: GuestMemory + Send + Sync>(
     queues: &mut [Option<Queue>],
     handler: &mut dyn QueueHandler,
     why: Ready,
-) -> (Vec<usize>, Option<String>) {
+) -> (Vec<usize>, Vec<usize>, Option<String>) {
     let mut rings = Rings { mem, queues };
     let nq = rings.queues.len();
     let mut lent = Queues::new(&mut rings, nq);
     handler.ready(why, &mut lent);
-    let (completed, error) = lent.finish();
+    let (completed, spent, error) = lent.finish();
     if let Some(e) = error {
-        return (Vec::new(), Some(e.to_string()));
+        return (Vec::new(), Vec::new(), Some(e.to_string()));
     }
+    let more: Vec<usize> = spent
+        .iter()
+        .enumerate()
+        .filter(|&(_, &s)| s)
+        .map(|(q, _)| q)
+        .collect();
     let mut signal = Vec::new();
     let mut error = None;
     for (q, done) in completed.into_iter().enumerate() {
@@ -348,7 +376,7 @@ pub(crate) fn ready_queues<M: GuestMemory + Send + Sync>(
             }
         }
     }
-    (signal, error)
+    (signal, more, error)
 }
 
 /// Why serving a queue stopped for good.
@@ -384,9 +412,18 @@ pub(crate) fn serve_queue<M: GuestMemory + Send + Sync>(
 ) -> Result<bool, ServeError> {
     let ram: &dyn GuestRam = mem;
     let mut completed = false;
+    // At most two rings' worth per call: a driver whose used ring lies over its own available
+    // index makes every completion look like a new request, and one that keeps adding from
+    // another vCPU never lets the ring run dry; either would keep this thread from ever seeing
+    // a stop or a reset. The caller comes back for the rest ([`has_pending`]).
+    let mut budget = 2 * usize::from(queue.size());
     loop {
         queue.disable_notification(mem).map_err(ServeError::Ring)?;
         loop {
+            if budget == 0 {
+                return Ok(completed && queue.needs_notification(mem).map_err(ServeError::Ring)?);
+            }
+            budget -= 1;
             let avail = queue
                 .avail_idx(mem, Ordering::Acquire)
                 .map_err(ServeError::Ring)?;

@@ -329,3 +329,94 @@ fn register_noise_does_not_panic() {
     d.bring_up(f, &[16]);
     assert_eq!(d.blk(T_IN, 0, &[], 512).0, S_OK);
 }
+
+/// A driver on another vCPU that publishes a new chain (head 0 again) each time one completes,
+/// as fast as the device goes: the available ring never runs dry.
+struct Republisher {
+    mem: Mem,
+    q: GuestQueue,
+    served: usize,
+    /// Serve the queue through [`crate::virtio::Queues`] instead of chain by chain.
+    own: bool,
+}
+
+impl Republisher {
+    fn republish(&mut self) {
+        let idx: u16 = self.mem.read_obj(GuestAddress(self.q.avail + 2)).unwrap();
+        let slot = u64::from(idx % self.q.size);
+        self.mem
+            .write_obj(0u16, GuestAddress(self.q.avail + 4 + 2 * slot))
+            .unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), GuestAddress(self.q.avail + 2))
+            .unwrap();
+        self.served += 1;
+    }
+}
+
+impl crate::virtio::QueueHandler for Republisher {
+    fn process(
+        &mut self,
+        _q: u16,
+        _chain: &mut crate::virtio::chain::Chain<'_>,
+    ) -> crate::virtio::Completion {
+        self.republish();
+        crate::virtio::Completion::Used(0)
+    }
+
+    fn serves_itself(&self, _q: u16) -> bool {
+        self.own
+    }
+
+    fn ready(&mut self, _why: crate::virtio::Ready, queues: &mut crate::virtio::Queues<'_, '_>) {
+        loop {
+            let Ok(Some(chain)) = queues.pop(0) else {
+                if queues.enable_notification(0) == Ok(true) {
+                    continue;
+                }
+                return;
+            };
+            self.republish();
+            if queues.add_used(0, chain.head(), 0).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One serve of a queue whose available ring never runs dry returns after a bounded number of
+/// chains (so the I/O thread gets back to its stop and reset events), chain by chain and for a
+/// handler serving its own queue alike.
+#[test]
+fn a_ring_that_never_runs_dry_is_served_a_budget_at_a_time() {
+    use crate::virtio::test_util::QueueRunner;
+    for own in [false, true] {
+        let mem = mem();
+        let q = GuestQueue::new(8, 0x10000);
+        q.write_desc(&mem, 0, 0x20_0000, 8, 2, 0);
+        let mut gq = GuestQueue::new(8, 0x10000);
+        gq.add(&mem, &[(0x20_0000, 8, true)]);
+        let mut runner = QueueRunner::new(&mem, 0, 8, 8, (q.desc, q.avail, q.used), false).unwrap();
+        let mut h = Republisher {
+            mem: mem.clone(),
+            q,
+            served: 0,
+            own,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = runner.serve(&mem, &mut h);
+            let _ = tx.send((r.is_ok(), h.served));
+        });
+        let (ok, served) = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the serve never returned");
+        assert!(ok, "own={own}");
+        let budget = if own {
+            crate::virtio::queues::POP_BUDGET
+        } else {
+            16
+        };
+        assert_eq!(served, budget, "own={own}");
+    }
+}
