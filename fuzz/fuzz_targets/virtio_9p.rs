@@ -408,9 +408,10 @@ fn layout(u: &mut Unstructured) -> Result<Layout> {
         avail: ring_addr(u, 0x3000, 2)?,
         used: ring_addr(u, 0x4000, 4)?,
     };
-    // A used ring over the available ring makes every completion move the available index, and
-    // the transport's serve loop (virtio::worker::serve_queue) then never ends: a known hang of
-    // the transport, not of this device, left out here so the target finds the device's bugs.
+    // A used ring over the available ring makes every completion move the available index: the
+    // transport serves such a ring a budget at a time (virtio::worker::serve_queue; tested in
+    // devices/src/virtio/tests/hostile.rs), which leaves chains pending after the last serve and
+    // breaks this target's accounting, so the layout is left out here.
     if overlap(l.avail_range(), l.used_range()) {
         (l.avail, l.used) = (0x3000, 0x4000);
     }
