@@ -321,6 +321,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 if addr == RUNNER + 0xc && sized && le(&d) <= 255 {
                     want.push(GuestExit::CommandExited(le(&d) as u8));
                 }
+                if addr == RUNNER + 0xc && sized && le(&d) == 0x100 {
+                    want.push(GuestExit::InitFailed);
+                }
                 let pvpanic = inside(addr, len, (PVPANIC, PVPANIC_PORT_LEN)) && len > 0;
                 if pvpanic && d[0] & 1 == 1 {
                     want.push(GuestExit::Panicked);
@@ -343,6 +346,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     match r {
                         GuestExit::DebugExit(_)
                         | GuestExit::CommandExited(_)
+                        | GuestExit::InitFailed
                         | GuestExit::Panicked => {}
                         GuestExit::Reset => {
                             assert!(i8042, "reset requested by a write at {addr:#x}")
@@ -362,6 +366,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                             r,
                             GuestExit::DebugExit(_)
                                 | GuestExit::CommandExited(_)
+                                | GuestExit::InitFailed
                                 | GuestExit::Panicked
                         )
                     })
