@@ -140,7 +140,14 @@ fn bad_share_paths_are_refused_with_the_fix() {
             .starts_with("vfiovm: error: --share /:rw: /proc (proc) is mounted inside it"),
         "{o:#?}"
     );
-    let o = run(&["--kernel", &kernel, "--share", "/", "--cmdline", "action=exit:0"]);
+    let o = run(&[
+        "--kernel",
+        &kernel,
+        "--share",
+        "/",
+        "--cmdline",
+        "action=exit:0",
+    ]);
     o.expect_status(1);
     let o = run(&["--kernel", &kernel, "--share", ":rw"]);
     o.expect_status(2).expect_clean_stderr(1);

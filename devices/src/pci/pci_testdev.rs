@@ -53,7 +53,9 @@
 //! QEMU's does; the drained signals are tallied on the host side only
 //! ([`PciTestDev::eventfd_hits`], and a debug log line when the test ends). A write that the
 //! eventfd would have taken but that reaches the device anyway (no registrar, or the binding
-//! was refused) signals the eventfd from here instead, so it does not count either way.
+//! was refused) signals the eventfd from here instead, so it does not count either way; the
+//! device tallies those apart ([`PciTestDev::exited_eventfd_writes`], the same log line), which
+//! is how a test tells "KVM took the write" from "the write exited".
 //!
 //! The eventfd is bound (through an [`IoEventRegistrar`]) only while its test runs, at the BAR's
 //! current address: moving the BAR or turning decoding off moves or drops the binding.
@@ -219,6 +221,8 @@ pub struct PciTestDev {
     count: u32,
     /// Eventfd signals drained since the current (or last) test started.
     hits: u64,
+    /// Of those, the ones this device gave for writes that exited to it.
+    exited_hits: u64,
     /// Where each BAR is mapped (from [`PciDevice::bar_moved`]).
     bases: [Option<u64>; 2],
     ioevents: Option<Arc<dyn IoEventRegistrar>>,
@@ -261,6 +265,7 @@ impl PciTestDev {
             current: None,
             count: 0,
             hits: 0,
+            exited_hits: 0,
             bases: [None; 2],
             ioevents,
             warned: false,
@@ -283,6 +288,12 @@ impl PciTestDev {
     pub fn eventfd_hits(&mut self) -> u64 {
         self.drain();
         self.hits
+    }
+
+    /// How many of [`PciTestDev::eventfd_hits`] this device signalled itself, for writes the
+    /// eventfd should have taken in KVM but that exited to the VMM (no binding in place).
+    pub fn exited_eventfd_writes(&self) -> u64 {
+        self.exited_hits
     }
 
     /// Adds what the current test's eventfd was signalled since the last drain to `hits`.
@@ -367,10 +378,12 @@ impl PciTestDev {
         let t = &self.tests[c.test];
         if t.eventfd.is_some() {
             log::debug!(
-                "pci-testdev: {} ended: COUNT {}, eventfd signalled {} times",
+                "pci-testdev: {} ended: COUNT {}, eventfd signalled {} times, {} of them by \
+                 writes that exited to the VMM",
                 t.name(),
                 self.count,
-                self.hits
+                self.hits,
+                self.exited_hits
             );
         } else {
             log::debug!("pci-testdev: {} ended: COUNT {}", t.name(), self.count);
@@ -387,6 +400,7 @@ impl PciTestDev {
         });
         self.drain();
         self.hits = 0;
+        self.exited_hits = 0;
         self.bind();
     }
 
@@ -429,7 +443,7 @@ impl PciTestDev {
 
     /// Whether a write of `data` at `offset` of `bar` is one the running test's eventfd takes;
     /// if so, signals the eventfd (what KVM does when the binding is in place).
-    fn eventfd_takes(&self, bar: usize, offset: u64, data: &[u8]) -> bool {
+    fn eventfd_takes(&mut self, bar: usize, offset: u64, data: &[u8]) -> bool {
         let Some(c) = self.current else {
             return false;
         };
@@ -448,6 +462,7 @@ impl PciTestDev {
         if let Err(e) = fd.write(1) {
             log::warn!("pci-testdev: signalling the eventfd: {e}");
         }
+        self.exited_hits = self.exited_hits.saturating_add(1);
         true
     }
 }

@@ -199,10 +199,11 @@ fn every_test_as_kvm_unit_tests_runs_it() {
             taken += u64::from(p.guest_write(via, offset, 1, data));
         }
         let count = p.read(via, HDR_COUNT, 4);
+        let exited = p.dev.lock().unwrap().exited_eventfd_writes();
         if n == 0 {
-            assert_eq!((taken, count, p.hits()), (0, 16, 0), "{name}");
+            assert_eq!((taken, count, p.hits(), exited), (0, 16, 0, 0), "{name}");
         } else {
-            assert_eq!((taken, count, p.hits()), (16, 0, 16), "{name}");
+            assert_eq!((taken, count, p.hits(), exited), (16, 0, 16, 0), "{name}");
         }
     }
     // Test 3 of a BAR does not exist: the test ends, nothing is bound, the header is gone.
@@ -359,6 +360,7 @@ fn refused_binding_falls_back_to_the_device() {
     }
     assert_eq!(p.read(Via::Io, HDR_COUNT, 4), 0);
     assert_eq!(p.hits(), 16);
+    assert_eq!(p.dev.lock().unwrap().exited_eventfd_writes(), 16);
     // And with no registrar at all.
     let p = Ptd::with_registrar(FakeIoEvents::new(), None);
     p.write(Via::Mem, HDR_TEST, 1, 1);
