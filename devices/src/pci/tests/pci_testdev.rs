@@ -243,13 +243,32 @@ fn eventfd_bindings_follow_the_running_test() {
     // Any value of 3 or more only ends the test.
     p.write(Via::Io, HDR_TEST, 1, 0xff);
     assert!(p.io.ports().is_empty());
-    // Removing the device unbinds the running test's eventfd.
+    // Removing the device unbinds the running test's eventfd (its BARs go away).
     p.write(Via::Mem, HDR_TEST, 1, 1);
     assert_eq!(p.io.addresses().len(), 1);
     drop(p.r.platform.remove_device(SLOT));
-    let Ptd { io, dev, .. } = p;
+    assert!(p.io.addresses().is_empty());
+}
+
+/// Dropping the platform unmaps the BARs, which unbinds; a device dropped while it still
+/// believes a BAR mapped (never on a platform, as an embedder might hold it) unbinds itself.
+#[test]
+fn dropping_unbinds() {
+    let p = Ptd::new();
+    p.write(Via::Io, HDR_TEST, 1, 2);
+    assert_eq!(p.io.ports().len(), 1);
+    let Ptd { r, io, dev } = p;
+    drop(r);
+    assert!(io.ports().is_empty());
     drop(dev);
-    assert!(io.addresses().is_empty());
+
+    let io = FakeIoEvents::new();
+    let mut d = PciTestDev::new(Some(Arc::new(io.clone()))).unwrap();
+    d.bar_moved(IO_BAR, None, Some(0x7000));
+    d.bar_write(IO_BAR, HDR_TEST, &[1]);
+    assert_eq!(io.ports(), [0x7084]);
+    drop(d);
+    assert!(io.ports().is_empty());
 }
 
 /// What QEMU counts when a write reaches the device: bytes at OFFSET, of DATA unless the test
