@@ -1,4 +1,4 @@
-//! QEMU's `pci-testdev` (`--pci-testdev`) from inside a guest: the multiboot `pci_testdev_probe`
+//! QEMU's `pci-testdev` (`--pci-testdev`) from inside a guest: the multiboot `mb_pci_testdev`
 //! guest finds 1b36:0005 through 0xCF8 as kvm-unit-tests does, runs every test of both BARs the
 //! way kvm-unit-tests' `lib/pci-testdev.c` runs them (16 writes of DATA at OFFSET, COUNT read
 //! back) on this host's KVM, and probes what a write the eventfd does not take counts. The
@@ -17,7 +17,7 @@ use devices::pci::pci_testdev::{
 const STATUS_OK: i32 = 1;
 
 fn probe(extra: &[&str]) -> Outcome {
-    let g = guest("pci_testdev_probe");
+    let g = guest("mb_pci_testdev");
     let mut args = vec![
         "--kernel",
         g.as_str(),

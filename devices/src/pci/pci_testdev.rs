@@ -206,10 +206,10 @@ struct Current {
 #[derive(Debug, thiserror::Error)]
 pub enum PciTestDevError {
     /// Laying out the config space failed.
-    #[error("pci-testdev config space: {0}")]
+    #[error("its config space: {0}")]
     Config(#[from] ConfigError),
     /// An eventfd could not be created.
-    #[error("pci-testdev: cannot create an eventfd: {0}")]
+    #[error("cannot create an eventfd for its tests: {0}")]
     EventFd(#[source] std::io::Error),
 }
 

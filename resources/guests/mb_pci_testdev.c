@@ -1,4 +1,4 @@
-/* pci_testdev_probe - a multiboot guest, shaped like kvm-unit-tests' x86 images, that drives QEMU's
+/* mb_pci_testdev - a multiboot guest, shaped like kvm-unit-tests' x86 images, that drives QEMU's
  * pci-testdev (1b36:0005, vfiovm's --pci-testdev) the way kvm-unit-tests does: it finds the
  * device through ports 0xCF8/0xCFC, takes the BARs as the VMM placed them (no firmware: vfiovm
  * places them and turns decoding on, as SeaBIOS does under QEMU), then for each BAR runs every
@@ -177,7 +177,7 @@ static void pci_testdev(void)
 
 void guest_main(const struct rt_boot *boot)
 {
-    rt_printf("guest: pci_testdev_probe\n");
+    rt_printf("guest: mb_pci_testdev\n");
     pci_testdev();
     acpi_scan(&acpi, 0, false);
     rt_action_from_cmdline(boot, &acpi);
