@@ -5,6 +5,9 @@
  * test as lib/pci-testdev.c's pci_testdev_one does: select test n, COUNT must read 0, WIDTH
  * 1/2/4, DATA and OFFSET read as dwords, 16 writes of DATA at OFFSET of WIDTH, COUNT read back;
  * a test whose header does not look like one ends the BAR's run. One "ptd: ..." line per test.
+ * Before that it finds the device again as kvm-unit-tests' lib/x86/asm/pci.h does (register 2 in
+ * CONFIG_ADDRESS, a word at 0xCFC) and sizes both BARs with decoding on as its pci_dev_init does:
+ *   ptd: kvm-unit-tests find=yes|no bar0-mask=0x... bar1-mask=0x...
  *
  * Then a few probes of what QEMU's device counts when a write does reach it (a write of another
  * width or value than an eventfd test's binding takes):
@@ -144,6 +147,36 @@ static void probes(const struct bar *mem, const struct bar *io)
               rd32(io, HDR_OFFSET));
 }
 
+/* kvm-unit-tests' lib/x86/asm/pci.h way: CONFIG_ADDRESS with the register's low bits (2 for the
+ * device ID) and a word read at 0xCFC, which QEMU answers from the register written. */
+static uint16_t kut_config_readw(uint16_t bdf, uint8_t reg)
+{
+    outl(0xcf8, 0x80000000u | ((uint32_t)bdf << 8) | reg);
+    return inw(0xcfc);
+}
+
+static bool kut_find(uint16_t *bdf)
+{
+    for (unsigned f = 0; f < 256; f++) {
+        if (kut_config_readw((uint16_t)f, 0) == PTD_VENDOR &&
+            kut_config_readw((uint16_t)f, 2) == PTD_DEVICE) {
+            *bdf = (uint16_t)f;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* kvm-unit-tests' pci_dev_init sizes every BAR with decoding left on: all ones, read, restore. */
+static uint32_t kut_bar_mask(uint16_t bdf, uint16_t off)
+{
+    uint32_t orig = pci_cf8_read(bdf, off, 4);
+    pci_cf8_write(bdf, off, 4, 0xffffffffu);
+    uint32_t mask = pci_cf8_read(bdf, off, 4);
+    pci_cf8_write(bdf, off, 4, orig);
+    return mask;
+}
+
 static void pci_testdev(void)
 {
     uint16_t bdf = 0;
@@ -159,6 +192,12 @@ static void pci_testdev(void)
         rt_printf("ptd: no pci-testdev\n");
         return;
     }
+    uint16_t kut_bdf = 0;
+    bool kut = kut_find(&kut_bdf) && kut_bdf == bdf;
+    uint32_t mask0 = kut_bar_mask(bdf, PCI_BAR0);
+    uint32_t mask1 = kut_bar_mask(bdf, PCI_BAR1);
+    rt_printf("ptd: kvm-unit-tests find=%s bar0-mask=0x%x bar1-mask=0x%x\n", kut ? "yes" : "no",
+              mask0, mask1);
     uint32_t bar0 = pci_cf8_read(bdf, PCI_BAR0, 4);
     uint32_t bar1 = pci_cf8_read(bdf, PCI_BAR1, 4);
     uint32_t cmd = pci_cf8_read(bdf, PCI_COMMAND, 2);
