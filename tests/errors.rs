@@ -316,8 +316,8 @@ fn interrupt_routing_without_an_irqchip() {
 
 /// Out of file descriptors at every step of setup in turn (RLIMIT_NOFILE from 4 up): each
 /// step that opens something fails with its own one line and status 2, never a panic, until
-/// the limit is high enough for the VM to run. The VM has the PCI test device and two vCPUs,
-/// so every kind of setup step is on the way.
+/// the limit is high enough for the VM to run. The VM has the PCI test device, pci-testdev and
+/// two vCPUs, so every kind of setup step is on the way.
 #[test]
 fn fd_exhaustion_at_every_setup_step() {
     let k = exit_now();
@@ -333,6 +333,7 @@ fn fd_exhaustion_at_every_setup_step() {
                 "--cpus",
                 "2",
                 "--test-pci-device",
+                "--pci-testdev",
             ]),
             None,
             Duration::from_secs(30),
@@ -359,6 +360,7 @@ fn fd_exhaustion_at_every_setup_step() {
         "vfiovm: error: KVM setup failed (KVM_CREATE_VM): Too many open files (os error 24) (too many open files: raise the limit with `ulimit -n`",
         "vfiovm: error: cannot create an eventfd for the serial interrupt: Too many open files",
         "vfiovm: error: cannot create the PCI test device: ",
+        "vfiovm: error: cannot create pci-testdev: cannot create an eventfd for its tests: Too many open files",
         "vfiovm: error: PCI: ",
         "vfiovm: error: KVM setup failed (KVM_CREATE_VCPU): Too many open files",
     ] {

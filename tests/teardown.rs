@@ -370,6 +370,8 @@ fn config(kernel: &str) -> VmConfig {
         cpus: 1,
         devices: Vec::new(),
         test_pci_device: true,
+        // Its six tests' eventfds are made with the device and must go with it.
+        pci_testdev: true,
         verbosity: 0,
         ..VmConfig::new("")
     }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use arch::layout::{self, irqs, ports};
 use devices::console_tail::{ConsoleSource, ConsoleTail, TeeWriter};
 use devices::firmware::{CfiFlash, FwCfg, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
-use devices::kvm::KvmInterruptManager;
+use devices::ioevent::IoEventRegistrar;
+use devices::kvm::{KvmInterruptManager, KvmIoEvents};
 use devices::legacy::{
     AcpiPm, Cmos, DebugExit, MprotectFlush, PcTestDev, PcTestDevIomem, PcTestDevIrq, PvPanic,
     RunnerPort, Serial, StdoutWriter, ACPI_PM_BLOCK_LEN, CMOS_PORT_LEN, DEBUG_EXIT_PORT_LEN, I8042,
@@ -16,7 +17,8 @@ use devices::legacy::{
     PVPANIC_PORT_LEN, RUNNER_PORT_LEN, SERIAL_PORT_LEN,
 };
 use devices::pci::{
-    LpcBridge, PciPlatform, PciPlatformConfig, PciWindows, TestDevice, PCI_CONFIG_IO_LEN,
+    LpcBridge, PciPlatform, PciPlatformConfig, PciTestDev, PciWindows, TestDevice,
+    PCI_CONFIG_IO_LEN,
 };
 use devices::virtio::console::HostInput;
 use devices::{Bus, BusDevice, BusError, ExitSink};
@@ -407,6 +409,20 @@ impl Platform {
                 .add_device(slot, Arc::new(Mutex::new(dev)))
                 .map_err(|e| PlatformError::Pci(e.to_string()))?;
             log::info!("PCI test device at {addr}");
+        }
+        if config.pci_testdev {
+            // Its eventfd tests bind their eventfds in KVM while they run (a vCPU thread's
+            // write to the test register binds; KVM_IOEVENTFD is in the vCPU filter).
+            let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents::new(vm.clone()));
+            let dev = PciTestDev::new(Some(ioevents))
+                .map_err(|e| PlatformError::Device("pci-testdev", e.to_string()))?;
+            let slot = pci
+                .free_slot()
+                .ok_or_else(|| PlatformError::Pci("no free slot for pci-testdev".into()))?;
+            let addr = pci
+                .add_device(slot, Arc::new(Mutex::new(dev)))
+                .map_err(|e| PlatformError::Pci(e.to_string()))?;
+            log::info!("pci-testdev at {addr}");
         }
         let device_gate = Arc::new(DeviceGate::default());
         let console: Arc<Mutex<dyn ConsoleSink>> =

@@ -343,7 +343,9 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::KVM_IRQ_LINE(),
                     // A guest moving a passed-through BAR moves its memory slots.
                     nr::KVM_SET_USER_MEMORY_REGION(),
-                    // A guest moving a virtio BAR moves its queue notify ioeventfds.
+                    // A guest moving a virtio BAR moves its queue notify ioeventfds; a guest
+                    // selecting one of pci-testdev's eventfd tests (--pci-testdev) binds that
+                    // test's eventfd in its own BAR (and unbinds the last one's).
                     nr::KVM_IOEVENTFD(),
                     // A passed-through device's interrupt mode follows the guest's MSI/MSI-X
                     // enable bits.
@@ -387,7 +389,8 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::KVM_IRQFD(),
                     nr::KVM_SET_GSI_ROUTING(),
                     nr::KVM_SET_USER_MEMORY_REGION(),
-                    // virtio devices unbind their notify ioeventfds.
+                    // virtio devices unbind their notify ioeventfds, pci-testdev its running
+                    // test's.
                     nr::KVM_IOEVENTFD(),
                     nr::VFIO_DEVICE_SET_IRQS(),
                     nr::VFIO_DEVICE_RESET(),

@@ -6,7 +6,7 @@
 //! | [`KvmInterruptManager`] | [`crate::interrupt::InterruptManager`] | the VM's GSI routing table, MSI vectors and INTx lines as irqfds |
 //! | [`DeviceSlots`] | [`crate::vfio::GuestMemoryMapper`] | KVM memory slots for BAR mmaps, moved when the guest moves a BAR |
 //! | [`KvmVfioDevice`] | — | KVM's VFIO pseudo-device, told about every VFIO group |
-//! | [`KvmIoEvents`] | [`crate::ioevent::IoEventRegistrar`] | `KVM_IOEVENTFD`: doorbell writes (virtio queue notifies) signal an eventfd without an exit |
+//! | [`KvmIoEvents`] | [`crate::ioevent::IoEventRegistrar`] | `KVM_IOEVENTFD`: doorbell writes (virtio queue notifies, pci-testdev's eventfd tests) signal an eventfd without an exit |
 //!
 //! The GSI layout is the PC one KVM's in-kernel irqchip has on x86: [`IOAPIC_PINS`] IOAPIC
 //! pins (GSIs 0–23, the PIC behind 0–15), MSI GSIs from [`MSI_GSI_BASE`].

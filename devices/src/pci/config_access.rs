@@ -10,6 +10,13 @@
 //!
 //! Other accesses to 0xCF8–0xCFB read all ones and are dropped.
 //!
+//! CONFIG_ADDRESS bits 1:0 read back zero, as the PCI spec has them, but like QEMU's host
+//! bridge the type-1 mechanism keeps what was written there and ORs it into the register
+//! offset of a CONFIG_DATA access (`register | bits 1:0 | port − 0xCFC`): kvm-unit-tests'
+//! `lib/x86/asm/pci.h` reads the device ID by writing register 2 to 0xCF8 and a word from
+//! 0xCFC, which reads offset 2 under QEMU. A guest that writes bits 1:0 as zero (Linux,
+//! firmware) sees no difference.
+//!
 //! [`PciConfigMmio`], mapped on the MMIO bus over the ECAM window: offset
 //! `bus << 20 | device << 15 | function << 12 | register` reaches the full 4 KiB config space.
 //! Accesses of 1, 2, 4 and 8 bytes are accepted; unaligned ones are split into bytes.
@@ -31,8 +38,10 @@ const CONFIG_DATA: u64 = 4;
 
 /// CONFIG_ADDRESS enable bit.
 pub const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
-/// CONFIG_ADDRESS bits that hold state (enable, bus, device, function, register).
+/// CONFIG_ADDRESS bits that hold state and read back (enable, bus, device, function, register).
 const CONFIG_ADDRESS_MASK: u32 = 0x80ff_fffc;
+/// CONFIG_ADDRESS bits that read zero but still address a byte within the dword (as in QEMU).
+const CONFIG_ADDRESS_BYTE: u32 = 0x3;
 /// Reset control: reset the CPU (triggers the reset).
 pub const RESET_CPU: u8 = 1 << 2;
 /// Reset control bits that read back: system reset (1) and full reset (3).
@@ -64,6 +73,8 @@ fn decode_ecam(offset: u64) -> Option<(PciAddress, u16)> {
 pub struct PciConfigIo {
     root: RootRef,
     address: u32,
+    /// CONFIG_ADDRESS bits 1:0 as written (they read back zero).
+    byte: u16,
     reset_control: u8,
     exit: Arc<dyn ExitSink>,
 }
@@ -82,6 +93,7 @@ impl PciConfigIo {
         PciConfigIo {
             root,
             address: 0,
+            byte: 0,
             reset_control: 0,
             exit,
         }
@@ -93,7 +105,7 @@ impl PciConfigIo {
             return None;
         }
         let (addr, reg) = decode_type1(self.address);
-        Some((addr, reg + (offset - CONFIG_DATA) as u16))
+        Some((addr, reg | self.byte | (offset - CONFIG_DATA) as u16))
     }
 }
 
@@ -117,7 +129,9 @@ impl BusDevice for PciConfigIo {
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         match (offset, data) {
             (CONFIG_ADDRESS, &[a, b, c, d]) => {
-                self.address = u32::from_le_bytes([a, b, c, d]) & CONFIG_ADDRESS_MASK;
+                let v = u32::from_le_bytes([a, b, c, d]);
+                self.address = v & CONFIG_ADDRESS_MASK;
+                self.byte = (v & CONFIG_ADDRESS_BYTE) as u16;
             }
             (RESET_CONTROL, &[v]) => {
                 self.reset_control = v & RESET_CONTROL_STORED;

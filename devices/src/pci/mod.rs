@@ -1,6 +1,6 @@
 //! The guest-facing PCI platform: one PCI segment with bus 0, reached through the type-1
 //! mechanism (ports 0xCF8/0xCFC) and ECAM, a config-space model shared by every device, BAR
-//! placement and remapping, MSI/MSI-X/INTx, and a test device.
+//! placement and remapping, MSI/MSI-X/INTx, a test device, and QEMU's `pci-testdev`.
 //!
 //! # Pieces
 //!
@@ -14,6 +14,7 @@
 //! | [`config_access`] | the two ways in: [`PciConfigIo`] (0xCF8–0xCFF, with the 0xCF9 reset register) and [`PciConfigMmio`] (ECAM) |
 //! | [`platform`] | [`PciPlatform`]: the facade the VMM uses; assigns BARs, keeps the buses in step with what the guest programs |
 //! | [`testdev`] | [`TestDevice`]: a test double that exercises every path (BAR kinds, ROM, MSI, MSI-X, INTx, DMA) |
+//! | [`pci_testdev`] | [`PciTestDev`]: QEMU's `pci-testdev` (1b36:0005) for kvm-unit-tests' `vmexit`: MMIO and port writes that exit, and ones an ioeventfd takes |
 //!
 //! # Two traits per device
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod config_access;
 pub mod host_bridge;
 pub mod lpc;
+pub mod pci_testdev;
 pub mod platform;
 mod root;
 pub mod testdev;
@@ -51,6 +53,7 @@ pub use config::{ConfigHeader, ConfigSpace};
 pub use config_access::{PciConfigIo, PciConfigMmio, PCI_CONFIG_IO_LEN};
 pub use host_bridge::HostBridge;
 pub use lpc::LpcBridge;
+pub use pci_testdev::PciTestDev;
 pub use platform::{IntxMap, PciPlatform, PciPlatformConfig, PciWindows, PlatformError};
 pub use testdev::TestDevice;
 

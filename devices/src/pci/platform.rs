@@ -24,7 +24,9 @@
 //! reconciles the buses: mappings that changed are removed, then the wanted ones inserted, and
 //! [`crate::pci::PciDevice::bar_moved`] is called for every BAR whose mapping changed. A BAR the
 //! guest programs outside the windows, or over another mapping, is left unmapped (logged once
-//! per BAR, and at most [`MAX_MAPPING_WARNINGS`] times in all) until it becomes valid; whenever
+//! per BAR, and at most [`MAX_MAPPING_WARNINGS`] times in all; a BAR holding its all-ones sizing
+//! pattern, as a guest sizing it with decoding on leaves it for a moment, only at debug level)
+//! until it becomes valid; whenever
 //! a mapping goes away, unmapped BARs of every device are retried. The buses never hold two
 //! devices on one range: the [`crate::Bus`] refuses overlaps and the platform never forces one.
 //!
@@ -699,6 +701,16 @@ impl BarMapper {
     }
 
     fn warn(&mut self, bars: &mut SlotBars, w: &DecodedBar, why: &str) {
+        if is_sizing_pattern(w) {
+            // All address bits set: a guest sizing the BAR with decoding left on
+            // (kvm-unit-tests' pci_dev_init does), about to write the address back.
+            log::debug!(
+                "PCI: BAR {} holds its sizing pattern {:#x} with decoding on; unmapped meanwhile",
+                w.index,
+                w.addr
+            );
+            return;
+        }
         if bars.warned[w.index] || self.warnings >= MAX_MAPPING_WARNINGS {
             return;
         }
@@ -786,9 +798,31 @@ impl BarMapper {
     }
 }
 
+/// Whether `w` holds the value a guest writes to size a BAR (all ones in its address bits): the
+/// BAR then ends at 4 GiB (a 32-bit BAR) or at the top of the 64-bit space.
+fn is_sizing_pattern(w: &DecodedBar) -> bool {
+    let end = w.addr.wrapping_add(w.size);
+    end == 0 || end == 1 << 32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizing_patterns() {
+        let bar = |addr, size| DecodedBar {
+            index: 0,
+            space: AddressSpace::Memory,
+            addr,
+            size,
+        };
+        assert!(is_sizing_pattern(&bar(0xffff_f000, 0x1000)));
+        assert!(is_sizing_pattern(&bar(0xffff_ff00, 0x100)));
+        assert!(is_sizing_pattern(&bar(u64::MAX - 0xffff, 0x1_0000)));
+        assert!(!is_sizing_pattern(&bar(0xffff_e000, 0x1000)));
+        assert!(!is_sizing_pattern(&bar(0x1_0000_0000, 0x1000)));
+    }
 
     fn resources() -> Resources {
         Resources {

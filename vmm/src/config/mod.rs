@@ -59,6 +59,9 @@ pub struct VmConfig {
     pub test_pci_device: bool,
     /// Attach QEMU's `pc-testdev` ports (`--pc-testdev`, for kvm-unit-tests).
     pub pc_testdev: bool,
+    /// Attach QEMU's `pci-testdev` (1b36:0005) to the PCI bus (`--pci-testdev`, for
+    /// kvm-unit-tests' `vmexit`).
+    pub pci_testdev: bool,
     /// Log verbosity: 0 = warnings and errors, 1 = info, 2 = debug, 3+ = trace.
     pub verbosity: u8,
     /// The run's time limits and verdict file (`--timeout`, `--boot-timeout`,
@@ -88,6 +91,7 @@ impl VmConfig {
             console: ConsoleKind::Serial,
             test_pci_device: false,
             pc_testdev: false,
+            pci_testdev: false,
             verbosity: 0,
             runner: Default::default(),
             exec: None,
@@ -483,6 +487,8 @@ OPTIONS:
                          With --exec: write the initramfs it would boot with, run nothing
     --pc-testdev         QEMU's pc-testdev for kvm-unit-tests: ports 0xe0-0xeb (a data
                          register, page flush) and 0x2000-0x2017 (interrupt lines)
+    --pci-testdev        QEMU's pci-testdev (PCI 1b36:0005) for kvm-unit-tests' vmexit: MMIO
+                         and port writes that exit to the VMM, and ones an ioeventfd takes
     --no-seccomp         Do not confine the VMM's threads with seccomp filters (they are on by
                          default; turn them off only to debug a SIGSYS, see docs/security.md)
     --user UID:GID       Once the VM is built, drop root and run as this numeric user and
@@ -671,6 +677,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut console = None;
     let mut test_pci_device = false;
     let mut pc_testdev = false;
+    let mut pci_testdev = false;
     let mut verbosity = 0u8;
     let mut sandbox = SandboxConfig::default();
     let mut runner = crate::runner::RunnerConfig::default();
@@ -726,6 +733,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
             "--pc-testdev" => pc_testdev = true,
+            "--pci-testdev" => pci_testdev = true,
             "--timeout" | "--boot-timeout" | "--stall-timeout" => {
                 let v = value(&mut it)?;
                 let limit = crate::runner::parse_secs(&v)
@@ -835,6 +843,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             console,
             test_pci_device,
             pc_testdev,
+            pci_testdev,
             verbosity,
             runner,
             exec,
@@ -880,6 +889,13 @@ mod tests {
     fn pc_testdev_flag() {
         assert!(!run(&["--kernel", "k"]).pc_testdev);
         assert!(run(&["--kernel", "k", "--pc-testdev"]).pc_testdev);
+    }
+
+    #[test]
+    fn pci_testdev_flag() {
+        assert!(!run(&["--kernel", "k"]).pci_testdev);
+        let c = run(&["--kernel", "k", "--pci-testdev"]);
+        assert!(c.pci_testdev && !c.pc_testdev && !c.test_pci_device);
     }
 
     #[test]

@@ -118,6 +118,30 @@ fn config_address_register_semantics() {
     r.pio.write(CF8, &0xffff_ffffu32.to_le_bytes());
     r.pio.read(CF8, &mut b);
     assert_eq!(u32::from_le_bytes(b), 0x80ff_fffc);
+    // Bits 1:0 read zero but address a byte within the dword, ORed with the data port's
+    // offset, as in QEMU (kvm-unit-tests reads the device ID with register 2 and a word at
+    // 0xCFC).
+    let id = r.ecam_read32(0, 0);
+    r.pio.write(CF8, &0x8000_0002u32.to_le_bytes());
+    r.pio.read(CF8, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0x8000_0000);
+    let mut w = [0u8; 2];
+    r.pio.read(0xcfc, &mut w);
+    assert_eq!(u32::from(u16::from_le_bytes(w)), id >> 16);
+    r.pio.read(0xcfe, &mut w);
+    assert_eq!(u32::from(u16::from_le_bytes(w)), id >> 16);
+    r.pio.write(CF8, &0x8000_0001u32.to_le_bytes());
+    r.pio.read(0xcfc, &mut b[..1]);
+    assert_eq!(u32::from(b[0]), (id >> 8) & 0xff);
+    r.pio.read(0xcfe, &mut b[..1]);
+    assert_eq!(u32::from(b[0]), (id >> 24) & 0xff);
+    // Register 0xFF with a dword access: what ECAM gives there (split by the platform).
+    r.pio.write(CF8, &0x8000_00ffu32.to_le_bytes());
+    r.pio.read(0xcfc, &mut b);
+    let mut want = [0u8; 4];
+    r.mmio.read(Rig::ecam_addr(0, 0, 0xff), &mut want);
+    assert_eq!(b, want);
+    r.pio.write(CF8, &0xffff_ffffu32.to_le_bytes());
     // Byte and word writes do not change it.
     r.pio.write(CF8, &[0]);
     r.pio.write(CF8 + 2, &[0, 0]);

@@ -16,6 +16,7 @@ mod access;
 mod devices;
 mod garbage;
 mod mapping;
+mod pci_testdev;
 
 const CF8: u64 = 0xcf8;
 const ECAM: u64 = 0xb000_0000;
