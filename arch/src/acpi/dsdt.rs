@@ -162,7 +162,7 @@ fn pci_routing_table() -> PackageBuilder {
 }
 
 fn pci_host_bridge(mmio64: Option<(u64, u64)>) -> Vec<u8> {
-    let buses = AddressSpace::new_bus_number(0u16, 0xffu16);
+    let buses = AddressSpace::new_bus_number(0u16, u16::from(layout::PCI_LAST_BUS));
     let io_low = AddressSpace::new_io(PCI_IO_LOW.0, PCI_IO_LOW.1, None);
     let config = io_fixed(ports::PCI_CONFIG, PCI_CONFIG_LEN);
     let io_high = AddressSpace::new_io(PCI_IO_HIGH.0, PCI_IO_HIGH.1, None);
