@@ -4,7 +4,8 @@
 #   DIR/linux/vmlinux    the same kernel as an ELF (PVH note), extracted from the bzImage
 #   DIR/linux/initrd.gz  busybox + resources/rig/l2-linux/init + nvmeio + the kernel's virtio modules
 #   DIR/linux/root.img   an ext4 root file system for l2.root=vda (busybox, nvmeio, the same init)
-#   DIR/linux-std/       the standard-flavour Debian kernel (vmlinuz) and the modules --exec packs
+#   DIR/linux-std/       the standard-flavour Debian kernel (vmlinuz, and vmlinux extracted from it) and the
+#                        modules --exec packs
 #                        for it (modules/RELEASE), for checks/62-exec.sh
 #   DIR/nvmeio           nvmeio for L1 (static)
 #   DIR/kvmhold          keeps an idle VM open in L1 during the payload (static; kvmhold.c)
@@ -105,3 +106,5 @@ command -v lz4 >/dev/null 2>&1 || {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lz4 >/dev/null
 }
 python3 "$here/extract-vmlinux.py" "$kernel" "$dir/linux/vmlinux"
+# the standard kernel uncompressed beside its bzImage, as in a build tree: --exec boots it (--vmlinux auto)
+python3 "$here/extract-vmlinux.py" "$dir/linux-std/vmlinuz" "$dir/linux-std/vmlinux"

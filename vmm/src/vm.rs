@@ -201,6 +201,17 @@ impl Vm {
                 kernel,
                 initramfs_file.as_mut(),
             )?);
+            if let Some(path) = config.kernel.as_deref() {
+                if let Some((vmlinux, f)) = crate::exec::pick_vmlinux(path, kernel, &exec.vmlinux)?
+                {
+                    log::info!(
+                        "--exec: booting {}, the same build as {} uncompressed (the guest does not decompress itself; --vmlinux off boots the bzImage)",
+                        vmlinux.display(),
+                        path.display()
+                    );
+                    *kernel = f;
+                }
+            }
         }
         let firmware = config
             .firmware

@@ -368,8 +368,8 @@ pub enum ConfigError {
     /// `--exec` with something it cannot go with.
     #[error("--exec cannot go with {0}: {1}")]
     ExecConflict(&'static str, &'static str),
-    /// `--modules` or `--save-initramfs` without `--exec`.
-    #[error("--modules and --save-initramfs need --exec: they are about vfiovm's own init; leave them out or add --exec COMMAND")]
+    /// `--modules`, `--vmlinux` or `--save-initramfs` without `--exec`.
+    #[error("--modules, --vmlinux and --save-initramfs need --exec: they shape an --exec run; leave them out or add --exec COMMAND")]
     ModulesWithoutExec,
     /// `--firmware-vars` needs `--firmware`.
     #[error(
@@ -483,6 +483,11 @@ OPTIONS:
                          kernel's console (COM1) stays off stdout (docs/ci-runner.md)
     --modules DIR        With --exec: the guest kernel's module directory (virtio-console,
                          9p) [default: /lib/modules/RELEASE of the kernel image]
+    --vmlinux auto|off|FILE
+                         With --exec and a bzImage: boot the same build's uncompressed
+                         vmlinux instead (beside the bzImage or at the top of its build
+                         tree), so the guest does not decompress itself; off: the bzImage
+                         (KASLR) [default: auto]
     --save-initramfs FILE
                          With --exec: write the initramfs it would boot with, run nothing
     --pc-testdev         QEMU's pc-testdev for kvm-unit-tests: ports 0xe0-0xeb (a data
@@ -684,6 +689,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut exec = None;
     let mut modules = None;
     let mut save_initramfs = None;
+    let mut vmlinux = None;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -728,6 +734,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--exec" => once(&mut exec, value(&mut it)?, &flag)?,
             "--modules" => once(&mut modules, PathBuf::from(value(&mut it)?), &flag)?,
             "--save-initramfs" => once(&mut save_initramfs, PathBuf::from(value(&mut it)?), &flag)?,
+            "--vmlinux" => once(
+                &mut vmlinux,
+                crate::exec::Vmlinux::parse(&value(&mut it)?),
+                &flag,
+            )?,
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--share" => shares.push(ShareConfig::parse(&value(&mut it)?, shares.len())?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
@@ -788,7 +799,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         ConsoleKind::Virtio => DEFAULT_CMDLINE_VIRTIO,
     };
     let (exec, shares, cmdline) = match exec {
-        None if modules.is_some() || save_initramfs.is_some() => {
+        None if modules.is_some() || save_initramfs.is_some() || vmlinux.is_some() => {
             return Err(ConfigError::ModulesWithoutExec)
         }
         None => (None, shares, cmdline),
@@ -817,6 +828,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                     cwd,
                     modules,
                     save: save_initramfs,
+                    vmlinux: vmlinux.unwrap_or_default(),
                 }),
                 shares,
                 cmdline,
@@ -907,6 +919,7 @@ mod tests {
         assert_eq!(exec.command, "make -C t run; exit 7");
         assert_eq!(exec.cwd, std::env::current_dir().unwrap());
         assert_eq!(exec.modules, None);
+        assert_eq!(exec.vmlinux, crate::exec::Vmlinux::Auto);
         assert_eq!(c.cmdline, crate::exec::EXEC_CMDLINE);
         assert_eq!(
             c.shares,
@@ -931,9 +944,17 @@ mod tests {
             format!("{} loglevel=7", crate::exec::EXEC_CMDLINE)
         );
         assert_eq!(c.exec.unwrap().modules.as_deref(), Some(Path::new("/m")));
+        for (v, want) in [
+            ("off", crate::exec::Vmlinux::Off),
+            ("auto", crate::exec::Vmlinux::Auto),
+            ("t/vmlinux", crate::exec::Vmlinux::File("t/vmlinux".into())),
+        ] {
+            let c = run(&["--kernel", "k", "--exec", "x", "--vmlinux", v]);
+            assert_eq!(c.exec.unwrap().vmlinux, want);
+        }
 
         let e = |s: &[&str]| parse_args(args(s)).unwrap_err();
-        for flag in ["--modules", "--save-initramfs"] {
+        for flag in ["--modules", "--save-initramfs", "--vmlinux"] {
             assert_eq!(
                 e(&["--kernel", "k", flag, "/m"]),
                 ConfigError::ModulesWithoutExec

@@ -17,7 +17,7 @@ else
 	mkdir -p /tmp/exec-ro /tmp/exec-rw
 	echo "$mark" >/tmp/exec-ro/input
 	t0=$(cut -d' ' -f1 /proc/uptime)
-	(cd /tmp/exec-rw && timeout -s TERM "${VFIOVM_TMO:-180}" /test/vfiovm --kernel /test/linux-std/vmlinuz \
+	(cd /tmp/exec-rw && timeout -s TERM "${VFIOVM_TMO:-180}" /test/vfiovm -v --kernel /test/linux-std/vmlinuz \
 		--memory 256M --share /:ro --share /tmp/exec-ro --share /tmp/exec-rw:rw --verdict /tmp/exec.json \
 		--exec 'echo "read: $(cat /tmp/exec-ro/input)"; echo "rw: $(cat /tmp/exec-ro/input)" >result;
 			if echo x >/tmp/exec-ro/nope 2>/dev/null; then echo "ro share written"; fi;
@@ -42,6 +42,10 @@ else
 	else
 		bad "exec: /tmp/exec-rw/result is '$(cat /tmp/exec-rw/result 2>/dev/null)', want 'rw: $mark'"
 	fi
+	# linux-std/vmlinux is the same build, extracted beside the bzImage: --vmlinux auto boots it
+	grep -q "info: --exec: booting /test/linux-std/vmlinux, the same build as" err.exec &&
+		ok "exec-vmlinux (the bzImage's own vmlinux booted, no decompression in the guest)" ||
+		bad "exec: -v does not say the vmlinux beside the bzImage was booted"
 	grep -qx "to stderr" err.exec || bad "exec: the command's stderr is not on vfiovm's stderr"
 	grep -q "to stderr" out.exec && bad "exec: the command's stderr went to stdout"
 	grep -q "Linux version\|Run /init" out.exec && bad "exec: the kernel's console is on stdout"
