@@ -15,6 +15,8 @@
 # resolves against what is installed here). apt-get update runs only when those lists lack the suite.
 # Messages go to stderr; failure: "qemu10: FAILED <why>", exit 1.
 set -euo pipefail
+# shellcheck source=apt-mirror.sh
+. "$(dirname "$0")/apt-mirror.sh"
 W=${RIG_WORK:-${TMPDIR:-/tmp}/vfiovm-rig}
 C=$W/qemu10
 SUITE=bookworm-backports
@@ -67,13 +69,7 @@ apt_config() {
 	if cat "$A/sources.list" "$A"/sources.list.d/* 2>/dev/null | grep -Eq "^[^#]*[[:space:]]$SUITE([[:space:]]|$)"; then
 		return 0
 	fi
-	# the URI of the stanza carrying plain "bookworm" (deb822 or one-line format)
-	uri=$(awk -v RS= '/(^|\n)Suites:[^\n]*[[:space:]]bookworm([[:space:]]|\n|$)/ {
-			if (match($0, /(^|\n)URIs:[[:space:]]*[^[:space:]\n]+/)) {
-				s = substr($0, RSTART, RLENGTH); sub(/.*URIs:[[:space:]]*/, "", s); print s; exit } }' \
-		"$A"/sources.list.d/*.sources 2>/dev/null || true)
-	[ -n "$uri" ] || uri=$(cat "$A/sources.list" "$A"/sources.list.d/*.list 2>/dev/null |
-		awk '$1 == "deb" && $0 ~ / bookworm / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' || true)
+	uri=$(bookworm_uri)
 	[ -n "$uri" ] || die "no apt source for Debian bookworm to take the mirror's URI from"
 	cat >"$A/sources.list.d/zz-$SUITE.sources" <<-EOF
 		Types: deb
@@ -155,8 +151,8 @@ payload)
 	echo "$deps" | awk '$3 ~ /^\// { print $3 }' | while read -r l; do cp -L "$l" "$Q/lib/"; done
 	cp -L "/lib64/ld-linux-x86-64.so.2" "$Q/"
 	# the firmware a q35 machine may load: SeaBIOS (when no -bios is given; the seabios package keeps it
-	# in its own directory) and the vapic and Linux-boot option ROMs
-	for f in "$D/root/usr/share/seabios/bios-256k.bin" "$SHARE/kvmvapic.bin" "$SHARE/linuxboot_dma.bin"; do
+	# in its own directory), the vapic and Linux-boot option ROMs and the PVH one (-kernel vmlinux)
+	for f in "$D/root/usr/share/seabios/bios-256k.bin" "$SHARE/kvmvapic.bin" "$SHARE/linuxboot_dma.bin" "$SHARE/pvh.bin"; do
 		cp -L "$f" "$Q/share/" || die "no $f"
 	done
 	cat >"$Q/run" <<-'EOF'
