@@ -15,7 +15,7 @@
 #                          virtio-rng bound to virtio-pci, so the edu's group is not viable)
 #        RIG_SMP (1) RIG_MEM (MiB, 1024) RIG_TMO (s, 300; the L1 watchdog fires a little earlier)
 #        RIG_CPU (qemu64,+svm,+npt) RIG_ACCEL (tcg,thread=single) RIG_APPEND (more kernel arguments)
-#        RIG_QEMU          host (qemu-system-x86_64 from PATH) or 10 (QEMU 10.0 from bookworm-backports,
+#        RIG_QEMU          host (qemu-system-x86_64 from PATH), l0fix (qemu-l0fix.sh) or 10 (QEMU 10.0 from bookworm-backports,
 #                          through qemu10.sh)
 #        RIG_QEMU_ARGS     more QEMU arguments (split on spaces), like the positional ones
 #        RIG_STALL         seconds without a console line after which L1 counts as frozen (90; 0: off), as
@@ -165,7 +165,11 @@ case ${RIG_QEMU:-host} in
 host) QEMU=(qemu-system-x86_64) ;;
 10) "$HERE/qemu10.sh" >/dev/null || finish 125 "FAIL step=qemu QEMU 10 could not be fetched (resources/rig/qemu10.sh)"
 	QEMU=("$HERE/qemu10.sh" --exec) ;;
-*) finish 125 "FAIL step=usage RIG_QEMU is host or 10" ;;
+# RIG_QEMU=l0fix: the host's QEMU 7.2 rebuilt from Debian's source with the CR8 fix (qemu-l0fix.sh),
+# for UEFI guests in L2, which abort the unfixed QEMU
+l0fix) "$HERE/qemu-l0fix.sh" >/dev/null || finish 125 "FAIL step=qemu the fixed QEMU could not be built (resources/rig/qemu-l0fix.sh)"
+	QEMU=("$HERE/qemu-l0fix.sh" --exec) ;;
+*) finish 125 "FAIL step=usage RIG_QEMU is host, 10 or l0fix" ;;
 esac
 CMD=("${QEMU[@]}" -accel "$ACCEL" -machine q35,kernel-irqchip=split -cpu "$CPU" -m "$MEM" -smp "$SMP"
 	-nodefaults -display none -monitor "unix:$MON,server=on,wait=off" -serial stdio -no-reboot
