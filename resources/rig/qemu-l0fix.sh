@@ -12,7 +12,8 @@
 # Env:   RIG_WORK (${TMPDIR:-/tmp}/vfiovm-rig): built once into $RIG_WORK/qemu-l0fix/<version>-fixN/
 #        (about 5 minutes on 2 CPUs); the source package comes through a private apt configuration
 #        (deb-src on the host's bookworm mirror), the build dependencies are installed with apt-get.
-# Messages go to stderr; failure: "qemu-l0fix: FAILED <why>", exit 1.
+# Messages go to stderr; failure: "qemu-l0fix: FAILED <why>", exit 1; exit 3 when the source package
+# cannot be had from the mirror (no deb-src there): scripts/rig-test then skips the UEFI boot, saying so.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=apt-mirror.sh
@@ -26,6 +27,10 @@ log() { echo "qemu-l0fix: $*" >&2; }
 die() {
 	echo "qemu-l0fix: FAILED $*" >&2
 	exit 1
+}
+unavailable() {
+	echo "qemu-l0fix: UNAVAILABLE $*" >&2
+	exit 3
 }
 
 A=$C/apt
@@ -64,10 +69,10 @@ build() {
 	ver=$(src_version)
 	if [ -z "$ver" ]; then
 		log "apt-get update (deb-src, private lists in $A/lists)"
-		apt-get "${APT[@]}" update -qq >&2 || die "apt-get update failed"
+		apt-get "${APT[@]}" update -qq >&2 || unavailable "apt-get update of deb-src $uri bookworm failed"
 		ver=$(src_version)
 	fi
-	[ -n "$ver" ] || die "apt knows no qemu source package on $uri"
+	[ -n "$ver" ] || unavailable "the mirror $uri serves no qemu source package"
 	dir=$C/${ver//[:~+]/_}-fix$FIX
 	if [ -x "$dir/qemu-system-x86_64" ]; then
 		ln -sfn "$(basename "$dir")" "$C/current"
@@ -84,7 +89,7 @@ build() {
 	src=$dir/src
 	mkdir -p "$src"
 	log "downloading the qemu $ver source package"
-	(cd "$src" && apt-get "${APT[@]}" source --download-only -qq "qemu=$ver" >&2) || die "apt-get source qemu=$ver failed"
+	(cd "$src" && apt-get "${APT[@]}" source --download-only -qq "qemu=$ver" >&2) || unavailable "apt-get source qemu=$ver failed"
 	(cd "$src" && tar xf ./*.orig.tar.* && mv qemu-*/ tree && tar xf ./*.debian.tar.* -C tree) ||
 		die "unpacking the source package failed"
 	# Debian's patches, as dpkg-source applies them
