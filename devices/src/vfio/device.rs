@@ -339,7 +339,7 @@ impl VfioPciDevice {
             irqs.msi.is_some(),
             irqs.msix.is_some()
         );
-        Ok(VfioPciDevice {
+        let mut dev = VfioPciDevice {
             name: named(),
             info,
             config,
@@ -356,7 +356,11 @@ impl VfioPciDevice {
             windows: None,
             errors,
             ops: device,
-        })
+        };
+        // A device found in D3hot (vfio-pci brings it to D0 when opened, but a kernel or a
+        // mock may not) keeps its BAR memory unmapped until the guest takes it out of D3hot.
+        dev.power_state_changed();
+        Ok(dev)
     }
 
     /// The device's name.
