@@ -313,10 +313,7 @@ pub fn kernel_release(kernel: &mut File) -> Result<Option<String>, ExecError> {
     kernel.seek(SeekFrom::Start(0)).map_err(ExecError::Kernel)?;
     kernel.read_to_end(&mut all).map_err(ExecError::Kernel)?;
     const BANNER: &[u8] = b"Linux version ";
-    Ok(all
-        .windows(BANNER.len())
-        .position(|w| w == BANNER)
-        .and_then(|i| first_word(&all[i + BANNER.len()..])))
+    Ok(memchr::memmem::find(&all, BANNER).and_then(|i| first_word(&all[i + BANNER.len()..])))
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
