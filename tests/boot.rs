@@ -156,3 +156,55 @@ fn demo_guest_says_hello_and_powers_off() {
         "default command line"
     );
 }
+
+/// `--on-reset reboot` on a direct boot: the guest's reset restarts the VM in place with the
+/// kernel (and its initramfs) loaded again and guest RAM cleared, while the RTC's NVRAM keeps
+/// the byte the first boot set; with 2 vCPUs the AP comes up again in the second boot. The
+/// default for a direct boot stays `exit`: the reset ends the run with status 0.
+#[test]
+fn direct_boot_reboots_in_place_with_on_reset_reboot() {
+    let initrd = TempFile::new("initrd", b"INITRAMFS-MAGIC-0123456789");
+    for probe in ["pvh_probe", "elf64_probe"] {
+        let kernel = guest(probe);
+        let o = run(&[
+            "--kernel",
+            &kernel,
+            "--initramfs",
+            initrd.path(),
+            "--cpus",
+            "2",
+            "--cmdline",
+            "action=reset-once",
+            "--on-reset",
+            "reboot",
+        ]);
+        o.expect_status(1).expect_clean_stderr(0);
+        let s = &o.stdout;
+        assert!(
+            s.contains(
+                "action: reset-once: cmos=0x0 ram_mark=0x0\naction: reset-once: resetting\n"
+            ),
+            "{probe}: {o:#?}"
+        );
+        assert!(
+            s.contains(
+                "action: reset-once: cmos=0xa5 ram_mark=0x0\naction: reset-once: after the reset\n"
+            ),
+            "{probe}: {o:#?}"
+        );
+        // Everything the first boot printed, the second printed again (the initramfs too).
+        for line in s
+            .lines()
+            .filter(|l| l.starts_with("initramfs: ") || l.starts_with("cpus: "))
+        {
+            assert_eq!(s.matches(line).count(), 2, "{probe}: {line:?} once: {o:#?}");
+        }
+        let o = run(&["--kernel", &kernel, "--cmdline", "action=reset-once"]);
+        o.expect_status(0).expect_clean_stderr(0);
+        assert!(
+            o.stdout.contains("action: reset-once: resetting\n"),
+            "{o:#?}"
+        );
+        assert!(!o.stdout.contains("after the reset"), "{o:#?}");
+    }
+}

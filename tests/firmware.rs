@@ -99,78 +99,109 @@ fn fw_cfg_probe_reads_what_firmware_reads() {
 /// The whole firmware path on this host, with a stand-in for OVMF (`rom_probe`, a flat image of
 /// the 2M CODE size): vfiovm maps it read-only at 0xFFE20000 with the VARS flash below, the boot
 /// vCPU starts at the reset vector in the power-on state and the AP waits for INIT-SIPI-SIPI;
-/// the ROM checks what OVMF relies on (see resources/guests/rom_probe.S) and powers off with
-/// SLP_TYP 0. The byte it programs reaches the VARS file, nothing else changes, and the file is
-/// free for the next VM.
+/// the ROM checks what OVMF relies on (see resources/guests/rom_probe.S), then resets through
+/// 0xCF9. With `--firmware` a reset reboots in place: the second boot finds RAM cleared, the
+/// host bridge reset, the flash's counter kept and the APs waiting for INIT-SIPI-SIPI again,
+/// and powers off with SLP_TYP 0. The bytes it programs reach the VARS file, nothing else
+/// changes, and the file is free for the next VM.
 #[test]
-fn a_stand_in_firmware_runs_from_the_reset_vector_to_power_off() {
+fn a_stand_in_firmware_runs_from_the_reset_vector_through_a_reboot_to_power_off() {
     let rom = guest("rom_probe");
-    let vars = TempFile::new("rom-vars", &[0xff; 131_072]);
-    let runs: [(Vec<&str>, u32); 3] = [
-        (
-            vec![
-                "--firmware",
-                &rom,
-                "--firmware-vars",
-                vars.path(),
-                "--cpus",
-                "2",
-            ],
-            2,
-        ),
-        (vec!["--firmware", &rom], 1),
-        (
-            vec![
-                "--firmware",
-                &rom,
-                "--firmware-vars",
-                vars.path(),
-                "--cpus",
-                "4",
-            ],
-            4,
-        ),
-    ];
-    for (args, cpus) in runs {
+    for (with_file, cpus) in [(true, 2u32), (false, 1), (true, 4)] {
+        let vars = TempFile::new("rom-vars", &[0xff; 131_072]);
+        let cpus_arg = cpus.to_string();
+        let mut args = vec!["--firmware", &rom, "--cpus", &cpus_arg];
+        if with_file {
+            args.extend(["--firmware-vars", vars.path()]);
+        }
         let o = run(&args);
         o.expect_status(0).expect_clean_stderr(0);
         let s = &o.stdout;
-        for want in [
-            "rom: cr0=0x60000010\n",
-            "rom: mtrr_def_type=0x00000000\n",
-            "rom: cpuid_8000001f_eax=0x00000000\n",
-            "rom: image byte before/after a write=0x00003c3c\n",
-            "rom: flash array=0x000000ff\n",
-            "rom: flash after 0x50=0x000000ff\n",
-            "rom: flash after 0x70=0x00000000\n",
-            "rom: flash status after program=0x00000080\n",
-            "rom: flash programmed byte=0x0000005a\n",
-            "rom: 00:00.0 id=0x29c08086\n",
-            "rom: 00:1f.0 id=0x29188086\n",
-            "rom: pmbase=0x00000601\n",
-            "rom: acpi_cntl=0x00000080\n",
-            "rom: pciexbar=0xb0000001\n",
-            "rom: pm timer advances=0x00000001\n",
-            "rom: pm timer at 0xb008 advances=0x00000001\n",
-            "rom: 0x608 after the move=0xffffffff\n",
-            "rom: fw_cfg signature=0x554d4551\n",
-            &format!("rom: fw_cfg cpus=0x{cpus:08x}\n"),
-            "rom: powering off with SLP_TYP 0\n",
-        ] {
-            assert!(s.contains(want), "{want:?} missing ({args:?}): {o:#?}");
+        let boots: Vec<&str> = s.split("rom: reset vector reached\n").skip(1).collect();
+        assert_eq!(boots.len(), 2, "one reboot ({args:?}): {o:#?}");
+        for (n, boot) in boots.iter().enumerate() {
+            let (counter, last) = if n == 0 {
+                ("0x000000ff", "rom: resetting through 0xcf9\n")
+            } else {
+                ("0x000000fe", "rom: powering off with SLP_TYP 0\n")
+            };
+            for want in [
+                "rom: ram mark=0x00000000\n",
+                "rom: cr0=0x60000010\n",
+                "rom: mtrr_def_type=0x00000000\n",
+                "rom: cpuid_8000001f_eax=0x00000000\n",
+                "rom: image byte before/after a write=0x00003c3c\n",
+                "rom: flash after 0x50=0x000000ff\n",
+                "rom: flash after 0x70=0x00000000\n",
+                "rom: flash status after program=0x00000080\n",
+                "rom: flash programmed byte=0x0000005a\n",
+                &format!("rom: boot counter={counter}\n"),
+                "rom: 00:00.0 id=0x29c08086\n",
+                "rom: 00:1f.0 id=0x29188086\n",
+                "rom: pmbase=0x00000601\n",
+                "rom: acpi_cntl=0x00000080\n",
+                "rom: pciexbar at reset=0x00000000\n",
+                "rom: pciexbar=0xb0000001\n",
+                "rom: pm timer advances=0x00000001\n",
+                "rom: pm timer at 0xb008 advances=0x00000001\n",
+                "rom: 0x608 after the move=0xffffffff\n",
+                "rom: fw_cfg signature=0x554d4551\n",
+                &format!("rom: fw_cfg cpus=0x{cpus:08x}\n"),
+                last,
+            ] {
+                assert!(
+                    boot.contains(want),
+                    "{want:?} missing in boot {n} ({args:?}): {o:#?}"
+                );
+            }
+            assert!(boot.contains("rom: flash array=0x000000ff\n"), "{o:#?}");
+            assert!(!boot.contains("rom: edx=0x00000000"), "{o:#?}");
+            // The AP starts at the SIPI in each boot: after the reset it waits for one again.
+            assert_eq!(
+                boot.contains("rom: ap started=0x00000001\n"),
+                cpus > 1,
+                "boot {n}: {o:#?}"
+            );
         }
-        // Only the boot vCPU ran from the reset vector; with an AP, it started at the SIPI.
-        assert_eq!(s.matches("rom: reset vector reached").count(), 1, "{o:#?}");
-        assert!(!s.contains("rom: edx=0x00000000"), "{o:#?}");
-        assert_eq!(
-            s.contains("rom: ap started=0x00000001\n"),
-            cpus > 1,
-            "{o:#?}"
-        );
+        if with_file {
+            let v = std::fs::read(&vars.0).unwrap();
+            assert_eq!((v[0x100], v[0x200]), (0x5a, 0xfe));
+            assert_eq!(v.iter().filter(|&&b| b != 0xff).count(), 2);
+        }
     }
-    let v = std::fs::read(&vars.0).unwrap();
-    assert_eq!(v[0x100], 0x5a);
-    assert_eq!(v.iter().filter(|&&b| b != 0xff).count(), 1);
+}
+
+/// `--on-reset exit`: the firmware's reset ends the run with status 0 (cause `reset`), the
+/// counter it programmed before is in the VARS file, and nothing ran a second time.
+#[test]
+fn on_reset_exit_ends_the_run_at_the_firmware_reset() {
+    let rom = guest("rom_probe");
+    let vars = TempFile::new("rom-vars", &[0xff; 131_072]);
+    let verdict = TempFile::new("rom-verdict", b"");
+    let o = run(&[
+        "--firmware",
+        &rom,
+        "--firmware-vars",
+        vars.path(),
+        "--on-reset",
+        "exit",
+        "--verdict",
+        verdict.path(),
+    ]);
+    o.expect_status(0).expect_clean_stderr(0);
+    assert_eq!(
+        o.stdout.matches("rom: reset vector reached").count(),
+        1,
+        "{o:#?}"
+    );
+    assert!(
+        o.stdout.contains("rom: resetting through 0xcf9\n"),
+        "{o:#?}"
+    );
+    assert!(!o.stdout.contains("powering off"), "{o:#?}");
+    let v = std::fs::read_to_string(&verdict.0).unwrap();
+    assert!(v.contains("\"cause\": \"reset\""), "{v}");
+    assert_eq!(std::fs::read(&vars.0).unwrap()[0x200], 0xfe);
 }
 
 fn ovmf_installed() -> bool {

@@ -245,7 +245,11 @@ fn load_multiboot<M: GuestMemoryBackend>(
     mem: &M,
     kernel: &mut File,
 ) -> Result<LoadedKernel, BootError> {
-    let size = kernel.metadata().map_err(BootError::ReadKernel)?.len();
+    // Its size by seeking (no fstat): a reboot in place loads it again under the VMM thread's
+    // seccomp filter, which allows lseek and read on the descriptor it has.
+    let size = kernel
+        .seek(SeekFrom::End(0))
+        .map_err(BootError::ReadKernel)?;
     let ram: u64 = mem.iter().map(|r| r.len()).sum();
     if size > ram {
         return Err(BootError::ImageTooLarge { size, mem: ram });
@@ -292,10 +296,10 @@ pub fn load_initramfs<M: GuestMemoryBackend>(
     initramfs: &mut File,
     kernel: &LoadedKernel,
 ) -> Result<LoadedInitramfs, BootError> {
+    // Its size by seeking (no fstat), as load_multiboot does.
     let size = initramfs
-        .metadata()
-        .map_err(BootError::ReadInitramfs)?
-        .len();
+        .seek(SeekFrom::End(0))
+        .map_err(BootError::ReadInitramfs)?;
     let low_end = ram_regions(mem_size)[0].1;
     // Boot protocol: before 2.03 the limit was 0x37FFFFFF; later headers say.
     let addr_max = match kernel.setup_header {

@@ -14,6 +14,12 @@
  * the LPC bridge (PMBASE, ACPI_CNTL) through 0xCF8, PCIEXBAR written and read back, the ACPI PM
  * timer at PMBASE + 8, fw_cfg's signature and CPU count, and with two vCPUs or more that vCPU 1
  * waits for INIT-SIPI-SIPI (it runs a copy of ap_code at 0x8000 and sets a flag).
+ *
+ * Reboot: the first boot (the flash's counter byte at 0x200 erased, 0xff) leaves a mark in RAM,
+ * programs the counter to 0xfe and resets through 0xCF9; with `--on-reset reboot` (the default
+ * with --firmware) the VM comes back at the reset vector, where the second boot must find RAM
+ * cleared (no mark), the host bridge's PCIEXBAR at its reset value, the counter kept, the AP
+ * waiting for INIT-SIPI-SIPI again, and then powers off.
  */
 #include "layout.h"
 
@@ -23,6 +29,8 @@
 #define APIC_BASE 0xfee00000
 #define AP_PAGE 0x08                    /* the AP starts at 0x8000, CS 0x0800 */
 #define AP_FLAG 0x9000
+#define RAM_MARK 0x9008                 /* left by the first boot; a reset clears RAM */
+#define FLASH_COUNTER_OFFSET 0x200      /* the boot counter in the variable store */
 
     .code16
     .text
@@ -38,6 +46,12 @@ start:
 
     movw $(s_hello - seg_start), %si
     call puts
+
+    /* RAM is cleared at a reset: the mark the first boot leaves is not there. */
+    movw $(s_mark - seg_start), %si
+    call puts
+    movl RAM_MARK, %eax
+    call hex_nl
 
     movw $(s_cr0 - seg_start), %si
     call puts
@@ -118,6 +132,12 @@ start:
     movzbl FLASH_PROBE_OFFSET(%ebx), %eax
     call hex_nl
 
+    /* The boot counter in the flash: 0xff on the first boot, 0xfe after the reset. */
+    movw $(s_counter - seg_start), %si
+    call puts
+    movzbl FLASH_COUNTER_OFFSET(%ebx), %eax
+    call hex_nl
+
     /* PCI: 00:00.0 and 00:1f.0 identity, PMBASE, ACPI_CNTL, PCIEXBAR written as OVMF does. */
     movw $(s_host - seg_start), %si
     movl $0x80000000, %eax
@@ -130,6 +150,9 @@ start:
     call pci_line
     movw $(s_acpi_cntl - seg_start), %si
     movl $0x8000f844, %eax
+    call pci_line
+    movw $(s_pciexbar0 - seg_start), %si
+    movl $0x80000060, %eax
     call pci_line
     movl $0x80000064, %eax
     xorl %ecx, %ecx
@@ -247,6 +270,24 @@ start:
     movzbl (%ebx), %eax
     call hex_nl
 8:
+    /* The first boot (counter 0xff) leaves a mark in RAM, programs the counter and resets
+     * through 0xCF9 as OVMF's ResetCold does; the boot after it powers off. */
+    movl $0xfeedface, %eax
+    movl %eax, RAM_MARK
+    movl $VARS_BASE, %ebx
+    cmpb $0xff, FLASH_COUNTER_OFFSET(%ebx)
+    jne 13f
+    movb $0x10, FLASH_COUNTER_OFFSET(%ebx)
+    movb $0xfe, FLASH_COUNTER_OFFSET(%ebx)
+    movb $0xff, (%ebx)
+    movw $(s_reset - seg_start), %si
+    call puts
+    movw $0xcf9, %dx
+    movb $0x06, %al
+    outb %al, %dx
+14: hlt
+    jmp 14b
+13:
     /* Power off as OVMF's ResetShutdown: SLP_TYP 0 with SLP_EN. */
     movw $(s_off - seg_start), %si
     call puts
@@ -339,6 +380,10 @@ s_fwcfg:     .asciz "rom: fw_cfg signature="
 s_cpus:      .asciz "rom: fw_cfg cpus="
 s_ap:        .asciz "rom: ap started="
 s_off:       .asciz "rom: powering off with SLP_TYP 0\n"
+s_mark:      .asciz "rom: ram mark="
+s_counter:   .asciz "rom: boot counter="
+s_pciexbar0: .asciz "rom: pciexbar at reset="
+s_reset:     .asciz "rom: resetting through 0xcf9\n"
 
 rom_byte:    .byte 0x3c
 

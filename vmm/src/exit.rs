@@ -329,6 +329,17 @@ impl ExitState {
             .clone()
     }
 
+    /// Takes back a recorded guest reset, for a VM that reboots in place and runs on; returns
+    /// whether there was one (any other reason stays).
+    pub fn clear_reset(&self) -> bool {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let reset = matches!(*r, Some(ExitReason::Guest(GuestExit::Reset)));
+        if reset {
+            *r = None;
+        }
+        reset
+    }
+
     /// What the guest reported so far.
     pub fn progress(&self) -> GuestProgress {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner())

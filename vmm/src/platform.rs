@@ -165,6 +165,10 @@ pub struct Platform {
     stop: Arc<AtomicBool>,
     device_gate: Arc<DeviceGate>,
     fw_cfg: Arc<Mutex<FwCfg<GuestMemory>>>,
+    /// The firmware's variable store (`--firmware` only).
+    flash: Option<Arc<Mutex<CfiFlash>>>,
+    /// The ACPI PM block (on the port bus directly, or behind the LPC bridge).
+    pm: Arc<Mutex<AcpiPm>>,
     tail: Arc<ConsoleTail>,
 }
 
@@ -287,13 +291,15 @@ impl Platform {
         )?;
         let pm = AcpiPm::new(sink.clone(), ports::SLP_TYP_S5)
             .map_err(|e| PlatformError::Device("the ACPI PM block", e.to_string()))?;
-        let pm: Arc<Mutex<dyn BusDevice>> = if uefi {
+        let pm_block = Arc::new(Mutex::new(if uefi {
             // OVMF powers off with QEMU Q35's S5 type (0); the OS with the DSDT's.
-            Arc::new(Mutex::new(pm.with_s5_alias(0).map_err(|e| {
-                PlatformError::Device("the ACPI PM block", e.to_string())
-            })?))
+            pm.with_s5_alias(0)
+                .map_err(|e| PlatformError::Device("the ACPI PM block", e.to_string()))?
         } else {
-            let pm: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(pm));
+            pm
+        }));
+        let pm: Arc<Mutex<dyn BusDevice>> = pm_block.clone();
+        if !uefi {
             insert(
                 &pio,
                 "the ACPI PM block",
@@ -301,8 +307,7 @@ impl Platform {
                 u64::from(ports::PM_BLOCK_START),
                 ACPI_PM_BLOCK_LEN,
             )?;
-            pm
-        };
+        }
         if config.pc_testdev {
             insert(
                 &pio,
@@ -338,16 +343,21 @@ impl Platform {
             u64::from(ports::FW_CFG),
             u64::from(ports::FW_CFG_LEN),
         )?;
-        if let Some((flash, base)) = firmware.flash {
-            let len = flash.len();
-            insert(
-                &mmio,
-                "the firmware's variable store",
-                Arc::new(Mutex::new(flash)),
-                base,
-                len,
-            )?;
-        }
+        let flash = match firmware.flash {
+            Some((flash, base)) => {
+                let len = flash.len();
+                let flash = Arc::new(Mutex::new(flash));
+                insert(
+                    &mmio,
+                    "the firmware's variable store",
+                    flash.clone(),
+                    base,
+                    len,
+                )?;
+                Some(flash)
+            }
+            None => None,
+        };
         let ram = layout::ram_regions(config.memory);
         let below_4g = ram[0].1;
         let above_4g = ram.get(1).map(|r| r.1).unwrap_or(0);
@@ -438,6 +448,8 @@ impl Platform {
         Ok(Platform {
             tail,
             fw_cfg,
+            flash,
+            pm: pm_block,
             device_gate,
             pio,
             mmio,
@@ -446,6 +458,24 @@ impl Platform {
             irq,
             stop,
         })
+    }
+
+    /// A system reset, for a reboot in place (call with every vCPU paused): every PCI function
+    /// back to its power-on state with the BARs, interrupt line and command register the
+    /// platform first gave it (passed-through devices reset through VFIO, virtio devices
+    /// reset), fw_cfg's selector and DMA address, the flash in read-array mode (its contents
+    /// and file kept: they are the firmware's variables), the ACPI PM block's registers. The
+    /// serial port, the RTC and the consoles keep their state, as on a PC's reset line.
+    pub fn system_reset(&self) {
+        self.pci.system_reset();
+        self.fw_cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+        if let Some(f) = &self.flash {
+            f.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+        self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
     }
 
     /// The last lines the guest wrote to its consoles (COM1 and the virtio console), with the

@@ -84,6 +84,9 @@ mod nr {
     ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
     ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
     ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+    // The kernel declares KVM_SET_IRQCHIP with _IOR.
+    ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_bindings::kvm_irqchip);
+    ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_bindings::kvm_pit_state2);
 
     ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
     ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
@@ -397,6 +400,10 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     nr::VFIO_DEVICE_PCI_HOT_RESET(),
                     nr::VFIO_IOMMU_UNMAP_DMA(),
                     nr::VFIO_GROUP_UNSET_CONTAINER(),
+                    // A reboot in place: the PIC, IOAPIC and PIT back to their state at
+                    // creation (vm::Vm::reboot).
+                    nr::KVM_SET_IRQCHIP(),
+                    nr::KVM_SET_PIT2(),
                     // Restoring a terminal stdin from raw mode.
                     nr::TCGETS(),
                     nr::TCSETS(),
@@ -418,6 +425,9 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                 // filter, is renamed into place at the end of the run (runner::VerdictFile).
                 // rename(2) moves names the process could already write; it opens nothing.
                 libc::SYS_rename,
+                // A direct boot's reboot in place reads its kernel and initramfs again from
+                // the descriptors opened while the VM was built.
+                libc::SYS_lseek,
             ]);
         }
         ThreadKind::Device => {
@@ -762,6 +772,8 @@ mod tests {
         assert_eq!(nr::KVM_SET_VCPU_EVENTS(), 0x4040_aea0);
         assert_eq!(nr::KVM_SET_DEBUGREGS(), 0x4080_aea2);
         assert_eq!(nr::KVM_SET_XCRS(), 0x4188_aea7);
+        assert_eq!(nr::KVM_SET_IRQCHIP(), 0x8208_ae63);
+        assert_eq!(nr::KVM_SET_PIT2(), 0x4070_aea0);
         assert_eq!(nr::VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);
         assert_eq!(nr::VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(nr::VFIO_DEVICE_RESET(), 0x3b6f);
@@ -1051,6 +1063,18 @@ mod tests {
                 ("TCSETS", refused_ioctl(&k.evt, nr::TCSETS())),
                 ("fdatasync", refused_io(k.file.sync_data())),
                 ("rename", refused_io(std::fs::rename(&from, &to))),
+                (
+                    "KVM_SET_IRQCHIP",
+                    refused_ioctl(&k.evt, nr::KVM_SET_IRQCHIP()),
+                ),
+                ("KVM_SET_PIT2", refused_ioctl(&k.evt, nr::KVM_SET_PIT2())),
+                (
+                    "lseek",
+                    refused_io(std::io::Seek::seek(
+                        &mut &k.file,
+                        std::io::SeekFrom::Start(0),
+                    )),
+                ),
             ];
             let refused: Checks = vec![
                 ("KVM_RUN", refused_kvm(k.vcpu.run().map(|_| ()))),

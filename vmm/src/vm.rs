@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use arch::boot::{self, BootInfo, LoadedKernel};
 use arch::regs::{self, EntryMode};
-use kvm_bindings::{kvm_pit_config, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, Msrs, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::config::VmConfig;
@@ -22,6 +25,7 @@ use crate::exit::{ExitReason, ExitState};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::platform::{self, Platform, PlatformError};
 use crate::vcpu::{self, IoBuses, VcpuHandle};
+use devices::GuestExit;
 use vm_memory::GuestMemoryBackend;
 
 /// TSS and identity-map pages KVM needs below 4 GiB on Intel hosts, out of the way of the MMIO
@@ -105,6 +109,9 @@ pub enum VmError {
     /// Starting a vCPU thread.
     #[error("cannot start vCPU thread {0}: {1} (the limit on processes and threads, `ulimit -u`, or on memory may be reached: raise it or ask for fewer --cpus)")]
     VcpuThread(u32, std::io::Error),
+    /// A reboot in place failed half-way; the VM cannot go on.
+    #[error("the guest reset and the VM could not restart in place ({0}); use --on-reset exit to end the run at a guest reset instead")]
+    Reboot(String),
 }
 
 /// What to do about a KVM call that failed with `errno`, for the message.
@@ -164,6 +171,9 @@ pub struct Vm {
     /// The firmware's CODE range `[start, end)`, to tell an emulation failure in it apart.
     firmware_code_range: Option<(u64, u64)>,
     mem: GuestMemory,
+    /// What a guest reset does, and what a reboot in place needs.
+    on_reset: crate::config::OnReset,
+    reboot: RebootState,
     dump_on_crash: bool,
     runner: crate::runner::RunnerConfig,
     /// What the run's limits count from (vfiovm's start; [`Vm::set_start`]).
@@ -264,6 +274,23 @@ impl Vm {
             ..Default::default()
         })
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        // Their power-on state, which a reboot in place puts back.
+        let irqchips = [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ]
+        .into_iter()
+        .map(|chip_id| {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip).map(|()| chip)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        let pit = vm.get_pit2().map_err(kvm_err("KVM_GET_PIT2"))?;
         let t = std::time::Instant::now();
         let mut ram_slots = memory::register_with_kvm(&vm, &mem)?;
         let slots_time = t.elapsed();
@@ -349,6 +376,17 @@ impl Vm {
             "timing: KVM_SET_USER_MEMORY_REGION {:.2} ms",
             slots_time.as_secs_f64() * 1e3
         );
+        // A direct boot reboots by loading the same images again (from the descriptors opened
+        // here: nothing is opened under the seccomp filter).
+        let direct = match (config.on_reset, entry, kernel_file) {
+            (crate::config::OnReset::Reboot, Some(_), Some(kernel)) => Some(DirectReload {
+                config: config.clone(),
+                kernel,
+                initramfs: initramfs_file,
+                phys_bits,
+            }),
+            _ => None,
+        };
         Ok(Vm {
             vcpus,
             platform,
@@ -361,6 +399,13 @@ impl Vm {
             _firmware_code: firmware_code,
             firmware_code_range,
             mem,
+            on_reset: config.on_reset,
+            reboot: RebootState {
+                irqchips,
+                pit,
+                direct,
+                boots: 1,
+            },
             dump_on_crash: config.verbosity > 0,
             runner: config.runner.clone(),
             start: std::time::Instant::now(),
@@ -447,6 +492,18 @@ impl Vm {
         let mut watch = crate::runner::Watchdog::new(&self.runner, self.start);
         let result = loop {
             if let Some(reason) = self.exit.reason() {
+                // A reset after a kernel panic ends the run as the panic (below), so a guest
+                // that panics and reboots is reported, not looped.
+                let panicked = tail.panic_seen() || self.exit.progress().crash_loaded;
+                if matches!(reason, ExitReason::Guest(GuestExit::Reset))
+                    && self.on_reset == crate::config::OnReset::Reboot
+                    && !panicked
+                {
+                    match self.reboot(&threads) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
                 break Ok(reason);
             }
             // Woken by the stop latch, a signal, console input, or at the latest when the
@@ -480,6 +537,67 @@ impl Vm {
             exits.console
         );
         result
+    }
+
+    /// Restarts the VM in place after the guest's reset: every vCPU paused, the devices reset
+    /// ([`Platform::system_reset`]: passed-through ones through VFIO), the in-kernel PIC,
+    /// IOAPIC and PIT back to their state at creation, guest RAM cleared, a direct boot's
+    /// images loaded again, every vCPU at its power-on state (a direct boot's vCPU 0 at the
+    /// kernel's entry), the reset taken off the stop latch, the vCPUs resumed. The firmware's
+    /// CODE mapping, its variable store's contents and the memory slots stay.
+    fn reboot(&mut self, threads: &[VcpuHandle]) -> Result<(), VmError> {
+        let t = std::time::Instant::now();
+        let fail = |what: &str, e: &dyn std::fmt::Display| VmError::Reboot(format!("{what}: {e}"));
+        for h in threads {
+            h.pause().map_err(|e| fail("pausing the vCPUs", &e))?;
+        }
+        self.platform.system_reset();
+        for chip in &self.reboot.irqchips {
+            self.vm
+                .set_irqchip(chip)
+                .map_err(|e| fail("KVM_SET_IRQCHIP", &e))?;
+        }
+        self.vm
+            .set_pit2(&self.reboot.pit)
+            .map_err(|e| fail("KVM_SET_PIT2", &e))?;
+        memory::clear(&self.mem).map_err(|e| fail("clearing guest RAM", &e))?;
+        let entry = match &mut self.reboot.direct {
+            Some(d) => Some(
+                load_direct(
+                    &self.mem,
+                    &d.config,
+                    &mut d.kernel,
+                    d.initramfs.as_mut(),
+                    d.phys_bits,
+                )
+                .map_err(|e| fail("loading the kernel again", &e))?,
+            ),
+            None => None,
+        };
+        for h in threads {
+            let (id, signature) = (h.id, h.signature());
+            h.on_paused(move |fd| {
+                vcpu::reset::power_on(fd, id, signature).map_err(|e| e.to_string())?;
+                match entry {
+                    Some(entry) => direct_boot_state(fd, id, entry, vcpu::reset::reset_lapic(id))
+                        .map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            })
+            .map_err(|e| fail("resetting a vCPU", &e))?
+            .map_err(|e| fail("resetting a vCPU", &e))?;
+        }
+        self.exit.clear_reset();
+        for h in threads {
+            h.resume().map_err(|e| fail("resuming the vCPUs", &e))?;
+        }
+        self.reboot.boots += 1;
+        log::info!(
+            "guest reset: the VM restarted in place in {:.1} ms (boot {}; --on-reset exit ends the run instead)",
+            t.elapsed().as_secs_f64() * 1e3,
+            self.reboot.boots
+        );
+        Ok(())
     }
 
     /// An emulation failure inside the firmware's read-only code is this host's KVM failing
@@ -537,6 +655,26 @@ fn guest_phys_bits(cpuid: &CpuId) -> u8 {
 }
 
 /// Where the boot vCPU starts a directly booted kernel.
+/// What a reboot in place puts back.
+struct RebootState {
+    /// The PIC master, PIC slave and IOAPIC as KVM created them.
+    irqchips: Vec<kvm_irqchip>,
+    /// The PIT as KVM created it.
+    pit: kvm_pit_state2,
+    /// A direct boot's images, with `--on-reset reboot`.
+    direct: Option<DirectReload>,
+    /// How many times the guest has started (1 before any reboot).
+    boots: u32,
+}
+
+/// The images a direct boot loads again at a reboot.
+struct DirectReload {
+    config: VmConfig,
+    kernel: File,
+    initramfs: Option<File>,
+    phys_bits: u8,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct DirectEntry {
     kernel: LoadedKernel,
@@ -644,6 +782,20 @@ fn create_vcpu(
         })?;
         return Ok(fd);
     };
+    let lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+    direct_boot_state(&fd, id, entry, lapic)?;
+    Ok(fd)
+}
+
+/// A direct boot's vCPU state on top of a vCPU at power-on (`lapic`: its LAPIC then): the boot
+/// MSRs, LINT0/LINT1 wired as a PC's, the FPU, and for vCPU 0 the kernel's entry state; the
+/// others wait for INIT/SIPI.
+fn direct_boot_state(
+    fd: &VcpuFd,
+    id: u32,
+    entry: DirectEntry,
+    mut lapic: kvm_bindings::kvm_lapic_state,
+) -> Result<(), VmError> {
     let entries = arch::msr::boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(|e| VmError::Firmware(format!("{e:?}")))?;
     let set = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
@@ -654,7 +806,6 @@ fn create_vcpu(
             entries.get(set).map(|e| e.index).unwrap_or(0)
         );
     }
-    let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
     arch::msr::set_lint(&mut lapic);
     fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
     fd.set_fpu(&regs::boot_fpu())
@@ -672,7 +823,7 @@ fn create_vcpu(
         ))
         .map_err(kvm_err("KVM_SET_REGS"))?;
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// CPUID for UEFI firmware: leaf 0x8000_001F (AMD memory encryption) zeroed, so OVMF's reset
@@ -693,6 +844,15 @@ pub(crate) fn firmware_cpuid(cpuid: &mut CpuId) {
 mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn reboot_error_names_the_step_and_the_way_out() {
+        let e = VmError::Reboot("pausing the vCPUs: vCPU 1 has stopped".into());
+        assert_eq!(
+            e.to_string(),
+            "the guest reset and the VM could not restart in place (pausing the vCPUs: vCPU 1 has stopped); use --on-reset exit to end the run at a guest reset instead"
+        );
+    }
 
     #[test]
     fn firmware_cpuid_zeroes_the_memory_encryption_leaf_only() {

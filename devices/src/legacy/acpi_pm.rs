@@ -111,6 +111,18 @@ impl std::fmt::Debug for AcpiPm {
 }
 
 impl AcpiPm {
+    /// Back to the power-on state (a system reset): status, enable and control registers and
+    /// the GPE block cleared, power-off undone. The PM timer runs on: it is free-running
+    /// hardware no reset stops.
+    pub fn reset(&mut self) {
+        self.pm1_sts = 0;
+        self.pm1_en = 0;
+        self.pm1_cnt = 0;
+        self.gpe0_sts = [0; GPE0_HALF_LEN];
+        self.gpe0_en = [0; GPE0_HALF_LEN];
+        self.powered_off = false;
+    }
+
     /// A PM block whose S5 sleep type is `s5_slp_typ` (what the DSDT's `_S5` names); power-off
     /// requests go to `exit`. The PM timer starts at zero now.
     pub fn new(exit: Arc<dyn ExitSink>, s5_slp_typ: u8) -> Result<Self, AcpiPmError> {

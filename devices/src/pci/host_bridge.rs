@@ -61,6 +61,11 @@ impl PciDevice for HostBridge {
         self.config.write(offset, data);
     }
 
+    /// PCIEXBAR and the command register back to zero.
+    fn system_reset(&mut self) {
+        *self = HostBridge::new();
+    }
+
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
         Vec::new()
     }

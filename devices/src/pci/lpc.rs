@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::bar::{BarSpec, DecodedBar};
-use super::config::{ConfigHeader, ConfigSpace};
+use super::config::{ConfigHeader, ConfigSpace, COMMAND};
 use super::{BarAccess, PciDevice};
 use crate::bus::{Bus, SharedBusDevice};
 
@@ -54,6 +54,8 @@ pub struct LpcBridge {
     pm_len: u64,
     /// Where the PM block is mapped now, if anywhere.
     mapped: Option<u64>,
+    /// PMBASE at power-on.
+    reset_pm_base: u16,
 }
 
 impl std::fmt::Debug for LpcBridge {
@@ -98,6 +100,7 @@ impl LpcBridge {
             pm,
             pm_len,
             mapped: None,
+            reset_pm_base: pm_base,
         };
         lpc.remap()?;
         Ok(lpc)
@@ -153,6 +156,26 @@ impl PciDevice for LpcBridge {
                     self.pm_base()
                 );
             }
+        }
+    }
+
+    /// PMBASE, ACPI_CNTL (the PM block back at its power-on base), the PIRQ routes, RCBA and
+    /// the command register to their power-on values.
+    fn system_reset(&mut self) {
+        self.config.set_u16(COMMAND, 0);
+        self.config.set_u32(
+            PMBASE,
+            (u32::from(self.reset_pm_base) & PMBASE_ADDR_MASK) | PMBASE_IO,
+        );
+        self.config.set_u8(ACPI_CNTL, ACPI_EN);
+        self.config.set_u32(PIRQA_ROUT, 0x8080_8080);
+        self.config.set_u32(PIRQE_ROUT, 0x8080_8080);
+        self.config.set_u32(RCBA, 0);
+        if let Err(e) = self.remap() {
+            log::warn!(
+                "LPC: cannot map the ACPI PM block at {:#x} after a reset: {e}",
+                self.pm_base()
+            );
         }
     }
 
@@ -255,6 +278,30 @@ mod tests {
         // Registers without a model read zero and ignore writes.
         l.config_write(0x50, &[0xff; 4]);
         assert_eq!(read32(&mut l, 0x50), 0);
+    }
+
+    /// A system reset puts the PM block back at its power-on base and clears what the
+    /// firmware wrote.
+    #[test]
+    fn system_reset_restores_the_power_on_registers() {
+        let (mut l, pio) = lpc();
+        l.config_write(4, &[0x03, 0]);
+        l.config_write(ACPI_CNTL, &[0]);
+        l.config_write(PMBASE, &0x0000_b000u32.to_le_bytes());
+        l.config_write(ACPI_CNTL, &[0x80]);
+        l.config_write(PIRQA_ROUT, &[0x0a, 0x0b, 0x0a, 0x0b]);
+        l.config_write(RCBA, &0xfed1_c001u32.to_le_bytes());
+        assert_eq!(l.pm_mapped_at(), Some(0xb000));
+        l.system_reset();
+        assert_eq!(l.pm_mapped_at(), Some(0x600));
+        let mut d = [0u8; 1];
+        assert!(!pio.read(0xb004, &mut d));
+        assert!(pio.read(0x604, &mut d));
+        assert_eq!(read32(&mut l, PMBASE), 0x601);
+        assert_eq!(read32(&mut l, ACPI_CNTL) & 0xff, 0x80);
+        assert_eq!(read32(&mut l, 4) & 0xffff, 0);
+        assert_eq!(read32(&mut l, PIRQA_ROUT), 0x8080_8080);
+        assert_eq!(read32(&mut l, RCBA), 0);
     }
 
     #[test]

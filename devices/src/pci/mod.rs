@@ -113,6 +113,13 @@ pub trait PciDevice: Send {
     fn attach_intx(&mut self, line: Box<dyn IntxLine>) {
         drop(line);
     }
+    /// A system reset (the guest rebooted and the VM restarts in place): the function returns
+    /// to its power-on state — device registers, interrupts (MSI/MSI-X off, entries masked),
+    /// a passed-through device reset through VFIO. It need not touch its BARs, interrupt line
+    /// or command register: [`platform::PciPlatform::system_reset`] writes those back as the
+    /// platform programmed them when the device was added, right after this returns. The
+    /// default does nothing (a function without state of its own).
+    fn system_reset(&mut self) {}
 }
 
 /// The bus side of a PCI function: accesses to its BARs, by BAR index ([`ROM_BAR`] for the ROM)

@@ -482,6 +482,11 @@ impl PciDevice for PciTestDev {
         self.config.write(offset, data);
     }
 
+    /// No test in progress (the test number and count survive, as QEMU's do).
+    fn system_reset(&mut self) {
+        self.current = None;
+    }
+
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
         self.config.bar_specs()
     }

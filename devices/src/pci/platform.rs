@@ -484,6 +484,7 @@ impl PciPlatform {
             d.config_write(INTERRUPT_LINE, &[gsi as u8]);
             d.attach_intx(line);
         }
+        let boot = SavedConfig::read(&mut *d, &specs);
         drop(d);
         let config: Arc<Mutex<dyn PciDevice>> = dev;
         root.insert(
@@ -492,6 +493,7 @@ impl PciPlatform {
                 dev: config,
                 bars,
                 allocations,
+                boot: Some(boot),
             },
         );
         log::debug!("PCI: added device {address}");
@@ -515,6 +517,16 @@ impl PciPlatform {
         removed
     }
 
+    /// A system reset of bus 0 (the guest rebooted and the VM restarts in place): each
+    /// function resets itself ([`PciDevice::system_reset`]: a passed-through one through VFIO)
+    /// and its BARs, interrupt line and command register go back to what this platform
+    /// programmed when it was added, so the firmware or OS of the next boot finds the bus as
+    /// the first boot did. Call with the vCPUs paused.
+    pub fn system_reset(&self) {
+        lock(&self.root).system_reset();
+        log::debug!("PCI: system reset");
+    }
+
     #[cfg(test)]
     pub(crate) fn root(&self) -> &Arc<Mutex<PciRoot>> {
         &self.root
@@ -531,15 +543,16 @@ impl PciPlatform {
     }
 }
 
-/// The registers [`PciPlatform::add_device`] writes, as they were before.
-struct SavedConfig {
+/// The registers [`PciPlatform::add_device`] writes: as they were before (to undo a failed
+/// add) or as it left them (what a system reset puts back).
+pub(crate) struct SavedConfig {
     command: [u8; 2],
     interrupt_line: u8,
     bars: Vec<(u16, [u8; 4])>,
 }
 
 impl SavedConfig {
-    fn read(d: &mut dyn PciDevice, specs: &[(usize, BarSpec)]) -> Self {
+    pub(crate) fn read(d: &mut dyn PciDevice, specs: &[(usize, BarSpec)]) -> Self {
         let mut command = [0u8; 2];
         d.config_read(COMMAND, &mut command);
         let mut line = [0u8];
@@ -562,7 +575,7 @@ impl SavedConfig {
     }
 
     /// Decoding off first, then the BARs and the interrupt line, then the command as it was.
-    fn restore(&self, d: &mut dyn PciDevice) {
+    pub(crate) fn restore(&self, d: &mut dyn PciDevice) {
         let off = u16::from_le_bytes(self.command) & !(CMD_IO_SPACE | CMD_MEMORY_SPACE);
         d.config_write(COMMAND, &off.to_le_bytes());
         for (off, v) in &self.bars {

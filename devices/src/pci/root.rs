@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::aligned_pieces;
 use super::config::{CONFIG_SPACE_SIZE, HEADER_TYPE, HEADER_TYPE_MULTI_FUNCTION};
-use super::platform::{lock, Allocation, BarMapper, Resources, SlotBars};
+use super::platform::{lock, Allocation, BarMapper, Resources, SavedConfig, SlotBars};
 use super::{PciAddress, PciDevice, FUNCTIONS_PER_SLOT, SLOTS_PER_BUS};
 
 /// A weak handle on the root, for the config access devices the buses hold.
@@ -35,6 +35,10 @@ pub(crate) struct Slot {
     pub(crate) bars: SlotBars,
     /// The window space its BARs were placed in.
     pub(crate) allocations: Vec<Allocation>,
+    /// The BARs, interrupt line and command register as the platform programmed them when
+    /// the function was added: what a system reset puts back (`None` for the host bridge,
+    /// which the platform never programs).
+    pub(crate) boot: Option<SavedConfig>,
 }
 
 /// The device table of bus 0 and the BAR bookkeeping.
@@ -57,6 +61,7 @@ impl PciRoot {
             dev: host,
             bars: SlotBars::default(),
             allocations: Vec::new(),
+            boot: None,
         });
         PciRoot {
             slots,
@@ -182,6 +187,24 @@ impl PciRoot {
         if removed {
             self.retry_unmapped();
         }
+    }
+
+    /// A system reset: every function, in slot order, resets itself
+    /// ([`PciDevice::system_reset`]) and gets back the BARs, interrupt line and command register
+    /// the platform gave it when it was added; the bus mappings follow. BARs the guest moved
+    /// are back where the platform placed them (that space is still reserved for them).
+    pub(crate) fn system_reset(&mut self) {
+        let PciRoot { slots, mapper, .. } = self;
+        for slot in slots.iter_mut().flatten() {
+            let mut d = lock(&slot.dev);
+            d.system_reset();
+            if let Some(boot) = &slot.boot {
+                boot.restore(&mut *d);
+            }
+            let want = d.decoded_bars();
+            mapper.reconcile(&mut slot.bars, &mut *d, &want);
+        }
+        self.retry_unmapped();
     }
 
     /// Tries again to map BARs that were left unmapped (a range they wanted may be free now).

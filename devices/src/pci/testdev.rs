@@ -473,6 +473,22 @@ impl<M: GuestMemory + Send> PciDevice for TestDevice<M> {
         self.config.decoded_bars()
     }
 
+    /// MSI and MSI-X off (entries masked), the interrupt status, scratch and DMA registers
+    /// cleared. The BAR memory keeps its contents (device RAM is not cleared by a reset).
+    fn system_reset(&mut self) {
+        let msi_control = self.msi.cap().offset() + 2;
+        self.config_write(msi_control, &[0, 0]);
+        self.msix.reset(&mut self.config);
+        self.intx_status = false;
+        self.config.set_status_bits(STATUS_INTERRUPT, false);
+        self.scratch = 0;
+        self.dma_addr = 0;
+        self.dma_value = 0;
+        self.dma_status = 0;
+        self.dma_count = 0;
+        self.fire_status = 0;
+    }
+
     fn bar_moved(&mut self, bar: usize, old: Option<u64>, new: Option<u64>) {
         log::debug!("test device: BAR {bar} moved {old:x?} -> {new:x?}");
         self.bar_moves = self.bar_moves.wrapping_add(1);

@@ -604,6 +604,13 @@ fn read_rom(ops: &dyn VfioDeviceOps, name: &str) -> Option<Vec<u8>> {
 }
 
 impl PciDevice for VfioPciDevice {
+    /// [`VfioPciDevice::reset`]: interrupts off, MSI/MSI-X disabled, the device reset through
+    /// VFIO with its reset strategy.
+    fn system_reset(&mut self) {
+        log::info!("VFIO {}: reset for the guest's reboot", self.name);
+        self.reset();
+    }
+
     fn config_read(&mut self, offset: u16, data: &mut [u8]) {
         self.irqs
             .before_read(&mut self.config.shadow, offset, data.len());

@@ -866,6 +866,13 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> PciDevice for VirtioPciDevi
         }
     }
 
+    /// A virtio device reset (status 0: the queues stopped and forgotten, features and vectors
+    /// cleared) and MSI-X off with every entry masked.
+    fn system_reset(&mut self) {
+        self.reset();
+        lock(&self.irq).msix.reset(&mut self.config);
+    }
+
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {
         self.config.bar_specs()
     }

@@ -43,6 +43,30 @@ static void i8042_reset(void)
     outb(LAYOUT_PORTS_I8042_CMD, I8042_CMD_RESET);
 }
 
+/* reset-once: an NVRAM byte of the RTC survives a reset (as on a PC), guest RAM does not. */
+#define CMOS_INDEX 0x70
+#define CMOS_DATA 0x71
+#define RESET_ONCE_CMOS_REG 0x40
+#define RESET_ONCE_SEEN 0xa5
+#define RESET_ONCE_RAM_MARK ((volatile uint32_t *)0x1000000)
+
+static void reset_once(void)
+{
+    outb(CMOS_INDEX, RESET_ONCE_CMOS_REG);
+    uint8_t seen = inb(CMOS_DATA);
+    rt_printf("action: reset-once: cmos=0x%x ram_mark=0x%x\n", seen, *RESET_ONCE_RAM_MARK);
+    if (seen == RESET_ONCE_SEEN) {
+        rt_printf("action: reset-once: after the reset\n");
+        debug_exit(0);
+        return;
+    }
+    outb(CMOS_INDEX, RESET_ONCE_CMOS_REG);
+    outb(CMOS_DATA, RESET_ONCE_SEEN);
+    *RESET_ONCE_RAM_MARK = 0xfeedface;
+    rt_printf("action: reset-once: resetting\n");
+    i8042_reset();
+}
+
 static void gas_write8(const struct acpi_gas *g, uint8_t v)
 {
     if (g->space == 1 && g->addr <= 0xffff)
@@ -90,7 +114,7 @@ void rt_action(const char *spec, const struct acpi_info *acpi)
     }
     bool known = exit || !strcmp(spec, "reset") || !strcmp(spec, "poweroff") ||
                  !strcmp(spec, "cf9") || !strcmp(spec, "fault") || !strcmp(spec, "hang") ||
-                 !strcmp(spec, "spam");
+                 !strcmp(spec, "spam") || !strcmp(spec, "reset-once");
     if (!known) {
         rt_printf("error: unknown action %s\n", spec);
         debug_exit(RT_EXIT_FAILURE);
@@ -115,6 +139,8 @@ void rt_action(const char *spec, const struct acpi_info *acpi)
         i8042_reset();
     else if (!strcmp(spec, "poweroff"))
         acpi_poweroff(acpi);
+    else if (!strcmp(spec, "reset-once"))
+        reset_once();
     else if (!strcmp(spec, "cf9"))
         outb(LAYOUT_PORTS_RESET_CF9, LAYOUT_PORTS_RESET_VALUE);
     else if (!strcmp(spec, "fault"))

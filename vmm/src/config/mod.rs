@@ -69,6 +69,34 @@ pub struct VmConfig {
     pub runner: crate::runner::RunnerConfig,
     /// `--exec`: run this command in the guest with vfiovm's own init (docs/ci-runner.md).
     pub exec: Option<crate::exec::ExecConfig>,
+    /// What a guest reset does (`--on-reset`).
+    pub on_reset: OnReset,
+}
+
+/// `--on-reset`: what the guest's reset (0xCF9, the keyboard controller's reset line, the ACPI
+/// reset register) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReset {
+    /// The VM restarts in the same process: devices reset (passed-through ones through VFIO),
+    /// guest RAM cleared, the vCPUs at their power-on state, the firmware (or the kernel)
+    /// started again. The default with `--firmware`.
+    Reboot,
+    /// The VM ends with status 0 (cause `reset`). The default for a direct kernel boot.
+    Exit,
+}
+
+impl OnReset {
+    /// The syntax of `--on-reset`.
+    pub const SYNTAX: &'static str = "reboot|exit";
+
+    /// Parses an `--on-reset` value.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "reboot" => Ok(OnReset::Reboot),
+            "exit" => Ok(OnReset::Exit),
+            _ => Err(ConfigError::BadOnReset(s.to_string())),
+        }
+    }
 }
 
 impl VmConfig {
@@ -95,6 +123,7 @@ impl VmConfig {
             verbosity: 0,
             runner: Default::default(),
             exec: None,
+            on_reset: OnReset::Exit,
         }
     }
 }
@@ -400,6 +429,9 @@ pub enum ConfigError {
     /// A `--console` value other than `serial` or `virtio`.
     #[error("invalid --console '{0}': use serial or virtio (syntax: {syntax})", syntax = ConsoleKind::SYNTAX)]
     BadConsole(String),
+    /// An `--on-reset` value other than `reboot` or `exit`.
+    #[error("invalid --on-reset '{0}': use reboot (restart the VM in place) or exit (end with status 0) (syntax: {syntax})", syntax = OnReset::SYNTAX)]
+    BadOnReset(String),
     /// `--test-seccomp-violation` with a value other than `vmm` or `vcpu`.
     #[error("invalid --test-seccomp-violation '{0}': use vmm or vcpu")]
     BadViolationSite(String),
@@ -434,6 +466,10 @@ OPTIONS:
                          OVMF_CODE.fd) or a unified OVMF.fd (docs/firmware.md)
     --firmware-vars PATH A writable copy of the matching OVMF VARS image: UEFI variables
                          persist in it [default: an in-memory copy, lost at power-off]
+    --on-reset reboot|exit
+                         What the guest's reset does: restart the VM in place (devices reset,
+                         RAM cleared, firmware or kernel started again), or end with status 0
+                         [default: reboot with --firmware, exit otherwise]
     --initramfs PATH     Initramfs (alias --initrd)
     --cmdline STRING     Kernel command line (alias --append) [default: console=ttyS0; with
                          --console virtio: earlycon=uart8250,io,0x3f8 console=hvc0]
@@ -690,6 +726,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut modules = None;
     let mut save_initramfs = None;
     let mut vmlinux = None;
+    let mut on_reset = None;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -742,6 +779,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--share" => shares.push(ShareConfig::parse(&value(&mut it)?, shares.len())?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
+            "--on-reset" => once(&mut on_reset, OnReset::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
             "--pc-testdev" => pc_testdev = true,
             "--pci-testdev" => pci_testdev = true,
@@ -835,6 +873,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             )
         }
     };
+    // Firmware expects a reset to come back (it resets after changing some variables, Windows
+    // setup resets); a directly booted kernel's reset ends the run, as it always did.
+    let on_reset = on_reset.unwrap_or(if firmware.is_some() {
+        OnReset::Reboot
+    } else {
+        OnReset::Exit
+    });
     Ok(Command::Run {
         vm: Box::new(VmConfig {
             kernel,
@@ -859,6 +904,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             verbosity,
             runner,
             exec,
+            on_reset,
         }),
         sandbox,
     })
@@ -1391,6 +1437,37 @@ mod tests {
         assert_eq!(
             e(&["--firmware", "c", "--append", "quiet"]),
             ConfigError::NeedsKernel("--cmdline")
+        );
+    }
+
+    #[test]
+    fn on_reset_flag() {
+        assert_eq!(run(&["--kernel", "k"]).on_reset, OnReset::Exit);
+        assert_eq!(run(&["--firmware", "c"]).on_reset, OnReset::Reboot);
+        assert_eq!(
+            run(&["--kernel", "k", "--on-reset", "reboot"]).on_reset,
+            OnReset::Reboot
+        );
+        assert_eq!(
+            run(&["--firmware", "c", "--on-reset=exit"]).on_reset,
+            OnReset::Exit
+        );
+        let e = parse_args(args(&["--kernel", "k", "--on-reset", "halt"])).unwrap_err();
+        assert_eq!(e, ConfigError::BadOnReset("halt".into()));
+        assert!(e.to_string().starts_with(
+            "invalid --on-reset 'halt': use reboot (restart the VM in place) or exit"
+        ));
+        assert_eq!(
+            parse_args(args(&[
+                "--kernel",
+                "k",
+                "--on-reset",
+                "exit",
+                "--on-reset",
+                "exit"
+            ]))
+            .unwrap_err(),
+            ConfigError::Repeated("--on-reset".into())
         );
     }
 

@@ -366,6 +366,23 @@ pub fn populate(mem: &GuestMemory, threads: Option<u32>) -> Result<PopulateStats
     Ok(stats)
 }
 
+/// Zeroes all of guest RAM (a reboot in place). The pages are written, not discarded: pages a
+/// passed-through device's DMA mapping pins must stay the pages the IOMMU translates to.
+pub fn clear(mem: &GuestMemory) -> Result<(), vm_memory::GuestMemoryError> {
+    use vm_memory::{Address, Bytes};
+    const CHUNK: u64 = 2 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    for r in mem.iter() {
+        let mut off = 0;
+        while off < r.len() {
+            let n = (r.len() - off).min(CHUNK);
+            mem.write_slice(&zeros[..n as usize], r.start_addr().unchecked_add(off))?;
+            off += n;
+        }
+    }
+    Ok(())
+}
+
 /// Registers every RAM region with KVM, slots 0.. in address order; returns the next free slot.
 pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemory) -> Result<u32, MemoryError> {
     let mut slot = 0u32;

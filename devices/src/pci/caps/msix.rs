@@ -358,6 +358,26 @@ impl Msix {
         Ok(())
     }
 
+    /// Back to the power-on state (a system reset): MSI-X disabled and the function unmasked in
+    /// `cfg`'s capability, every table entry zero and masked, no pending bits; the vectors
+    /// follow.
+    pub fn reset(&mut self, cfg: &mut ConfigSpace) {
+        let ctl = self.cap.offset + CONTROL;
+        cfg.set_u16(
+            ctl,
+            cfg.read_u16(ctl) & !(MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK),
+        );
+        for e in self.table.chunks_exact_mut(MSIX_ENTRY_SIZE as usize) {
+            e.fill(0);
+            e[ENTRY_VECTOR_CONTROL as usize] = VECTOR_CTRL_MASKED as u8;
+        }
+        self.pba.fill(0);
+        self.config_written(cfg, self.cap.offset, MSIX_CAP_LEN);
+        for v in 0..self.slots.len() {
+            self.apply(v);
+        }
+    }
+
     /// The hypervisor vector behind table entry `v`.
     pub fn vector(&self, v: u16) -> Option<&dyn MsiVector> {
         self.slots.get(usize::from(v)).map(VectorSlot::vector)

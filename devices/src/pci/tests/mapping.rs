@@ -430,3 +430,28 @@ fn intx_wiring_failure_is_an_error() {
     ));
     assert_eq!(mmio.ranges().count(), 0);
 }
+
+/// A system reset (a reboot in place): a BAR the guest moved is back where the platform placed
+/// it, the command register as the platform left it, the function's own registers (the test
+/// device's scratch) at power-on, and the host bridge's PCIEXBAR cleared.
+#[test]
+fn system_reset_puts_back_what_the_platform_programmed() {
+    let r = Rig::new();
+    r.add_testdev(3);
+    let a = r.bar_addr(3, 0);
+    let cmd = u64::from(r.ecam_read32(3, CMD) & 0xffff);
+    r.mmio_write32(a + 8, 0x33);
+    r.ecam_write(3, CMD, 2, cmd | 0x4);
+    r.ecam_write32(3, 0x10, 0xd000_0000);
+    r.ecam_write32(0, 0x60, 0xb000_0001);
+    assert_eq!(r.mmio_read32(0xd000_0000 + 8), 0x33);
+    r.platform.system_reset();
+    assert_eq!(r.bar_addr(3, 0), a);
+    assert_eq!(r.mmio_read32(a), TESTDEV_IDENT);
+    assert_eq!(r.mmio_read32(a + 8), 0);
+    assert_eq!(r.mmio_read32(0xd000_0000), u32::MAX);
+    assert_eq!(u64::from(r.ecam_read32(3, CMD) & 0xffff), cmd);
+    assert_eq!(r.ecam_read32(0, 0x60), 0);
+    let (_, mmio) = r.bar_ranges();
+    assert_eq!(mmio.iter().filter(|&&(base, _)| base == a).count(), 1);
+}
