@@ -69,3 +69,61 @@ EOF
 		bad "exec-loop: $good of $loops runs found the controller reset and working"
 	fi
 fi
+# Reboot in place with the NVMe passed through (docs/firmware.md, "Reboot in place"): one vfiovm
+# run with --on-reset reboot whose command, on the first boot, writes a pattern to the disk and
+# reboots the guest (busybox `reboot -f`: the kernel resets through the FADT's reset register);
+# vfiovm restarts the VM in place, the same command runs again in the second boot, finds the
+# controller reset by VFIO (CC = 0, though the first boot's driver left it set), finds the
+# pattern, does a write and read back, and exits 0 — the status of the whole run.
+if [ -n "$nvme" ] && [ -f linux-std/vmlinuz ] && [ -n "$rel" ]; then
+	seed=$(($(cut -d. -f1 /proc/uptime) % 100 + 150))
+	cat >"$PWD/exec-reboot.sh" <<'EOF'
+seed=$1
+dev=
+for f in /sys/bus/pci/devices/*; do
+	[ "$(cat "$f/vendor"):$(cat "$f/device")" = "0x1b36:0x0010" ] && dev=$f
+done
+[ -n "$dev" ] || { echo "reboot: no NVMe controller in the guest"; exit 10; }
+echo 1 >"$dev/enable"
+cc=$(/test/nvmeio peek "$dev/resource0" 0x14 1 | sed -n 's/.* first=\(0x[0-9a-f]*\) .*/\1/p')
+echo "reboot: cc=$cc"
+[ "$cc" = 0x00000000 ] || { echo "reboot: the controller was not reset (CC=$cc)"; exit 11; }
+echo 0 >"$dev/enable"
+for m in crct10dif_generic crc64_rocksoft_generic nvme; do
+	modprobe $m || { echo "reboot: modprobe $m failed"; exit 12; }
+done
+i=0
+while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+[ -b /dev/nvme0n1 ] || { echo "reboot: no /dev/nvme0n1"; exit 13; }
+off=$((96 << 20))
+if /test/nvmeio check /dev/nvme0n1 $off 64K "$seed" >/dev/null 2>&1; then
+	echo "reboot: second boot found the first boot's pattern"
+	/test/nvmeio write /dev/nvme0n1 $((off + (1 << 20))) 64K $((seed + 1)) || exit 14
+	/test/nvmeio check /dev/nvme0n1 $((off + (1 << 20))) 64K $((seed + 1)) || exit 15
+	echo "reboot: second boot ok"
+	exit 0
+fi
+/test/nvmeio write /dev/nvme0n1 $off 64K "$seed" || exit 16
+echo "reboot: first boot wrote its pattern; rebooting"
+reboot -f
+sleep 10
+echo "reboot: reboot -f did not reset the guest"
+exit 17
+EOF
+	t0=$(cut -d' ' -f1 /proc/uptime)
+	timeout -s TERM "${VFIOVM_TMO:-120}" ./vfiovm --kernel linux-std/vmlinuz --memory 256M --device "$nvme" \
+		--on-reset reboot --timeout 100 --exec "sh $PWD/exec-reboot.sh $seed" -v \
+		>out.exec-reboot 2>err.exec-reboot </dev/null
+	rc=$?
+	t1=$(cut -d' ' -f1 /proc/uptime)
+	sed 's/^/  [exec-reboot] /' out.exec-reboot
+	grep -E 'restarted in place|reset for the guest|stopped:' err.exec-reboot | sed 's/^/  [exec-reboot] stderr: /'
+	if [ $rc = 0 ] && grep -q "reboot: first boot wrote its pattern; rebooting" out.exec-reboot &&
+		[ "$(grep -c 'reboot: cc=0x00000000' out.exec-reboot)" = 2 ] &&
+		grep -q "reboot: second boot ok" out.exec-reboot && grep -q "restarted in place" err.exec-reboot; then
+		ok "exec-reboot (the guest rebooted in place, the NVMe reset by VFIO and working after it; $(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s)"
+	else
+		sed 's/^/  [exec-reboot] stderr: /' err.exec-reboot | tail -30
+		bad "exec-reboot: status $rc"
+	fi
+fi
