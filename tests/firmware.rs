@@ -295,6 +295,24 @@ fn initramfs_or_cmdline_without_a_kernel_for_the_firmware() {
     );
 }
 
+/// Debian's Secure Boot builds need SMM: refused by name (`.ms.fd` is a link to `.secboot.fd`)
+/// and as a renamed copy, before KVM is touched; the plain build of the same size is not.
+#[test]
+fn secure_boot_builds_are_refused_with_the_plain_build_named() {
+    let secboot = Path::new("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd");
+    if !secboot.exists() {
+        eprintln!("skipped: Debian's ovmf package is not installed");
+        return;
+    }
+    let copy = TempFile::new("renamed-firmware.fd", &std::fs::read(secboot).unwrap());
+    for path in ["/usr/share/OVMF/OVMF_CODE_4M.ms.fd", copy.path()] {
+        expect_error(
+            &["--firmware", path],
+            "is a Secure Boot build of OVMF (OVMF_CODE*.secboot.fd, also installed as .ms.fd and .snakeoil.fd): it needs SMM, which vfiovm does not emulate; use the plain build, e.g. /usr/share/OVMF/OVMF_CODE_4M.fd",
+        );
+    }
+}
+
 #[test]
 fn firmware_of_an_unknown_size() {
     let f = TempFile::new("odd-firmware", &[0xff; 3 << 20]);

@@ -69,6 +69,12 @@ pub enum FirmwareError {
         /// Its size.
         size: u64,
     },
+    /// A Secure Boot build of OVMF, which needs SMM.
+    #[error("firmware '{path}' is a Secure Boot build of OVMF (OVMF_CODE*.secboot.fd, also installed as .ms.fd and .snakeoil.fd): it needs SMM, which vfiovm does not emulate; use the plain build, e.g. /usr/share/OVMF/OVMF_CODE_4M.fd (docs/firmware.md, \"Secure Boot\")")]
+    NeedsSmm {
+        /// The path.
+        path: PathBuf,
+    },
     /// The VARS file does not fit the CODE image (or cannot be used).
     #[error("--firmware-vars: {0}")]
     Vars(FlashError),
@@ -158,6 +164,11 @@ impl FirmwareImage {
             return Err(FirmwareError::UnknownSize {
                 path: cfg.code.clone(),
                 size: image.len() as u64,
+            });
+        }
+        if is_secure_boot_build(&cfg.code, &image) {
+            return Err(FirmwareError::NeedsSmm {
+                path: cfg.code.clone(),
             });
         }
         let code = image.split_off(layout.code_offset as usize);
@@ -372,6 +383,35 @@ pub fn pci_mmio64_mb(bar_sizes: &[u64]) -> Option<u64> {
         .try_fold(0u64, |a, &s| a.checked_add(s))?
         .checked_next_power_of_two()?;
     (total > OVMF_DEFAULT_MMIO64).then_some(total >> 20)
+}
+
+/// Whether `path` (with contents `image`) is one of Debian's Secure Boot builds of OVMF, which
+/// require SMM: its real name says `secboot` (the `.ms.fd` and `.snakeoil.fd` names are links to
+/// it), or it is a byte-for-byte copy of a `*secboot*` file of the same size beside it or in
+/// /usr/share/OVMF (a renamed copy). Both builds have the same sizes, and the difference is deep
+/// inside compressed volumes, so the name and the installed files are what tell them apart.
+fn is_secure_boot_build(path: &Path, image: &[u8]) -> bool {
+    let secboot_name = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains("secboot"))
+    };
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if secboot_name(&real) {
+        return true;
+    }
+    let dirs = [
+        real.parent().map(Path::to_path_buf),
+        Some(PathBuf::from("/usr/share/OVMF")),
+    ];
+    dirs.iter()
+        .flatten()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .map(|e| e.path())
+        .filter(|p| secboot_name(p) && p != &real)
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == image.len() as u64))
+        .any(|p| std::fs::read(p).is_ok_and(|b| b == image))
 }
 
 #[cfg(test)]
