@@ -430,6 +430,12 @@ fn step(rig: &Rig, u: &mut Unstructured) -> Result<bool> {
             let v: u8 = *u.choose(&[0x02, 0x04, 0x06, 0x0e, 0x0a, 0])?;
             let v = if one_in(u, 4)? { u.arbitrary()? } else { v };
             rig.pio.write(CF9, &[v]);
+            // What vfiovm does next with --on-reset reboot (the default with firmware): the
+            // platform's system reset, every function back to its power-on state.
+            if v & 4 != 0 {
+                crate::trace!("system reset");
+                rig.platform.system_reset();
+            }
             Ok(v & 4 != 0)
         }
         // A device's BAR handler called directly with any BAR index and offset (beyond what
