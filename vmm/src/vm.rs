@@ -560,7 +560,8 @@ impl Vm {
         self.vm
             .set_pit2(&self.reboot.pit)
             .map_err(|e| fail("KVM_SET_PIT2", &e))?;
-        memory::clear(&self.mem).map_err(|e| fail("clearing guest RAM", &e))?;
+        memory::clear(&self.mem, self.passthrough.is_some())
+            .map_err(|e| fail("clearing guest RAM", &e))?;
         let entry = match &mut self.reboot.direct {
             Some(d) => Some(
                 load_direct(

@@ -117,6 +117,19 @@ impl HostMapping {
         self.len == 0
     }
 
+    /// Drops every page of a private anonymous mapping (`MADV_DONTNEED`): the next touch of
+    /// each reads zeros. Only for mappings no device has pinned for DMA (an IOMMU mapping would
+    /// keep translating to the dropped pages).
+    pub fn discard(&self) -> std::io::Result<()> {
+        // SAFETY: our own live mapping; dropping its pages changes only its contents (to zeros),
+        // which nothing in the VMM holds references into (guest memory is only reached through
+        // volatile accesses), and the caller has paused everything that runs the guest.
+        if unsafe { libc::madvise(self.addr.cast(), self.len, libc::MADV_DONTNEED) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Advises the kernel about transparent huge pages for this mapping (`MADV_HUGEPAGE` or
     /// `MADV_NOHUGEPAGE`). Failure is only logged: the guest runs either way.
     pub fn advise_thp(&self, huge: bool) {
