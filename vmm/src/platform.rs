@@ -154,6 +154,39 @@ impl ConsoleSink for VirtioConsole {
     }
 }
 
+/// A system reset of a VM's devices, for a reboot in place ([`Platform::reset_handle`]).
+#[derive(Clone)]
+pub struct SystemReset {
+    pci: devices::pci::platform::PciResetHandle,
+    fw_cfg: Arc<Mutex<FwCfg<GuestMemory>>>,
+    flash: Option<Arc<Mutex<CfiFlash>>>,
+    pm: Arc<Mutex<AcpiPm>>,
+}
+
+impl std::fmt::Debug for SystemReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemReset").finish_non_exhaustive()
+    }
+}
+
+impl SystemReset {
+    /// Every PCI function back to its power-on state with the BARs, interrupt line and command
+    /// register the platform first gave it (passed-through devices reset through VFIO, virtio
+    /// devices reset), fw_cfg's selector and DMA address, the flash in read-array mode (its
+    /// contents and file kept: they are the firmware's variables), the ACPI PM block's
+    /// registers. The serial port, the RTC and the consoles keep their state, as on a PC's
+    /// reset line. Call with every vCPU paused, on a thread whose sandbox allows a
+    /// passed-through device's config accesses and resets (a paused vCPU's: `vm::Vm::reboot`).
+    pub fn run(&self) {
+        self.pci.system_reset();
+        self.fw_cfg.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        if let Some(f) = &self.flash {
+            f.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+        self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
+    }
+}
+
 /// The devices of one VM and the buses they sit on.
 pub struct Platform {
     pio: Arc<Bus>,
@@ -460,22 +493,15 @@ impl Platform {
         })
     }
 
-    /// A system reset, for a reboot in place (call with every vCPU paused): every PCI function
-    /// back to its power-on state with the BARs, interrupt line and command register the
-    /// platform first gave it (passed-through devices reset through VFIO, virtio devices
-    /// reset), fw_cfg's selector and DMA address, the flash in read-array mode (its contents
-    /// and file kept: they are the firmware's variables), the ACPI PM block's registers. The
-    /// serial port, the RTC and the consoles keep their state, as on a PC's reset line.
-    pub fn system_reset(&self) {
-        self.pci.system_reset();
-        self.fw_cfg
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset();
-        if let Some(f) = &self.flash {
-            f.lock().unwrap_or_else(|e| e.into_inner()).reset();
+    /// What a system reset touches, as a handle that can run on another thread
+    /// ([`SystemReset::run`]).
+    pub fn reset_handle(&self) -> SystemReset {
+        SystemReset {
+            pci: self.pci.reset_handle(),
+            fw_cfg: self.fw_cfg.clone(),
+            flash: self.flash.clone(),
+            pm: self.pm.clone(),
         }
-        self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
     }
 
     /// The last lines the guest wrote to its consoles (COM1 and the virtio console), with the

@@ -551,7 +551,15 @@ impl Vm {
         for h in threads {
             h.pause().map_err(|e| fail("pausing the vCPUs", &e))?;
         }
-        self.platform.system_reset();
+        // On vCPU 0's thread: its sandbox allows what resetting a passed-through device does
+        // (config writes through the VFIO device, VFIO resets, BAR slots moving), the VMM
+        // thread's does not.
+        let devices = self.platform.reset_handle();
+        threads
+            .first()
+            .ok_or_else(|| VmError::Reboot("no vCPU".into()))?
+            .on_paused(move |_| devices.run())
+            .map_err(|e| fail("resetting the devices", &e))?;
         for chip in &self.reboot.irqchips {
             self.vm
                 .set_irqchip(chip)

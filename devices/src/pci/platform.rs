@@ -523,8 +523,14 @@ impl PciPlatform {
     /// programmed when it was added, so the firmware or OS of the next boot finds the bus as
     /// the first boot did. Call with the vCPUs paused.
     pub fn system_reset(&self) {
-        lock(&self.root).system_reset();
-        log::debug!("PCI: system reset");
+        self.reset_handle().system_reset();
+    }
+
+    /// A handle that runs [`PciPlatform::system_reset`] from any thread: a VMM runs it where its
+    /// sandbox allows what a reset does (a passed-through device's config writes and VFIO
+    /// resets), e.g. on a paused vCPU's thread.
+    pub fn reset_handle(&self) -> PciResetHandle {
+        PciResetHandle(self.root.clone())
     }
 
     #[cfg(test)]
@@ -540,6 +546,24 @@ impl PciPlatform {
     /// A guest-style config write to `address`.
     pub fn config_write(&self, address: PciAddress, offset: u16, data: &[u8]) {
         lock(&self.root).config_write(address, offset, data);
+    }
+}
+
+/// [`PciPlatform::reset_handle`].
+#[derive(Clone)]
+pub struct PciResetHandle(Arc<Mutex<PciRoot>>);
+
+impl std::fmt::Debug for PciResetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciResetHandle").finish_non_exhaustive()
+    }
+}
+
+impl PciResetHandle {
+    /// [`PciPlatform::system_reset`].
+    pub fn system_reset(&self) {
+        lock(&self.0).system_reset();
+        log::debug!("PCI: system reset");
     }
 }
 
