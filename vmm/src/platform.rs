@@ -179,7 +179,10 @@ impl SystemReset {
     /// passed-through device's config accesses and resets (a paused vCPU's: `vm::Vm::reboot`).
     pub fn run(&self) {
         self.pci.system_reset();
-        self.fw_cfg.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        self.fw_cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
         if let Some(f) = &self.flash {
             f.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
