@@ -15,28 +15,34 @@ if [ -z "$nvme" ] || [ ! -f linux-std/vmlinuz ] || [ -z "$rel" ]; then
 else
 	to_vfio "$nvme" exec-loop
 	mkdir -p /lib/modules && ln -sfn "$PWD/linux-std/modules/$rel" "/lib/modules/$rel"
-	# The guest's command (busybox sh of L1's root; not under /tmp, which is a tmpfs of the
-	# guest's own): $1 = this run, $2 = the previous run (0: none).
-	cat >"$PWD/exec-loop.sh" <<'EOF'
-run=$1 prev=$2
+	# What both guest commands below start with ($tag: their output's prefix): find QEMU's NVMe
+	# controller, read its CC register through sysfs before any driver touches it (it must be 0:
+	# only a reset clears what the previous driver left), then load nvme and wait for the disk.
+	cat >"$PWD/nvme-up.sh" <<'EOF'
 dev=
 for f in /sys/bus/pci/devices/*; do
 	[ "$(cat "$f/vendor"):$(cat "$f/device")" = "0x1b36:0x0010" ] && dev=$f
 done
-[ -n "$dev" ] || { echo "loop: no NVMe controller in the guest"; exit 10; }
+[ -n "$dev" ] || { echo "$tag: no NVMe controller in the guest"; exit 10; }
 echo 1 >"$dev/enable"
 cc=$(/test/nvmeio peek "$dev/resource0" 0x14 1 | sed -n 's/.* first=\(0x[0-9a-f]*\) .*/\1/p')
-echo "loop: run $run cc=$cc"
-[ "$cc" = 0x00000000 ] || { echo "loop: the controller was not reset (CC=$cc)"; exit 11; }
+echo "$tag: cc=$cc"
+[ "$cc" = 0x00000000 ] || { echo "$tag: the controller was not reset (CC=$cc)"; exit 11; }
 echo 0 >"$dev/enable"
 # the CRC algorithms t10-pi asks the crypto API for first: the kernel's own request_module runs
 # /sbin/modprobe in the initramfs, which has none
 for m in crct10dif_generic crc64_rocksoft_generic nvme; do
-	modprobe $m || { echo "loop: modprobe $m failed"; exit 12; }
+	modprobe $m || { echo "$tag: modprobe $m failed"; exit 12; }
 done
 i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-[ -b /dev/nvme0n1 ] || { echo "loop: no /dev/nvme0n1"; exit 13; }
+[ -b /dev/nvme0n1 ] || { echo "$tag: no /dev/nvme0n1"; exit 13; }
+EOF
+	# The guest's command (busybox sh of L1's root; not under /tmp, which is a tmpfs of the
+	# guest's own): $1 = this run, $2 = the previous run (0: none).
+	cat >"$PWD/exec-loop.sh" <<'EOF'
+run=$1 prev=$2 tag="loop: run $1"
+. /test/nvme-up.sh
 off=$((64 << 20))
 if [ "$prev" != 0 ]; then
 	/test/nvmeio check /dev/nvme0n1 $off 64K $((100 + prev)) || exit 14
@@ -78,23 +84,8 @@ fi
 if [ -n "$nvme" ] && [ -f linux-std/vmlinuz ] && [ -n "$rel" ]; then
 	seed=$(($(cut -d. -f1 /proc/uptime) % 100 + 150))
 	cat >"$PWD/exec-reboot.sh" <<'EOF'
-seed=$1
-dev=
-for f in /sys/bus/pci/devices/*; do
-	[ "$(cat "$f/vendor"):$(cat "$f/device")" = "0x1b36:0x0010" ] && dev=$f
-done
-[ -n "$dev" ] || { echo "reboot: no NVMe controller in the guest"; exit 10; }
-echo 1 >"$dev/enable"
-cc=$(/test/nvmeio peek "$dev/resource0" 0x14 1 | sed -n 's/.* first=\(0x[0-9a-f]*\) .*/\1/p')
-echo "reboot: cc=$cc"
-[ "$cc" = 0x00000000 ] || { echo "reboot: the controller was not reset (CC=$cc)"; exit 11; }
-echo 0 >"$dev/enable"
-for m in crct10dif_generic crc64_rocksoft_generic nvme; do
-	modprobe $m || { echo "reboot: modprobe $m failed"; exit 12; }
-done
-i=0
-while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-[ -b /dev/nvme0n1 ] || { echo "reboot: no /dev/nvme0n1"; exit 13; }
+seed=$1 tag=reboot
+. /test/nvme-up.sh
 off=$((96 << 20))
 if /test/nvmeio check /dev/nvme0n1 $off 64K "$seed" >/dev/null 2>&1; then
 	echo "reboot: second boot found the first boot's pattern"
