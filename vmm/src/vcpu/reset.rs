@@ -73,6 +73,38 @@ pub const RESET_MSRS: [(u32, u64); 16] = [
     (MSR_KVM_PV_EOI_EN, 0),
 ];
 
+/// The Hyper-V MSRs [`power_on`] clears (Hyper-V TLFS; KVM's `hyperv.c`), one `KVM_SET_MSRS`
+/// each, since a host or VM without the enlightenments refuses them and KVM stops at the first
+/// refusal. KVM writes the reference TSC page, and the SynIC's message and event pages, into
+/// guest RAM while they are enabled; after a reboot in place the next guest must not find the
+/// old one's pages updated (or its hypercall page, APIC assist page, SynIC or timers on). The
+/// SINTs go back to masked, their reset value.
+pub fn hyperv_reset_msrs() -> Vec<(u32, u64)> {
+    const GUEST_OS_ID: u32 = 0x4000_0000;
+    const HYPERCALL: u32 = 0x4000_0001;
+    const REFERENCE_TSC: u32 = 0x4000_0021;
+    const VP_ASSIST_PAGE: u32 = 0x4000_0073;
+    const SCONTROL: u32 = 0x4000_0080;
+    const SIEFP: u32 = 0x4000_0082;
+    const SIMP: u32 = 0x4000_0083;
+    const SINT0: u32 = 0x4000_0090;
+    const STIMER0_CONFIG: u32 = 0x4000_00b0;
+    const SINT_MASKED: u64 = 1 << 16;
+    let mut m = vec![
+        (HYPERCALL, 0),
+        (GUEST_OS_ID, 0),
+        (REFERENCE_TSC, 0),
+        (VP_ASSIST_PAGE, 0),
+        (SCONTROL, 0),
+        (SIEFP, 0),
+        (SIMP, 0),
+    ];
+    m.extend((0..16).map(|i| (SINT0 + i, SINT_MASKED)));
+    // Four timers: config, then count.
+    m.extend((0..8).map(|i| (STIMER0_CONFIG + i, 0)));
+    m
+}
+
 // LAPIC register offsets (SDM vol. 3, table 11-1).
 const APIC_ID: usize = 0x20;
 const APIC_DFR: usize = 0xe0;
@@ -181,7 +213,8 @@ pub fn reset_lapic(cpu: u32) -> kvm_lapic_state {
 /// APs do), the LAPIC ([`reset_lapic`]), and the MSRs in [`RESET_MSRS`] (SYSENTER/SYSCALL,
 /// `KERNEL_GS_BASE`, PAT, MTRRs off, and the paravirtual kvmclock, steal-time, async-#PF and
 /// PV-EOI areas turned off; those KVM refuses are reported at debug level, not failed on); XCR0
-/// = x87 where the host has XSAVE.
+/// = x87 where the host has XSAVE; the Hyper-V MSRs of [`hyperv_reset_msrs`] where the VM has
+/// the enlightenments.
 ///
 /// Not reset: extended XSAVE state beyond x87/SSE (AVX and later registers keep their values
 /// until the guest's next XRSTOR or VZEROUPPER), the TSC (all vCPUs must be written together to
@@ -256,6 +289,16 @@ pub fn power_on(fd: &VcpuFd, cpu: u32, signature: u32) -> Result<(), ResetError>
             entries.len(),
             entries.get(set).map(|e| e.index).unwrap_or(0)
         );
+    }
+    for (index, data) in hyperv_reset_msrs() {
+        let one = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }]);
+        if !matches!(one.map(|m| fd.set_msrs(&m)), Ok(Ok(1))) {
+            log::trace!("vCPU {cpu} reset: Hyper-V MSR {index:#x} refused (no enlightenments)");
+        }
     }
     Ok(())
 }
