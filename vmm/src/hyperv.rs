@@ -260,6 +260,32 @@ mod tests {
         assert_eq!(bytes, b"VFIOVMVFIOVM");
     }
 
+    #[test]
+    fn messages() {
+        let e = HypervError::Query {
+            on: "system",
+            err: errno::Error::new(libc::E2BIG),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot read the host's Hyper-V CPUID (KVM_GET_SUPPORTED_HV_CPUID on the system fd): Argument list too long (os error 7); run with --hyperv off"
+        );
+        let e = HypervError::EnableCap {
+            cap: "KVM_CAP_HYPERV_SYNIC2",
+            cpu: 1,
+            err: errno::Error::new(libc::EINVAL),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot enable KVM_CAP_HYPERV_SYNIC2 on vCPU 1: Invalid argument (os error 22); run with --hyperv off"
+        );
+        let e = HypervError::from(arch::hyperv::HypervError::MissingLeaf(0x4000_0003));
+        assert_eq!(
+            e.to_string(),
+            "the host's KVM_GET_SUPPORTED_HV_CPUID has no leaf 0x40000003: this KVM's Hyper-V support is too old or incomplete; run with --hyperv off"
+        );
+    }
+
     /// On a host whose KVM answers (not this project's machine), the answer has the leaves
     /// every Hyper-V guest reads; here the test checks that the host says it cannot.
     #[test]
