@@ -537,8 +537,10 @@ mod tests {
             };
         let peek = RunPeek(&mut run);
         assert_eq!(peek.refuse_hyperv_hypercall(), Some(0x5c));
-        // SAFETY: reading the member just written.
-        let result = unsafe { run.__bindgen_anon_1.hyperv.u.hcall.result };
+        // SAFETY: the exit type selects the `hyperv` member, written above.
+        let hyperv = unsafe { run.__bindgen_anon_1.hyperv };
+        // SAFETY: its type selects the `hcall` member, written above.
+        let result = unsafe { hyperv.u.hcall.result };
         assert_eq!(result, 2, "HV_STATUS_INVALID_HYPERCALL_CODE");
         // A SynIC exit and any other exit are left alone.
         run.__bindgen_anon_1.hyperv.type_ = kvm_bindings::KVM_EXIT_HYPERV_SYNIC;
