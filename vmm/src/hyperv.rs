@@ -114,6 +114,16 @@ pub fn host_leaves(kvm: &Kvm) -> Result<Option<Vec<kvm_cpuid_entry2>>, HypervErr
         .map_err(|err| HypervError::Query { on: "vCPU", err })
 }
 
+/// Whether the command line asks for the enlightenments (`--hyperv on`, or a firmware boot
+/// without the flag), before the host is asked whether it has them.
+pub fn wanted(config: &VmConfig) -> bool {
+    match config.hyperv {
+        HypervMode::Off => false,
+        HypervMode::On => true,
+        HypervMode::Auto => config.firmware.is_some(),
+    }
+}
+
 /// Whether the guest gets the enlightenments, given the command line and what the host offers
 /// (`host`, from [`host_leaves`]): `--hyperv on` needs them, `--hyperv off` never has them, and
 /// without the flag a firmware boot has them when the host offers them.
@@ -122,12 +132,7 @@ pub fn decide(
     host: Option<&[kvm_cpuid_entry2]>,
     enforce_available: bool,
 ) -> Result<Option<HypervPlan>, HypervError> {
-    let wanted = match config.hyperv {
-        HypervMode::Off => false,
-        HypervMode::On => true,
-        HypervMode::Auto => config.firmware.is_some(),
-    };
-    if !wanted {
+    if !wanted(config) {
         return Ok(None);
     }
     let Some(host) = host else {

@@ -236,17 +236,17 @@ impl Vm {
                 max,
             });
         }
-        // Before guest RAM: `--hyperv on` on a host without it should cost nothing.
-        let hyperv = {
-            let host = match config.hyperv {
-                crate::config::HypervMode::Off => None,
-                _ => crate::hyperv::host_leaves(&kvm)?,
-            };
+        // Before guest RAM: `--hyperv on` on a host without it should cost nothing. KVM is
+        // asked only when the enlightenments are wanted (before 5.11 that takes a throwaway VM).
+        let hyperv = if crate::hyperv::wanted(config) {
+            let host = crate::hyperv::host_leaves(&kvm)?;
             crate::hyperv::decide(
                 config,
                 host.as_deref(),
                 crate::hyperv::enforce_available(&kvm),
             )?
+        } else {
+            None
         };
         let mem = memory::create_guest_memory(config.memory, &config.ram)?;
         log::info!(
