@@ -64,7 +64,9 @@ fn pvh_entry_sees_memmap_cmdline_module_and_acpi() {
     );
     assert!(o
         .stdout
-        .contains("acpi: summary tables=3 bad=0 fadt=yes madt=yes mcfg=yes"));
+        .contains("acpi: summary tables=4 bad=0 fadt=yes madt=yes mcfg=yes"));
+    // The WAET: RTC good (bit 0) and ACPI PM timer good (bit 1).
+    assert!(o.stdout.contains("acpi: waet flags=0x3\n"), "{}", o.stdout);
     assert!(!o.stdout.contains("checksum BAD"));
     assert_eq!(o.value("cpus"), Some("1"));
     assert!(o.stdout.contains("\ndone\n"));
@@ -100,7 +102,7 @@ fn linux64_entry_sees_zero_page() {
     // 5 GiB: 2 GiB below the hole (Q35's split) and the rest above 4 GiB.
     assert_eq!(ram_total(&e820), (5 << 30) - (0x10_0000 - 0x9_fc00));
     assert!(e820.contains(&(0x1_0000_0000, 3 << 30, 1)), "{e820:?}");
-    assert!(o.stdout.contains("acpi: summary tables=3 bad=0"));
+    assert!(o.stdout.contains("acpi: summary tables=4 bad=0"));
 }
 
 #[test]

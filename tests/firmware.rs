@@ -76,13 +76,14 @@ fn fw_cfg_probe_reads_what_firmware_reads() {
         let mib = if mem == "3G" { 3072 } else { 256 };
         assert!(s.contains(&format!("e820: ram={mib} MiB\n")), "{o:#?}");
         assert!(
-            s.contains("loader: commands=17 allocate=2 add_pointer=8 add_checksum=7\n"),
+            s.contains("loader: commands=19 allocate=2 add_pointer=9 add_checksum=8\n"),
             "{o:#?}"
         );
         assert!(
-            s.contains(&format!("acpi: loaded tables=3 cpus={cpus} s5=5\n")),
+            s.contains(&format!("acpi: loaded tables=4 cpus={cpus} s5=5\n")),
             "{o:#?}"
         );
+        assert!(s.contains("acpi: waet flags=0x3\n"), "{o:#?}");
         assert!(!s.contains("checksum BAD"), "{o:#?}");
         // Types 0, 1, 3, 4, 16, 17, 32, 127 and a 19 per RAM region.
         let structures = 8 + ram_entries;

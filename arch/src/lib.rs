@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod firmware;
+pub mod hyperv;
 pub mod layout;
 pub mod mptable;
 pub mod msr;

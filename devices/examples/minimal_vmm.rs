@@ -235,6 +235,8 @@ fn run(args: &Args) -> Result<u8, Box<dyn Error>> {
             cpu_id: 0,
             cpu_count: 1,
             tsc_khz: vcpu.get_tsc_khz().ok().filter(|&k| k > 0),
+            hyperv: None,
+            hide_kvm: false,
         },
     )?;
     vcpu.set_cpuid2(&cpuid)?;

@@ -299,7 +299,9 @@ pub fn acpi_files(
     cfg: &arch::acpi::AcpiConfig,
 ) -> Result<devices::firmware::AcpiFiles, FirmwareError> {
     let t = arch::acpi::build_tables(cfg).map_err(|e| FirmwareError::Acpi(e.to_string()))?;
-    let list = [&t.xsdt, &t.fadt, &t.facs, &t.dsdt, &t.madt, &t.mcfg];
+    let list = [
+        &t.xsdt, &t.fadt, &t.facs, &t.dsdt, &t.madt, &t.mcfg, &t.waet,
+    ];
     let index = |addr: u64| {
         list.iter()
             .position(|x| x.addr.0 == addr)
@@ -322,7 +324,9 @@ pub fn acpi_files(
         .with_pointer(offsets::FADT_X_FIRMWARE_CTRL, 8, facs)
         .with_pointer(offsets::FADT_X_DSDT, 8, dsdt);
     let mut tables = vec![xsdt, fadt];
-    tables.extend([&t.facs, &t.dsdt, &t.madt, &t.mcfg].map(|x| AcpiTable::new(x.bytes.clone())));
+    tables.extend(
+        [&t.facs, &t.dsdt, &t.madt, &t.mcfg, &t.waet].map(|x| AcpiTable::new(x.bytes.clone())),
+    );
     let rsdp = AcpiTable::new(t.rsdp.bytes.clone()).with_pointer(offsets::RSDP_XSDT, 8, 0);
     build_acpi(rsdp, &tables).map_err(|e| FirmwareError::Acpi(e.to_string()))
 }

@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod exec;
 pub mod exit;
 pub mod firmware;
+pub mod hyperv;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;

@@ -400,7 +400,9 @@ impl Platform {
         insert(
             &pio,
             "the RTC",
-            Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
+            Arc::new(Mutex::new(
+                Cmos::new(below_4g, above_4g).with_utc_offset(rtc_utc_offset(config.rtc)),
+            )),
             u64::from(ports::RTC),
             CMOS_PORT_LEN,
         )?;
@@ -554,6 +556,29 @@ impl Platform {
     pub fn console_input(&self) -> Option<Arc<Mutex<dyn ConsoleSink>>> {
         Some(self.console.clone())
     }
+}
+
+/// The RTC's offset from UTC in seconds for `--rtc`: 0, or the host's UTC offset now (east
+/// positive, `localtime_r`'s `tm_gmtoff`, so `TZ` counts), kept for the VM's life.
+pub fn rtc_utc_offset(base: crate::config::RtcBase) -> i64 {
+    if base == crate::config::RtcBase::Utc {
+        return 0;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: `libc::tm` is plain data (integers and a pointer) for which all zeros is valid.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `now` and writes only `tm`, both alive for the call.
+    let r = unsafe { libc::localtime_r(&now, &mut tm) };
+    let offset = if r.is_null() {
+        log::warn!("rtc: the host's local time is unknown (localtime_r failed); the RTC shows UTC");
+        0
+    } else {
+        tm.tm_gmtoff
+    };
+    log::info!("rtc: local time, UTC{offset:+} s");
+    offset
 }
 
 /// Writes the ACPI tables and the MP table; returns the RSDP address.

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use devices::Bus;
 use kvm_bindings::{
-    kvm_run, KVM_EXIT_IO, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, KVM_EXIT_HYPERV, KVM_EXIT_HYPERV_HCALL, KVM_EXIT_IO, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
@@ -78,6 +79,11 @@ pub fn handle_exit(cpu: u32, exit: VcpuExit, io_size: usize, buses: &IoBuses) ->
         }
         // With the in-kernel irqchip HLT does not exit; if it does, running again is right.
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => VcpuAction::Continue,
+        // Hyper-V (`--hyperv`): KVM reports the guest's SynIC control and message/event page
+        // MSR writes (KVM_EXIT_HYPERV_SYNIC) for a VMBus, which vfiovm does not have: nothing to
+        // do, KVM has already taken them. A hypercall KVM leaves to the VMM gets its answer in
+        // the run loop (`RunPeek::refuse_hyperv_hypercall`).
+        VcpuExit::Hyperv => VcpuAction::Continue,
         VcpuExit::Shutdown => VcpuAction::Stop(ExitReason::TripleFault { cpu }),
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => VcpuAction::Stop(ExitReason::Guest(GuestExit::PowerOff)),
@@ -149,8 +155,9 @@ impl ExitCounts {
 /// fields through the raw pointer (`addr_of!`), none of which overlaps the bytes such an exit
 /// borrows (`exit_reason` sits before the union; `io.size` is the union's second byte, which no
 /// port I/O exit borrows, and an MMIO exit is never asked for it; `internal.suberror` is read only
-/// on an internal-error exit, which borrows nothing).
-struct RunPeek(*const kvm_run);
+/// on an internal-error exit, which borrows nothing). The one write, a Hyper-V hypercall's result,
+/// happens after the exit was handled, when nothing borrows the page.
+struct RunPeek(*mut kvm_run);
 
 // SAFETY: the pointer is only dereferenced on the vCPU's own thread, while the vCPU (and so the
 // mmap of its kvm_run page) is alive; the type only moves it there.
@@ -181,6 +188,35 @@ impl RunPeek {
         } else {
             1
         }
+    }
+
+    /// Answers a Hyper-V hypercall KVM left to the VMM (KVM_EXIT_HYPERV_HCALL: posting a
+    /// message, signalling an event without an eventfd, an extended hypercall; with
+    /// `KVM_CAP_HYPERV_ENFORCE_CPUID` KVM refuses them itself, as vfiovm's leaves do not offer
+    /// them): none is implemented, so `HV_STATUS_INVALID_HYPERCALL_CODE`. Returns the
+    /// hypercall's input value when it answered one. Call it only after the exit was handled.
+    fn refuse_hyperv_hypercall(&self) -> Option<u64> {
+        const HV_STATUS_INVALID_HYPERCALL_CODE: u64 = 2;
+        if self.exit_reason() != KVM_EXIT_HYPERV {
+            return None;
+        }
+        // SAFETY: as in `exit_reason`; for KVM_EXIT_HYPERV the kernel filled `hyperv`.
+        let ty = unsafe { std::ptr::addr_of!((*self.0).__bindgen_anon_1.hyperv.type_) };
+        // SAFETY: a valid, aligned u32 of the page; a Hyper-V exit borrows nothing.
+        if unsafe { ty.read() } != KVM_EXIT_HYPERV_HCALL {
+            return None;
+        }
+        // SAFETY: as above; for KVM_EXIT_HYPERV_HCALL the kernel filled `u.hcall`.
+        let input = unsafe { std::ptr::addr_of!((*self.0).__bindgen_anon_1.hyperv.u.hcall.input) };
+        // SAFETY: a valid, aligned u64 of the page, borrowed by nothing.
+        let input = unsafe { input.read() };
+        // SAFETY: as above.
+        let result =
+            unsafe { std::ptr::addr_of_mut!((*self.0).__bindgen_anon_1.hyperv.u.hcall.result) };
+        // SAFETY: a valid, aligned u64 of the page, which is mapped writable and borrowed by
+        // nothing; KVM reads it as the hypercall's status at the next KVM_RUN.
+        unsafe { result.write(HV_STATUS_INVALID_HYPERCALL_CODE) };
+        Some(input)
     }
 
     /// KVM's internal-error suberror (only meaningful on an internal-error exit).
@@ -243,7 +279,7 @@ pub fn spawn_confined(
             // kvm_run page is gone before the page is unmapped.
             let ie = ImmediateExit::arm(&mut fd);
             let _stopped = StoppedOnDrop(&ctl_t);
-            let peek = RunPeek(fd.get_kvm_run() as *const kvm_run);
+            let peek = RunPeek(fd.get_kvm_run() as *mut kvm_run);
             if let Err(e) = sandbox.as_ref().map_or(Ok(()), |s| s.enter_vcpu(id)) {
                 exit.request(ExitReason::VcpuError {
                     cpu: id,
@@ -317,7 +353,14 @@ fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
                 // What the stall watch counts as progress (kicks, below, are not).
                 c.ctl.exits.fetch_add(1, Ordering::Relaxed);
                 let size = c.peek.io_size();
-                match handle_exit(id, e, size, c.buses) {
+                let action = handle_exit(id, e, size, c.buses);
+                if let Some(input) = c.peek.refuse_hyperv_hypercall() {
+                    log::debug!(
+                        "vCPU {id}: Hyper-V hypercall {:#x} left to the VMM: refused",
+                        input & 0xffff
+                    );
+                }
+                match action {
                     VcpuAction::Stop(ExitReason::InternalError { cpu, .. }) => {
                         VcpuAction::Stop(ExitReason::InternalError {
                             cpu,
@@ -471,5 +514,38 @@ mod tests {
             VcpuAction::Stop(ExitReason::GuestCrash { .. })
         ));
         assert_eq!(handle_exit(0, VcpuExit::Hlt, 1, &b), VcpuAction::Continue);
+        // A SynIC MSR write reported for a VMBus: the guest goes on.
+        assert_eq!(
+            handle_exit(0, VcpuExit::Hyperv, 1, &b),
+            VcpuAction::Continue
+        );
+    }
+
+    #[test]
+    fn hyperv_hypercalls_left_to_the_vmm_are_refused() {
+        let mut run = kvm_run {
+            exit_reason: KVM_EXIT_HYPERV,
+            ..Default::default()
+        };
+        run.__bindgen_anon_1.hyperv.type_ = KVM_EXIT_HYPERV_HCALL;
+        // HvPostMessage (0x5c), the status field still holding the input's garbage.
+        run.__bindgen_anon_1.hyperv.u.hcall =
+            kvm_bindings::kvm_hyperv_exit__bindgen_ty_1__bindgen_ty_2 {
+                input: 0x5c,
+                result: 0xdead,
+                params: [0; 2],
+            };
+        let peek = RunPeek(&mut run);
+        assert_eq!(peek.refuse_hyperv_hypercall(), Some(0x5c));
+        // SAFETY: the exit type selects the `hyperv` member, written above.
+        let hyperv = unsafe { run.__bindgen_anon_1.hyperv };
+        // SAFETY: its type selects the `hcall` member, written above.
+        let result = unsafe { hyperv.u.hcall.result };
+        assert_eq!(result, 2, "HV_STATUS_INVALID_HYPERCALL_CODE");
+        // A SynIC exit and any other exit are left alone.
+        run.__bindgen_anon_1.hyperv.type_ = kvm_bindings::KVM_EXIT_HYPERV_SYNIC;
+        assert_eq!(RunPeek(&mut run).refuse_hyperv_hypercall(), None);
+        run.exit_reason = KVM_EXIT_IO;
+        assert_eq!(RunPeek(&mut run).refuse_hyperv_hypercall(), None);
     }
 }

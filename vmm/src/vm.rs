@@ -79,6 +79,9 @@ pub enum VmError {
     /// Guest RAM.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// Hyper-V enlightenments (`--hyperv`).
+    #[error(transparent)]
+    Hyperv(#[from] crate::hyperv::HypervError),
     /// UEFI firmware and fw_cfg.
     #[error(transparent)]
     Uefi(#[from] crate::firmware::FirmwareError),
@@ -243,6 +246,18 @@ impl Vm {
                 max,
             });
         }
+        // Before guest RAM: `--hyperv on` on a host without it should cost nothing. KVM is
+        // asked only when the enlightenments are wanted (before 5.11 that takes a throwaway VM).
+        let hyperv = if crate::hyperv::wanted(config) {
+            let host = crate::hyperv::host_leaves(&kvm)?;
+            crate::hyperv::decide(
+                config,
+                host.as_deref(),
+                crate::hyperv::enforce_available(&kvm),
+            )?
+        } else {
+            None
+        };
         let mem = memory::create_guest_memory(config.memory, &config.ram)?;
         log::info!(
             "guest RAM: {} MiB ({})",
@@ -342,7 +357,19 @@ impl Vm {
             kvm.get_nr_memslots() as u32,
         ));
         let vcpus = (0..config.cpus)
-            .map(|id| create_vcpu(&vm, supported_cpuid.clone(), id, config.cpus, entry))
+            .map(|id| {
+                create_vcpu(
+                    &vm,
+                    supported_cpuid.clone(),
+                    VcpuIdentity {
+                        id,
+                        count: config.cpus,
+                        hyperv: hyperv.as_ref(),
+                        hide_kvm: config.cpu.hide_kvm,
+                    },
+                    entry,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         // Passthrough last: nothing after it can fail, so an error never drops the VFIO
@@ -759,29 +786,44 @@ fn load_direct(
     Ok(DirectEntry { kernel, boot_info })
 }
 
-/// Creates vCPU `id`: its CPUID table, then either the direct-boot state (`entry`) or, for
+/// Who a vCPU is and what hypervisor it is told it runs on.
+#[derive(Debug, Clone, Copy)]
+struct VcpuIdentity<'a> {
+    id: u32,
+    count: u32,
+    hyperv: Option<&'a crate::hyperv::HypervPlan>,
+    hide_kvm: bool,
+}
+
+/// Creates vCPU `id`: its CPUID table (with the Hyper-V leaves and their per-vCPU
+/// capabilities when the VM has them), then either the direct-boot state (`entry`) or, for
 /// firmware, the architectural power-on state (the boot vCPU at the reset vector, the others
 /// waiting for INIT/SIPI, MTRRs off).
 fn create_vcpu(
     vm: &VmFd,
     mut cpuid: CpuId,
-    id: u32,
-    count: u32,
+    who: VcpuIdentity,
     entry: Option<DirectEntry>,
 ) -> Result<VcpuFd, VmError> {
+    let id = who.id;
     let fd = vm
         .create_vcpu(u64::from(id))
         .map_err(kvm_err("KVM_CREATE_VCPU"))?;
     let params = arch::cpuid::CpuidParams {
         cpu_id: id as u8,
-        cpu_count: count as u8,
+        cpu_count: who.count as u8,
         tsc_khz: fd.get_tsc_khz().ok().filter(|&k| k > 0),
+        hyperv: who.hyperv.map(|p| p.leaves.entries.as_slice()),
+        hide_kvm: who.hide_kvm,
     };
     arch::cpuid::filter_cpuid(&mut cpuid, &params).map_err(|e| VmError::Firmware(e.to_string()))?;
     if entry.is_none() {
         firmware_cpuid(&mut cpuid);
     }
     fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    if let Some(plan) = who.hyperv {
+        crate::hyperv::enable_on_vcpu(&fd, id, plan)?;
+    }
 
     let Some(entry) = entry else {
         let signature = vcpu::reset::signature(&fd);

@@ -149,8 +149,15 @@ fn all_tables_disassemble_cleanly() {
     let mcfg = dsl_of(&all, "MCFG");
     assert!(mcfg.contains("Base Address : 00000000B0000000"), "{mcfg}");
 
+    // iasl decodes the WAET's flags by name (ACPICA's dmtbinfo: "RTC needs no INT ack",
+    // "PM timer, one read only").
+    let waet = dsl_of(&all, "WAET");
+    assert!(waet.contains("Flags (decoded below) : 00000003"), "{waet}");
+    assert!(waet.contains("RTC needs no INT ack : 1"), "{waet}");
+    assert!(waet.contains("PM timer, one read only : 1"), "{waet}");
+
     let xsdt = dsl_of(&all, "XSDT");
-    assert_eq!(xsdt.matches("ACPI Table Address").count(), 3, "{xsdt}");
+    assert_eq!(xsdt.matches("ACPI Table Address").count(), 4, "{xsdt}");
 }
 
 #[test]

@@ -14,9 +14,10 @@
 //! | FACS  | `0xE_0040`         | 64                                    |
 //! | FADT  | `0xE_0080`         | 276 (revision 6.5, not hardware-reduced) |
 //! | MCFG  | `0xE_01A0`         | 60 (one ECAM allocation)              |
-//! | XSDT  | `0xE_01E0`         | 60 (FADT, MADT, MCFG)                 |
-//! | MADT  | `0xE_0220`         | 82 + 8 per vCPU                       |
-//! | DSDT  | `0xE_0280`         | about 2000 + 28 per vCPU              |
+//! | WAET  | `0xE_01E0`         | 40 (RTC and PM timer good, [`waet`])  |
+//! | XSDT  | `0xE_0210`         | 68 (FADT, MADT, MCFG, WAET)           |
+//! | MADT  | `0xE_0260`         | 82 + 8 per vCPU                       |
+//! | DSDT  | `0xE_02C0`         | about 2000 + 28 per vCPU              |
 //!
 //! Everything up to the MADT sits at fixed addresses; the MADT and the DSDT grow with the vCPU
 //! count (8 and about 28 bytes per vCPU), so only the DSDT moves. With the maximum of 255 vCPUs
@@ -26,6 +27,7 @@
 mod dsdt;
 mod fadt;
 mod madt;
+mod waet;
 
 #[cfg(test)]
 mod acpica_tests;
@@ -135,7 +137,7 @@ pub struct AcpiTable {
 pub struct AcpiTables {
     /// Root System Description Pointer (revision 2), at `ACPI_START`.
     pub rsdp: AcpiTable,
-    /// Extended System Description Table: FADT, MADT, MCFG.
+    /// Extended System Description Table: FADT, MADT, MCFG, WAET.
     pub xsdt: AcpiTable,
     /// Fixed ACPI Description Table (signature `FACP`).
     pub fadt: AcpiTable,
@@ -147,6 +149,8 @@ pub struct AcpiTables {
     pub dsdt: AcpiTable,
     /// PCI Express memory-mapped configuration space table.
     pub mcfg: AcpiTable,
+    /// Windows ACPI Emulated devices Table.
+    pub waet: AcpiTable,
 }
 
 impl AcpiTables {
@@ -158,6 +162,7 @@ impl AcpiTables {
             ("FACS", &self.facs),
             ("FACP", &self.fadt),
             ("MCFG", &self.mcfg),
+            ("WAET", &self.waet),
             ("XSDT", &self.xsdt),
             ("APIC", &self.madt),
             ("DSDT", &self.dsdt),
@@ -264,7 +269,8 @@ fn build_tables_in(cfg: &AcpiConfig, start: u64, end: u64) -> Result<AcpiTables,
     let mut mcfg = MCFG::new(OEM_ID, oem_table_id(b"MCFG"), OEM_REVISION);
     mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_LAST_BUS);
     let mcfg = aml_bytes(&mcfg);
-    const XSDT_ENTRIES: usize = 3;
+    let waet = waet::build();
+    const XSDT_ENTRIES: usize = 4;
     let xsdt_len = 36 + 8 * XSDT_ENTRIES;
 
     let mut area = AreaAllocator::new(start, end);
@@ -272,6 +278,7 @@ fn build_tables_in(cfg: &AcpiConfig, start: u64, end: u64) -> Result<AcpiTables,
     let facs_addr = area.alloc(facs.len(), FACS_ALIGN)?;
     let fadt_addr = area.alloc(fadt::FADT_LEN, TABLE_ALIGN)?;
     let mcfg_addr = area.alloc(mcfg.len(), TABLE_ALIGN)?;
+    let waet_addr = area.alloc(waet.len(), TABLE_ALIGN)?;
     let xsdt_addr = area.alloc(xsdt_len, TABLE_ALIGN)?;
     let madt_addr = area.alloc(madt.len(), TABLE_ALIGN)?;
     let dsdt_addr = area.alloc(dsdt.len(), TABLE_ALIGN)?;
@@ -280,7 +287,7 @@ fn build_tables_in(cfg: &AcpiConfig, start: u64, end: u64) -> Result<AcpiTables,
     debug_assert_eq!(fadt.len(), fadt::FADT_LEN);
 
     let mut xsdt = XSDT::new(OEM_ID, oem_table_id(b"XSDT"), OEM_REVISION);
-    for addr in [fadt_addr, madt_addr, mcfg_addr] {
+    for addr in [fadt_addr, madt_addr, mcfg_addr, waet_addr] {
         xsdt.add_entry(addr.0);
     }
     let xsdt = aml_bytes(&xsdt);
@@ -316,6 +323,10 @@ fn build_tables_in(cfg: &AcpiConfig, start: u64, end: u64) -> Result<AcpiTables,
         mcfg: AcpiTable {
             addr: mcfg_addr,
             bytes: mcfg,
+        },
+        waet: AcpiTable {
+            addr: waet_addr,
+            bytes: waet,
         },
     })
 }
@@ -391,6 +402,7 @@ mod tests {
             check_header(&t.madt.bytes, b"APIC");
             check_header(&t.dsdt.bytes, b"DSDT");
             check_header(&t.mcfg.bytes, b"MCFG");
+            check_header(&t.waet.bytes, b"WAET");
             // The FACS has no checksum, only a signature and a length.
             assert_eq!(&t.facs.bytes[0..4], b"FACS");
             assert_eq!(le(&t.facs.bytes, 4, 4), 64);
@@ -399,11 +411,14 @@ mod tests {
     }
 
     #[test]
-    fn xsdt_lists_fadt_madt_mcfg() {
+    fn xsdt_lists_fadt_madt_mcfg_waet() {
         let t = build_tables(&cfg(1)).unwrap();
         let x = &t.xsdt.bytes;
         let entries: Vec<u64> = (36..x.len()).step_by(8).map(|o| le(x, o, 8)).collect();
-        assert_eq!(entries, vec![t.fadt.addr.0, t.madt.addr.0, t.mcfg.addr.0]);
+        assert_eq!(
+            entries,
+            vec![t.fadt.addr.0, t.madt.addr.0, t.mcfg.addr.0, t.waet.addr.0]
+        );
     }
 
     #[test]
@@ -434,6 +449,7 @@ mod tests {
             (&a.facs, &b.facs),
             (&a.fadt, &b.fadt),
             (&a.mcfg, &b.mcfg),
+            (&a.waet, &b.waet),
             (&a.xsdt, &b.xsdt),
             (&a.madt, &b.madt),
         ] {

@@ -5,9 +5,10 @@
 //! 16-bit write at offset 0 sets the index and writes the data, like the `outw` idiom on hardware.
 //!
 //! - Time and date (seconds, minutes, hours, day of week, day of month, month, year, and the
-//!   century at 0x32) always show the host's wall clock in UTC, in BCD or binary per status B's
-//!   DM bit and in 24- or 12-hour form per its 24/12 bit. Guest writes to them are ignored (logged
-//!   once): the guest cannot set the clock.
+//!   century at 0x32) always show the host's wall clock in UTC, or shifted by a fixed offset
+//!   ([`Cmos::with_utc_offset`]: local time for Windows guests, `--rtc base=localtime`), in BCD
+//!   or binary per status B's DM bit and in 24- or 12-hour form per its 24/12 bit. Guest writes
+//!   to them are ignored (logged once): the guest cannot set the clock.
 //! - Status A: the divider and rate bits are stored; UIP reads set only during the last 244 µs of
 //!   each host second (while the divider runs normally and B's SET bit is clear), as on a real
 //!   part, so it can never stick.
@@ -159,6 +160,8 @@ pub struct Cmos {
     nvram: [u8; NVRAM_LEN],
     /// Host seconds at the last read of status C.
     last_c_read: u64,
+    /// Seconds added to UTC for the time and date registers.
+    utc_offset: i64,
     clock: fn() -> Duration,
     warned_time_write: Once,
 }
@@ -203,9 +206,23 @@ impl Cmos {
             index: 0,
             nvram,
             last_c_read: clock().as_secs(),
+            utc_offset: 0,
             clock,
             warned_time_write: Once::default(),
         }
+    }
+
+    /// The same RTC showing UTC shifted by `secs` seconds: the host's local time when `secs` is
+    /// its UTC offset (east positive, as `tm_gmtoff`). The offset is fixed for the VM's life; a
+    /// daylight-saving change during the run is not followed (as QEMU's `-rtc base=localtime`).
+    pub fn with_utc_offset(mut self, secs: i64) -> Self {
+        self.utc_offset = secs;
+        self
+    }
+
+    /// The seconds since the epoch the time and date registers show at host time `now`.
+    fn shown_secs(&self, now: Duration) -> u64 {
+        now.as_secs().saturating_add_signed(self.utc_offset)
     }
 
     fn status_b(&self) -> u8 {
@@ -235,7 +252,7 @@ impl Cmos {
 
     fn read_register(&mut self, reg: u8) -> u8 {
         let now = (self.clock)();
-        let time = || DateTime::from_unix(now.as_secs());
+        let time = || DateTime::from_unix(self.shown_secs(now));
         match reg {
             REG_SECONDS => self.encode(time().second),
             REG_MINUTES => self.encode(time().minute),
@@ -449,6 +466,34 @@ mod tests {
             return;
         }
         panic!("host clock ticked during every attempt");
+    }
+
+    #[test]
+    fn local_time_is_utc_shifted_by_the_offset() {
+        // UTC+05:30 (India): 2024-02-29 19:15:07.
+        let mut c = cmos().with_utc_offset(5 * 3600 + 1800);
+        write(&mut c, REG_STATUS_B, B_24H | B_DM_BINARY);
+        assert_eq!(time_regs(&mut c), [7, 15, 19, 5, 29, 2, 24, 20]);
+        // UTC-14:00 crosses back to the day before: 2024-02-28 23:45:07, a Wednesday.
+        let mut c = cmos().with_utc_offset(-14 * 3600);
+        write(&mut c, REG_STATUS_B, B_24H | B_DM_BINARY);
+        assert_eq!(time_regs(&mut c), [7, 45, 23, 4, 28, 2, 24, 20]);
+        // UTC+11:00 crosses into March, in BCD and 12-hour form: Friday 1 March, 12:45:07 AM.
+        let mut c = cmos().with_utc_offset(11 * 3600);
+        write(&mut c, REG_STATUS_B, 0);
+        assert_eq!(
+            time_regs(&mut c),
+            [0x07, 0x45, 0x12, 6, 0x01, 0x03, 0x24, 0x20]
+        );
+        // Offset 0 is UTC; the update flag still follows the host's seconds, not the shift.
+        let mut c = cmos().with_utc_offset(0);
+        write(&mut c, REG_STATUS_B, B_24H | B_DM_BINARY);
+        assert_eq!(time_regs(&mut c), [7, 45, 13, 5, 29, 2, 24, 20]);
+        // An offset that would go before 1970 saturates at the epoch instead of panicking.
+        let mut c =
+            Cmos::with_clock(256 << 20, 0, || Duration::from_secs(10)).with_utc_offset(-3600);
+        write(&mut c, REG_STATUS_B, B_24H | B_DM_BINARY);
+        assert_eq!(time_regs(&mut c), [0, 0, 0, 5, 1, 1, 70, 19]);
     }
 
     #[test]

@@ -383,11 +383,17 @@ bool acpi_scan(struct acpi_info *info, uint64_t rsdp_hint, bool verbose)
             parse_madt(info, t, tlen, verbose);
         else if (memcmp(t, "MCFG", 4) == 0 && !info->have_mcfg)
             parse_mcfg(info, t, tlen, verbose);
+        else if (memcmp(t, "WAET", 4) == 0 && tlen >= SDT_HEADER_LEN + 4 && !info->have_waet) {
+            info->have_waet = true;
+            info->waet_flags = rd32(t + SDT_HEADER_LEN);
+        }
     }
     if (verbose) {
         rt_printf("acpi: summary tables=%u bad=%u fadt=%s madt=%s mcfg=%s\n", info->tables,
                   info->bad_tables, info->have_fadt ? "yes" : "no",
                   info->have_madt ? "yes" : "no", info->have_mcfg ? "yes" : "no");
+        if (info->have_waet)
+            rt_printf("acpi: waet flags=0x%x\n", info->waet_flags);
     }
     return true;
 }

@@ -8,9 +8,11 @@
 use devices::vfio::MsixRelocation;
 use std::path::PathBuf;
 
+mod guest;
 mod virtio;
 
 pub use devices::virtio::blk::BlockConfig;
+pub use guest::{CpuConfig, HypervMode, RtcBase};
 pub use virtio::{NetBackendConfig, NetConfig, ShareConfig};
 
 /// Smallest guest RAM we accept: room for the boot structures, a small kernel and a stack.
@@ -69,6 +71,12 @@ pub struct VmConfig {
     pub runner: crate::runner::RunnerConfig,
     /// `--exec`: run this command in the guest with vfiovm's own init (docs/ci-runner.md).
     pub exec: Option<crate::exec::ExecConfig>,
+    /// `--hyperv`: Hyper-V enlightenments.
+    pub hyperv: HypervMode,
+    /// `--cpu`: the hypervisor's signature as the guest sees it.
+    pub cpu: CpuConfig,
+    /// `--rtc`: UTC or local time in the RTC.
+    pub rtc: RtcBase,
     /// What a guest reset does (`--on-reset`).
     pub on_reset: OnReset,
 }
@@ -123,6 +131,9 @@ impl VmConfig {
             verbosity: 0,
             runner: Default::default(),
             exec: None,
+            hyperv: HypervMode::Auto,
+            cpu: CpuConfig::default(),
+            rtc: RtcBase::Utc,
             on_reset: OnReset::Exit,
         }
     }
@@ -441,6 +452,18 @@ pub enum ConfigError {
     /// A `--disk` value that does not parse.
     #[error("invalid --disk '{0}': {1}")]
     BadDisk(String, String),
+    /// A `--hyperv` value other than `on` or `off`.
+    #[error("invalid --hyperv '{0}': use on or off")]
+    BadHyperv(String),
+    /// A `--cpu` value that does not parse.
+    #[error("invalid --cpu '{0}': {1} (syntax: {syntax})", syntax = CpuConfig::SYNTAX)]
+    BadCpu(String, String),
+    /// `--cpu hv-vendor-id=` with `--hyperv off`.
+    #[error("--cpu hv-vendor-id= names the Hyper-V vendor, but --hyperv off leaves the Hyper-V leaves out: drop one of the two")]
+    VendorWithoutHyperv,
+    /// A `--rtc` value that does not parse.
+    #[error("invalid --rtc '{0}': use base=utc or base=localtime")]
+    BadRtc(String),
     /// A positional argument where none is expected.
     #[error("unexpected argument '{0}' (options start with --; see vfiovm --help)")]
     Unexpected(String),
@@ -526,6 +549,19 @@ OPTIONS:
                          (KASLR) [default: auto]
     --save-initramfs FILE
                          With --exec: write the initramfs it would boot with, run nothing
+    --hyperv on|off      Hyper-V enlightenments (CPUID 0x40000000-0x4000000A; KVM's own
+                         leaves move to 0x40000100): relaxed timing, vapic, spinlocks, VP
+                         index, runtime, reference time and TSC page, SynIC, synthetic
+                         timers, frequency MSRs, TLB flush and IPI hypercalls, as the host's
+                         KVM offers them [default: on with --firmware when the host offers
+                         them, off otherwise]; on: a host without them is an error
+    --cpu hide-kvm[,hv-vendor-id=ID]
+                         hide-kvm: no KVM signature in CPUID (QEMU's kvm=off; for GPU drivers
+                         that refuse to run in a VM); hv-vendor-id=: the Hyper-V vendor id,
+                         1 to 12 bytes [default: Microsoft Hv]
+    --rtc base=utc|localtime
+                         The RTC in UTC or in the host's local time (Windows keeps local time
+                         in the RTC) [default: utc]
     --pc-testdev         QEMU's pc-testdev for kvm-unit-tests: ports 0xe0-0xeb (a data
                          register, page flush) and 0x2000-0x2017 (interrupt lines)
     --pci-testdev        QEMU's pci-testdev (PCI 1b36:0005) for kvm-unit-tests' vmexit: MMIO
@@ -726,6 +762,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut modules = None;
     let mut save_initramfs = None;
     let mut vmlinux = None;
+    let mut hyperv = None;
+    let mut cpu = None;
+    let mut rtc = None;
     let mut on_reset = None;
 
     let mut it = args.into_iter();
@@ -779,6 +818,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "--net" => net.push(NetConfig::parse(&value(&mut it)?)?),
             "--share" => shares.push(ShareConfig::parse(&value(&mut it)?, shares.len())?),
             "--console" => once(&mut console, ConsoleKind::parse(&value(&mut it)?)?, &flag)?,
+            "--hyperv" => once(&mut hyperv, HypervMode::parse(&value(&mut it)?)?, &flag)?,
+            "--cpu" => once(&mut cpu, CpuConfig::parse(&value(&mut it)?)?, &flag)?,
+            "--rtc" => once(&mut rtc, RtcBase::parse(&value(&mut it)?)?, &flag)?,
             "--on-reset" => once(&mut on_reset, OnReset::parse(&value(&mut it)?)?, &flag)?,
             "--test-pci-device" => test_pci_device = true,
             "--pc-testdev" => pc_testdev = true,
@@ -830,6 +872,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         if cmdline.is_some() {
             return Err(ConfigError::NeedsKernel("--cmdline"));
         }
+    }
+    let hyperv = hyperv.unwrap_or_default();
+    let cpu = cpu.unwrap_or_default();
+    if hyperv == HypervMode::Off && cpu.hv_vendor_id.is_some() {
+        return Err(ConfigError::VendorWithoutHyperv);
     }
     let console = console.unwrap_or_default();
     let default_cmdline = match console {
@@ -904,6 +951,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             verbosity,
             runner,
             exec,
+            hyperv,
+            cpu,
+            rtc: rtc.unwrap_or_default(),
             on_reset,
         }),
         sandbox,
@@ -947,6 +997,73 @@ mod tests {
     fn pc_testdev_flag() {
         assert!(!run(&["--kernel", "k"]).pc_testdev);
         assert!(run(&["--kernel", "k", "--pc-testdev"]).pc_testdev);
+    }
+
+    #[test]
+    fn windows_platform_flags() {
+        let c = run(&["--kernel", "k"]);
+        assert_eq!(
+            (c.hyperv, &c.cpu, c.rtc),
+            (HypervMode::Auto, &CpuConfig::default(), RtcBase::Utc)
+        );
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--hyperv",
+            "on",
+            "--cpu=hide-kvm,hv-vendor-id=AuthenticAMD",
+            "--rtc",
+            "base=localtime",
+        ]);
+        assert_eq!(c.hyperv, HypervMode::On);
+        assert!(c.cpu.hide_kvm);
+        assert_eq!(c.cpu.hv_vendor_id.as_deref(), Some("AuthenticAMD"));
+        assert_eq!(c.rtc, RtcBase::LocalTime);
+        assert_eq!(
+            run(&["--kernel", "k", "--hyperv=off"]).hyperv,
+            HypervMode::Off
+        );
+        // hide-kvm alone goes with --hyperv off (no hypervisor leaves at all).
+        assert!(
+            run(&["--kernel", "k", "--hyperv=off", "--cpu", "hide-kvm"])
+                .cpu
+                .hide_kvm
+        );
+        let err = |a: &[&str]| parse_args(args(a)).unwrap_err();
+        assert_eq!(
+            err(&[
+                "--kernel",
+                "k",
+                "--hyperv",
+                "off",
+                "--cpu",
+                "hv-vendor-id=x"
+            ]),
+            ConfigError::VendorWithoutHyperv
+        );
+        assert_eq!(
+            err(&["--kernel", "k", "--hyperv", "maybe"]),
+            ConfigError::BadHyperv("maybe".into())
+        );
+        assert_eq!(
+            err(&["--kernel", "k", "--rtc", "localtime"]),
+            ConfigError::BadRtc("localtime".into())
+        );
+        assert!(matches!(
+            err(&["--kernel", "k", "--cpu", "kvm=off"]),
+            ConfigError::BadCpu(..)
+        ));
+        for flag in ["--hyperv", "--cpu", "--rtc"] {
+            let v = match flag {
+                "--hyperv" => "on",
+                "--cpu" => "hide-kvm",
+                _ => "base=utc",
+            };
+            assert_eq!(
+                err(&["--kernel", "k", flag, v, flag, v]),
+                ConfigError::Repeated(flag.into())
+            );
+        }
     }
 
     #[test]

@@ -196,7 +196,9 @@ fn run_loader(g: &mut Guest) -> Result<Loaded, String> {
 /// The arch crate's tables as loader input: XSDT first, its entries and the FADT's pointers
 /// found by the addresses arch put in them.
 fn from_arch(t: &AcpiTables) -> (AcpiTable, Vec<AcpiTable>) {
-    let list = [&t.xsdt, &t.fadt, &t.facs, &t.dsdt, &t.madt, &t.mcfg];
+    let list = [
+        &t.xsdt, &t.fadt, &t.facs, &t.dsdt, &t.madt, &t.mcfg, &t.waet,
+    ];
     let index = |addr: u64| {
         list.iter()
             .position(|x| x.addr.0 == addr)
@@ -211,7 +213,8 @@ fn from_arch(t: &AcpiTables) -> (AcpiTable, Vec<AcpiTable>) {
         .with_pointer(offsets::FADT_DSDT, 4, index(t.dsdt.addr.0))
         .with_pointer(offsets::FADT_X_FIRMWARE_CTRL, 8, index(t.facs.addr.0))
         .with_pointer(offsets::FADT_X_DSDT, 8, index(t.dsdt.addr.0));
-    let rest = [&t.facs, &t.dsdt, &t.madt, &t.mcfg].map(|x| AcpiTable::new(x.bytes.clone()));
+    let rest =
+        [&t.facs, &t.dsdt, &t.madt, &t.mcfg, &t.waet].map(|x| AcpiTable::new(x.bytes.clone()));
     let mut tables = vec![xsdt, fadt];
     tables.extend(rest);
     let rsdp = AcpiTable::new(t.rsdp.bytes.clone()).with_pointer(offsets::RSDP_XSDT, 8, 0);
@@ -252,7 +255,7 @@ fn ovmf_installs_every_arch_table_with_right_pointers_and_checksums() {
         sigs.sort();
         assert_eq!(
             sigs,
-            ["APIC", "DSDT", "FACP", "FACS", "MCFG"],
+            ["APIC", "DSDT", "FACP", "FACS", "MCFG", "WAET"],
             "{cpus} vCPUs"
         );
 
@@ -273,7 +276,8 @@ fn ovmf_installs_every_arch_table_with_right_pointers_and_checksums() {
             [
                 l.installed_at("FACP"),
                 l.installed_at("APIC"),
-                l.installed_at("MCFG")
+                l.installed_at("MCFG"),
+                l.installed_at("WAET")
             ]
         );
         let fadt = l.table(l.installed_at("FACP"));
@@ -293,6 +297,7 @@ fn ovmf_installs_every_arch_table_with_right_pointers_and_checksums() {
             ("APIC", &arch.madt),
             ("DSDT", &arch.dsdt),
             ("MCFG", &arch.mcfg),
+            ("WAET", &arch.waet),
         ] {
             assert_eq!(l.table(l.installed_at(sig)), &table.bytes[..], "{sig}");
         }
@@ -353,12 +358,13 @@ fn a_table_nothing_points_to_is_not_installed() {
     })
     .unwrap();
     let (rsdp, mut tables) = from_arch(&arch);
-    // Drop the XSDT's pointer to the MCFG (its last entry).
+    // Drop the XSDT's pointer to the WAET (its last entry).
     tables[0].pointers.pop();
     let mut dev = fw_cfg_with_ram();
     dev.add_acpi(build_acpi(rsdp, &tables).unwrap()).unwrap();
     let l = run_loader(&mut Guest::new(dev)).unwrap();
-    assert!(l.installed.iter().all(|(s, _)| s != "MCFG"));
+    assert!(l.installed.iter().all(|(s, _)| s != "WAET"));
+    assert!(l.installed.iter().any(|(s, _)| s == "MCFG"));
 }
 
 #[test]

@@ -277,6 +277,9 @@ struct acpi_info {
     uint64_t ioapic_addr;       /* the first IOAPIC */
     /* MCFG */
     bool have_mcfg;
+    /* WAET (Windows ACPI Emulated devices Table): its Emulated Device Flags. */
+    bool have_waet;
+    uint32_t waet_flags;
     uint64_t ecam_base;
     uint16_t ecam_segment;
     uint8_t ecam_bus_start, ecam_bus_end;

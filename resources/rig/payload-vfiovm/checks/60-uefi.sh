@@ -25,6 +25,16 @@ else
 	grep -q "EFI stub: Loaded initrd from command line option" out.uefi-linux ||
 		bad "uefi-linux: the kernel's EFI stub did not load the initrd from the ESP"
 	grep -q "Shell> .*vmlinuz" out.uefi-linux || bad "uefi-linux: the firmware's shell did not run startup.nsh"
+	# The Windows-facing platform's defaults with firmware (docs/firmware.md): the Hyper-V leaves
+	# are on without asking (L1's KVM offers them), and the WAET reached the guest through OVMF's
+	# table loader.
+	if grep -q "hyperv: leaves 0x40000000-0x4000000a" err.uefi-linux; then
+		ok "uefi-hyperv (on by default with --firmware: $(grep -m1 "Hypervisor detected" out.uefi-linux | sed 's/.*\] //'))"
+	else
+		bad "uefi-hyperv: --firmware did not turn the Hyper-V enlightenments on by default"
+	fi
+	grep -q "ACPI: WAET" out.uefi-linux && ok "uefi-waet (installed by OVMF from the table loader)" ||
+		bad "uefi-waet: the guest lists no WAET"
 	# The reboot in place: the first boot's shell reset, the VM restarted in the same process,
 	# and the second boot's shell found the variable the first one set.
 	tr -d '\r' <out.uefi-linux | grep -a 'vfiovm-esp:' | sed 's/^/  [uefi-reboot] /'
