@@ -623,7 +623,10 @@ mod tests {
     fn a_plugged_in_keyboard_answers_through_the_output_buffer() {
         let sink = Arc::new(RecordingSink::default());
         let mut dev = I8042::with_keyboard(sink);
-        assert_eq!(i8042_command(&mut dev, CMD_SELF_TEST, &[], 1), Some(vec![0x55]));
+        assert_eq!(
+            i8042_command(&mut dev, CMD_SELF_TEST, &[], 1),
+            Some(vec![0x55])
+        );
         i8042_command(&mut dev, CMD_WRITE_RAM, &[0x67], 0).unwrap();
         let kbd = |dev: &mut I8042, bytes: &[u8], n: usize| {
             for &b in bytes {
@@ -632,7 +635,11 @@ mod tests {
             }
             let mut out = Vec::new();
             while status(dev) & STS_OBF != 0 {
-                assert_eq!(status(dev) & STS_AUXDATA, 0, "keyboard bytes are not AUX data");
+                assert_eq!(
+                    status(dev) & STS_AUXDATA,
+                    0,
+                    "keyboard bytes are not AUX data"
+                );
                 out.push(data(dev));
             }
             assert_eq!(out.len(), n);
@@ -646,7 +653,10 @@ mod tests {
         assert_eq!(kbd(&mut dev, &[0xed, 0x02], 2), vec![0xfa, 0xfa]);
         assert_eq!(dev.keyboard().map(Ps2Keyboard::leds), Some(2));
         // A controller answer still arrives while the keyboard is quiet.
-        assert_eq!(i8042_command(&mut dev, CMD_READ_RAM, &[], 1), Some(vec![0x67]));
+        assert_eq!(
+            i8042_command(&mut dev, CMD_READ_RAM, &[], 1),
+            Some(vec![0x67])
+        );
     }
 
     #[test]
