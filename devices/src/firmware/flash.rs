@@ -392,7 +392,12 @@ impl CfiFlash {
     /// (now, if it is), so reads there cost no exit. A mapping that fails leaves the reads
     /// trapping (logged once): slower, not wrong.
     pub fn set_array_mapping(&mut self, mapping: Box<dyn ArrayMapping>) {
-        self.remove_mapping();
+        if !self.remove_mapping() {
+            self.warn_once(format_args!(
+                "cannot unmap the array to change its mapping; the old one stays"
+            ));
+            return;
+        }
         self.mapping = Some((mapping, false));
         self.update_mapping();
     }
@@ -430,12 +435,16 @@ impl CfiFlash {
         }
     }
 
-    /// Unmaps the array (if mapped) and forgets the mapping; false if the unmap failed.
+    /// Unmaps the array (if mapped) and forgets the mapping; false if the unmap failed, and
+    /// then the mapping is kept (the array must not be freed or moved under it).
     fn remove_mapping(&mut self) -> bool {
-        let Some((mut m, mapped)) = self.mapping.take() else {
-            return true;
-        };
-        !mapped || m.unmap().is_ok()
+        if let Some((m, mapped)) = self.mapping.as_mut() {
+            if *mapped && m.unmap().is_err() {
+                return false;
+            }
+        }
+        self.mapping = None;
+        true
     }
 
     fn set_mode(&mut self, mode: Mode) {

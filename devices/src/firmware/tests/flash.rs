@@ -497,3 +497,13 @@ fn dropping_the_flash_removes_the_mapping_first() {
     assert!(s.mapped.is_none());
     assert_eq!((s.maps, s.unmaps), (1, 1));
 }
+
+#[test]
+fn a_new_mapping_replaces_the_old_one_unmapped() {
+    let (mut f, old) = mapped(OVMF_VARS_2M_LEN as usize);
+    let new = Arc::new(Mutex::new(SlotState::default()));
+    f.set_array_mapping(Box::new(FakeSlot(new.clone())));
+    assert!(old.lock().unwrap().mapped.is_none());
+    assert!(new.lock().unwrap().mapped.is_some());
+    assert!(f.array_mapped());
+}
