@@ -7,14 +7,18 @@
 //! the last command left (array bytes, all ones past the end; the status in every byte; the
 //! CFI table's `"QRY"` and zeros past it); the array always equals the model's (only a program
 //! changes the bytes written, only an erase confirm changes exactly one whole block); and with a
-//! backing file, after the device is dropped the file holds exactly the array.
+//! backing file, after the device is dropped the file holds exactly the array. Mostly the flash
+//! also has a (fake) read-only mapping of its array, as the VMM gives it: the mapping is in place
+//! exactly when the model is in read-array mode, it maps the array itself (so the guest's reads
+//! through it see what a trapped read would), and dropping the device removes it.
 #![no_main]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arbitrary::{Result, Unstructured};
 use devices::bus::BusDevice;
-use devices::firmware::{CfiFlash, FLASH_BLOCK_SIZE};
+use devices::firmware::{ArrayMapping, CfiFlash, FLASH_BLOCK_SIZE};
 use libfuzzer_sys::fuzz_target;
 use vfiovm_fuzz::input::{access_len, data, one_in, MAX_OPS};
 
@@ -125,6 +129,28 @@ fn offset(u: &mut Unstructured, len: u64) -> Result<u64> {
     })
 }
 
+/// Where the fake slot maps the array, if it does.
+type Slot = Arc<Mutex<Option<(usize, usize)>>>;
+
+struct FakeSlot(Slot);
+
+impl ArrayMapping for FakeSlot {
+    unsafe fn map(&mut self, host: *const u8, len: usize) -> std::result::Result<(), String> {
+        let mut s = self.0.lock().unwrap();
+        assert!(s.is_none(), "mapped twice");
+        *s = Some((host as usize, len));
+        Ok(())
+    }
+
+    fn unmap(&mut self) -> std::result::Result<(), String> {
+        assert!(
+            self.0.lock().unwrap().take().is_some(),
+            "unmapped while not mapped"
+        );
+        Ok(())
+    }
+}
+
 static FILES: AtomicUsize = AtomicUsize::new(0);
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -145,6 +171,13 @@ fn run(u: &mut Unstructured) -> Result<()> {
         CfiFlash::open(&path, len).expect("just written")
     } else {
         CfiFlash::new(init.clone()).expect("whole blocks")
+    };
+    let slot: Option<Slot> = if one_in(u, 4)? {
+        None
+    } else {
+        let s = Slot::default();
+        dev.set_array_mapping(Box::new(FakeSlot(s.clone())));
+        Some(s)
     };
     let mut model = Model {
         data: init,
@@ -210,8 +243,29 @@ fn run(u: &mut Unstructured) -> Result<()> {
             dev.data() == &model.data[..],
             "array differs from the model"
         );
+        if let Some(s) = &slot {
+            let mapped = *s.lock().unwrap();
+            assert_eq!(
+                mapped.is_some(),
+                model.mode == Mode::Array,
+                "mapped outside read-array mode, or not in it"
+            );
+            if let Some(m) = mapped {
+                assert_eq!(
+                    m,
+                    (dev.data().as_ptr() as usize, dev.data().len()),
+                    "the mapping is not the array"
+                );
+            }
+        }
     }
     drop(dev);
+    if let Some(s) = &slot {
+        assert!(
+            s.lock().unwrap().is_none(),
+            "the mapping outlived the device"
+        );
+    }
     if backed {
         let file = std::fs::read(&path).expect("temp file");
         let _ = std::fs::remove_file(&path);

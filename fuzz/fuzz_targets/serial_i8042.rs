@@ -1,6 +1,6 @@
 //! The legacy port devices on a port bus at the layout's addresses: COM1 (the vm-superio
 //! 16550A wrapper, with host input offered to its FIFO and a writer that may fail), the i8042
-//! controller, the RTC/CMOS, the ACPI PM block, the debug-exit port, the runner port,
+//! controller (in half the inputs with the firmware path's PS/2 keyboard on its port), the RTC/CMOS, the ACPI PM block, the debug-exit port, the runner port,
 //! pvpanic and pc-testdev (its data/flush ports and its interrupt lines). Guest port reads and writes of any size at any offset in and around each device,
 //! host input, draining the RX-drained event.
 //!
@@ -146,12 +146,13 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let bus = Bus::new("pio");
     bus.insert(serial.clone(), COM1, SERIAL_PORT_LEN)
         .expect("free");
-    bus.insert(
-        Arc::new(Mutex::new(I8042::new(exits.clone()))),
-        I8042_BASE,
-        I8042_PORT_LEN,
-    )
-    .expect("free");
+    let i8042 = if one_in(u, 2)? {
+        I8042::with_keyboard(exits.clone())
+    } else {
+        I8042::new(exits.clone())
+    };
+    bus.insert(Arc::new(Mutex::new(i8042)), I8042_BASE, I8042_PORT_LEN)
+        .expect("free");
     let mem: u64 = u.arbitrary()?;
     let high: u64 = if one_in(u, 2)? { u.arbitrary()? } else { 0 };
     bus.insert(

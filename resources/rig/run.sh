@@ -9,6 +9,8 @@
 #        RIG_BIND_BDF      BDF list bound to vfio-pci as well (e.g. 0000:00:1f.3)
 #        RIG_NVME_IMG      add QEMU's nvme (1b36:0010) backed by this raw file (created sparse, RIG_NVME_SIZE
 #                          default 64M, when missing)
+#        RIG_E1000E        1: add QEMU's e1000e (8086:10d3) at 00:16 with Debian's iPXE EFI option ROM
+#                          (ipxe-qemu's efi-e1000e.rom) on L0's user network, and bind it to vfio-pci
 #        RIG_MULTIFN       1: add a multi-function device at 00:11 (edu at .0 with multifunction=on,
 #                          pci-testdev at .1; one IOMMU group) and bind both to vfio-pci
 #        RIG_SHARED_GROUP  1: add a PCI bridge with a second edu and a virtio-rng behind it (one IOMMU group,
@@ -49,6 +51,8 @@ if [ -n "$NVME" ]; then BIND=${RIG_BIND-1234:11e8,1b36:0010}; else BIND=${RIG_BI
 [ -z "${RIG_BIGBAR:-}${RIG_P2P:-}" ] || [ -n "${RIG_BIND+set}" ] || BIND+=,1af4:1110
 # RIG_IGB's PF too
 [ "${RIG_IGB:-0}" != 1 ] || [ -n "${RIG_BIND+set}" ] || BIND+=,8086:10c9
+# RIG_E1000E's NIC too
+[ "${RIG_E1000E:-0}" != 1 ] || [ -n "${RIG_BIND+set}" ] || BIND+=,8086:10d3
 BIND_BDF=${RIG_BIND_BDF:-}
 # 00:11.0 is an edu, bound with the other edus by id; its sibling needs its BDF.
 [ "${RIG_MULTIFN:-0}" != 1 ] || BIND_BDF=${BIND_BDF:+$BIND_BDF,}0000:00:11.1
@@ -140,6 +144,12 @@ if [ -n "${RIG_P2P:-}" ]; then
 	truncate -s 2M "$RIG_P2P" || finish 125 "FAIL step=p2p cannot size $RIG_P2P"
 	DEVS+=(-object "memory-backend-file,id=p2pmem,mem-path=$RIG_P2P,size=2M,share=on"
 		-device ivshmem-plain,memdev=p2pmem,addr=0x13)
+fi
+if [ "${RIG_E1000E:-0}" = 1 ]; then
+	# the option ROM by path: the fixed L0 (qemu-l0fix.sh) does not search ipxe-qemu's directory
+	rom=/usr/lib/ipxe/qemu/efi-e1000e.rom
+	[ -f $rom ] || finish 125 "FAIL step=e1000e no $rom (Debian's ipxe-qemu package)"
+	DEVS+=(-netdev user,id=rign0 -device "e1000e,netdev=rign0,addr=0x16,romfile=$rom")
 fi
 if [ "${RIG_IGB:-0}" = 1 ]; then
 	# QEMU 10's igb (82576 PF, SR-IOV with up to 7 VFs, 8086:10ca) behind a PCIe root port, so its

@@ -18,11 +18,13 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arch::firmware::{FirmwareKind, FirmwareLayout, FIRMWARE_END, KNOWN_SIZES};
 use arch::layout;
 use devices::firmware::{
-    build_acpi, e820, offsets, AcpiTable, CfiFlash, E820Entry, FlashError, FwCfg, FwCfgError,
+    build_acpi, e820, offsets, AcpiTable, ArrayMapping, CfiFlash, E820Entry, FlashError, FwCfg,
+    FwCfgError,
 };
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -254,6 +256,57 @@ impl CodeMapping {
             addr: self.base,
             err,
         })
+    }
+}
+
+/// The memory slot through which the guest reads the variable store's array while the flash
+/// is in read-array mode (a read-only `KVM_MEM_READONLY` slot at the VARS base; writes still
+/// exit to the flash on the MMIO bus). The flash maps and unmaps it as its mode changes
+/// ([`devices::firmware::ArrayMapping`]).
+pub struct VarsSlot {
+    vm: Arc<VmFd>,
+    slot: u32,
+    gpa: u64,
+}
+
+impl std::fmt::Debug for VarsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VarsSlot")
+            .field("slot", &self.slot)
+            .field("gpa", &self.gpa)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VarsSlot {
+    /// Slot number `slot` (one no other mapping uses) at guest address `gpa`.
+    pub fn new(vm: Arc<VmFd>, slot: u32, gpa: u64) -> Self {
+        VarsSlot { vm, slot, gpa }
+    }
+
+    fn set(&self, flags: u32, size: u64, host: u64) -> Result<(), String> {
+        let r = kvm_userspace_memory_region {
+            slot: self.slot,
+            flags,
+            guest_phys_addr: self.gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: a zero size deletes the slot and references no memory; otherwise `host` is
+        // the flash's array, which the flash keeps allocated until `unmap` returned Ok
+        // (ArrayMapping::map's contract).
+        unsafe { self.vm.set_user_memory_region(r) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION at {:#x}: {e}", self.gpa))
+    }
+}
+
+impl ArrayMapping for VarsSlot {
+    unsafe fn map(&mut self, host: *const u8, len: usize) -> Result<(), String> {
+        self.set(KVM_MEM_READONLY, len as u64, host as u64)
+    }
+
+    fn unmap(&mut self) -> Result<(), String> {
+        self.set(0, 0, 0)
     }
 }
 

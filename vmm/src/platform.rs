@@ -297,10 +297,17 @@ impl Platform {
             u64::from(ports::COM1),
             SERIAL_PORT_LEN,
         )?;
+        // With firmware, a keyboard on the i8042: OVMF's PS/2 driver waits for its answers,
+        // and without one times out, polling, for seconds (devices::legacy::ps2_keyboard).
+        let i8042 = if uefi {
+            I8042::with_keyboard(sink.clone())
+        } else {
+            I8042::new(sink.clone())
+        };
         insert(
             &pio,
             "the i8042",
-            Arc::new(Mutex::new(I8042::new(sink.clone()))),
+            Arc::new(Mutex::new(i8042)),
             u64::from(ports::I8042_DATA),
             I8042_PORT_LEN,
         )?;

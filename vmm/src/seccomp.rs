@@ -344,7 +344,9 @@ fn rules(kind: ThreadKind, kick: libc::c_int) -> Result<Rules, seccompiler::Erro
                     // pc-testdev's interrupt line ports (--pc-testdev): a level on one of the
                     // VM's own GSIs, which the guest can already raise through its devices.
                     nr::KVM_IRQ_LINE(),
-                    // A guest moving a passed-through BAR moves its memory slots.
+                    // A guest moving a passed-through BAR moves its memory slots; a firmware
+                    // command to the CFI flash removes or restores the read-only slot of its
+                    // array (read-array mode).
                     nr::KVM_SET_USER_MEMORY_REGION(),
                     // A guest moving a virtio BAR moves its queue notify ioeventfds; a guest
                     // selecting one of pci-testdev's eventfd tests (--pci-testdev) binds that

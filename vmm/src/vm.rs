@@ -338,6 +338,15 @@ impl Vm {
             _ => None,
         };
         let fw_cfg = crate::firmware::fw_cfg(&mem, config, phys_bits)?;
+        // The variable store's array is also a read-only slot while the flash reads as an
+        // array (devices::firmware::flash, "ROM device" mode): OVMF's reads of its variables
+        // then cost no exit.
+        let flash = firmware.map(|mut f| {
+            let slot = crate::firmware::VarsSlot::new(vm.clone(), ram_slots, f.layout.vars_base);
+            f.vars.set_array_mapping(Box::new(slot));
+            ram_slots += 1;
+            (f.vars, f.layout.vars_base)
+        });
 
         let platform = Platform::new(
             &vm,
@@ -345,10 +354,7 @@ impl Vm {
             config,
             exit.clone(),
             phys_bits,
-            platform::FirmwareDevices {
-                fw_cfg,
-                flash: firmware.map(|f| (f.vars, f.layout.vars_base)),
-            },
+            platform::FirmwareDevices { fw_cfg, flash },
         )?;
         let buses = platform.buses();
         let device_slots = Arc::new(devices::kvm::DeviceSlots::new(

@@ -4,7 +4,13 @@
 //! Mapping: an MMIO range of [`CfiFlash::len`] bytes at the VARS base of the firmware build
 //! ([`OVMF_VARS_4M_BASE`] for `OVMF_VARS_4M.fd`, [`OVMF_VARS_2M_BASE`] for the 2M
 //! `OVMF_VARS.fd`); the CODE image right above it is a read-only memory slot, not this device.
-//! Every access traps (no ROM-device fast path).
+//! Every access traps, unless the VMM gives the flash an [`ArrayMapping`]
+//! ([`CfiFlash::set_array_mapping`]): then, as a ROM device, the array is also mapped read-only
+//! into the guest while the flash is in read-array mode, so reads cost no exit (writes still
+//! trap: the mapping is read-only), and the mapping is removed whenever a command leaves
+//! read-array mode, so status and query reads trap and see the registers. OVMF reads its
+//! variable store byte by byte through the mapping (377,000 trapped reads in one boot in the
+//! nested rig without it; docs/firmware.md); QEMU's pflash does the same ("romd" mode).
 //!
 //! Commands, written as one byte at any offset (a wider write uses its first byte); reads
 //! depend on the mode the last command left:
@@ -49,6 +55,50 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::bus::BusDevice;
+
+/// Host pages, for the array's alignment (a memory slot maps whole pages).
+const PAGE: usize = 4096;
+
+/// Maps the flash's array read-only into the guest at the flash's own address, and removes the
+/// mapping again. A KVM VMM implements it with a `KVM_MEM_READONLY` memory slot.
+pub trait ArrayMapping: Send {
+    /// Maps `len` bytes of host memory at `host` (page aligned, `len` a multiple of 4 KiB)
+    /// read-only at the flash's guest address; guest reads there no longer reach the device.
+    ///
+    /// # Safety
+    ///
+    /// The caller keeps `host..host + len` allocated until [`ArrayMapping::unmap`] has returned
+    /// `Ok`.
+    unsafe fn map(&mut self, host: *const u8, len: usize) -> Result<(), String>;
+    /// Removes the mapping made by `map`; guest reads reach the device again.
+    fn unmap(&mut self) -> Result<(), String>;
+}
+
+/// The array: page-aligned bytes at an address that never changes (the buffer is never
+/// resized), so it can back a memory slot.
+struct Array {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Array {
+    fn new(data: &[u8]) -> Self {
+        let len = data.len();
+        let mut buf = vec![0u8; len + PAGE];
+        let start = (PAGE - (buf.as_ptr() as usize) % PAGE) % PAGE;
+        buf[start..start + len].copy_from_slice(data);
+        Array { buf, start, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
 
 /// Erase block size of OVMF's variable store on x86 (`PcdOvmfFirmwareBlockSize`).
 pub const FLASH_BLOCK_SIZE: u64 = 0x1000;
@@ -168,14 +218,27 @@ struct Backing {
 }
 
 /// The flash device.
-#[derive(Debug)]
 pub struct CfiFlash {
-    data: Vec<u8>,
+    data: Array,
     backing: Option<Backing>,
+    /// The read-only guest mapping of the array, and whether it is in place now.
+    mapping: Option<(Box<dyn ArrayMapping>, bool)>,
     mode: Mode,
     status: u8,
     query: Vec<u8>,
     warned: bool,
+}
+
+impl std::fmt::Debug for CfiFlash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CfiFlash")
+            .field("len", &self.data.len)
+            .field("backing", &self.backing.as_ref().map(|b| &b.path))
+            .field("mode", &self.mode)
+            .field("status", &self.status)
+            .field("array_mapped", &self.array_mapped())
+            .finish_non_exhaustive()
+    }
 }
 
 fn check_len(len: u64) -> Result<(), FlashError> {
@@ -235,8 +298,9 @@ impl CfiFlash {
     fn with(data: Vec<u8>, backing: Option<Backing>) -> Self {
         let query = query_table(data.len() as u64);
         CfiFlash {
-            data,
+            data: Array::new(&data),
             backing,
+            mapping: None,
             mode: Mode::ReadArray,
             status: STATUS_READY,
             query,
@@ -311,25 +375,89 @@ impl CfiFlash {
 
     /// Length in bytes (the MMIO range to map).
     pub fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.data.len as u64
     }
 
     /// Whether the flash has no bytes (never: constructors refuse that).
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len == 0
     }
 
     /// The array's contents.
     pub fn data(&self) -> &[u8] {
-        &self.data
+        self.data.bytes()
+    }
+
+    /// Maps the array into the guest through `mapping` whenever the flash is in read-array mode
+    /// (now, if it is), so reads there cost no exit. A mapping that fails leaves the reads
+    /// trapping (logged once): slower, not wrong.
+    pub fn set_array_mapping(&mut self, mapping: Box<dyn ArrayMapping>) {
+        if !self.remove_mapping() {
+            self.warn_once(format_args!(
+                "cannot unmap the array to change its mapping; the old one stays"
+            ));
+            return;
+        }
+        self.mapping = Some((mapping, false));
+        self.update_mapping();
+    }
+
+    /// Whether the array is mapped into the guest now.
+    pub fn array_mapped(&self) -> bool {
+        matches!(self.mapping, Some((_, true)))
+    }
+
+    /// Puts the mapping in the state the mode asks for: in place exactly in read-array mode.
+    fn update_mapping(&mut self) {
+        let want = self.mode == Mode::ReadArray;
+        let host = self.data.bytes().as_ptr();
+        let len = self.data.len;
+        let Some((m, mapped)) = self.mapping.as_mut() else {
+            return;
+        };
+        if *mapped == want {
+            return;
+        }
+        let r = if want {
+            // SAFETY: the array's buffer is never resized or freed while mapped: every path that
+            // drops or replaces the mapping unmaps it first, and Drop leaks the buffer if that
+            // fails.
+            unsafe { m.map(host, len) }
+        } else {
+            m.unmap()
+        };
+        match r {
+            Ok(()) => *mapped = want,
+            Err(e) => {
+                let what = if want { "mapping" } else { "unmapping" };
+                self.warn_once(format_args!("{what} the array read-only failed: {e}"));
+            }
+        }
+    }
+
+    /// Unmaps the array (if mapped) and forgets the mapping; false if the unmap failed, and
+    /// then the mapping is kept (the array must not be freed or moved under it).
+    fn remove_mapping(&mut self) -> bool {
+        if let Some((m, mapped)) = self.mapping.as_mut() {
+            if *mapped && m.unmap().is_err() {
+                return false;
+            }
+        }
+        self.mapping = None;
+        true
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+        self.update_mapping();
     }
 
     /// Puts the device in its power-on state (a guest reset that keeps the VM): read-array
     /// mode, status ready, the backing file synced. The array keeps its contents.
     pub fn reset(&mut self) {
         self.sync();
-        self.mode = Mode::ReadArray;
         self.status = STATUS_READY;
+        self.set_mode(Mode::ReadArray);
     }
 
     /// Syncs what was written to the backing file to disk (nothing without a file).
@@ -361,7 +489,7 @@ impl CfiFlash {
         };
         match b
             .file
-            .write_all_at(&self.data[start..start + len], start as u64)
+            .write_all_at(&self.data.bytes()[start..start + len], start as u64)
         {
             Ok(()) => {
                 b.dirty = true;
@@ -386,7 +514,7 @@ impl CfiFlash {
         let start = offset as usize;
         let Some(dst) = start
             .checked_add(bytes.len())
-            .and_then(|end| self.data.get_mut(start..end))
+            .and_then(|end| self.data.bytes_mut().get_mut(start..end))
         else {
             self.status |= STATUS_PROGRAM_ERROR | STATUS_READY;
             return;
@@ -403,7 +531,7 @@ impl CfiFlash {
         let len = FLASH_BLOCK_SIZE as usize;
         let Some(block) = start
             .checked_add(len)
-            .and_then(|end| self.data.get_mut(start..end))
+            .and_then(|end| self.data.bytes_mut().get_mut(start..end))
         else {
             self.status |= STATUS_ERASE_ERROR | STATUS_READY;
             return;
@@ -417,7 +545,7 @@ impl CfiFlash {
     }
 
     fn command(&mut self, cmd: u8) {
-        self.mode = match cmd {
+        let mode = match cmd {
             CMD_READ_ARRAY | CMD_AMD_RESET => {
                 self.sync();
                 Mode::ReadArray
@@ -437,6 +565,7 @@ impl CfiFlash {
                 Mode::ReadArray
             }
         };
+        self.set_mode(mode);
     }
 }
 
@@ -444,6 +573,11 @@ impl Drop for CfiFlash {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
             log::warn!("flash: {e}");
+        }
+        if !self.remove_mapping() {
+            // The guest may still map the array: never free it.
+            log::warn!("flash: cannot unmap the array from the guest; its memory is kept");
+            std::mem::forget(std::mem::take(&mut self.data.buf));
         }
     }
 }
@@ -455,7 +589,7 @@ impl BusDevice for CfiFlash {
                 for (i, b) in data.iter_mut().enumerate() {
                     *b = offset
                         .checked_add(i as u64)
-                        .and_then(|o| self.data.get(usize::try_from(o).ok()?))
+                        .and_then(|o| self.data.bytes().get(usize::try_from(o).ok()?))
                         .copied()
                         .unwrap_or(0xff);
                 }
@@ -480,17 +614,17 @@ impl BusDevice for CfiFlash {
         match self.mode {
             Mode::Program => {
                 self.program(offset, data);
-                self.mode = Mode::Status;
+                self.set_mode(Mode::Status);
             }
             Mode::EraseSetup => match cmd {
                 CMD_ERASE_CONFIRM => {
                     self.erase(offset);
-                    self.mode = Mode::Status;
+                    self.set_mode(Mode::Status);
                 }
-                CMD_READ_ARRAY => self.mode = Mode::ReadArray,
+                CMD_READ_ARRAY => self.set_mode(Mode::ReadArray),
                 _ => {
                     self.status |= STATUS_ERASE_ERROR | STATUS_PROGRAM_ERROR;
-                    self.mode = Mode::Status;
+                    self.set_mode(Mode::Status);
                 }
             },
             _ => self.command(cmd),

@@ -70,8 +70,8 @@ pub mod table_loader;
 mod tests;
 
 pub use flash::{
-    CfiFlash, FlashError, FLASH_BLOCK_SIZE, OVMF_VARS_2M_BASE, OVMF_VARS_2M_LEN, OVMF_VARS_4M_BASE,
-    OVMF_VARS_4M_LEN,
+    ArrayMapping, CfiFlash, FlashError, FLASH_BLOCK_SIZE, OVMF_VARS_2M_BASE, OVMF_VARS_2M_LEN,
+    OVMF_VARS_4M_BASE, OVMF_VARS_4M_LEN,
 };
 pub use fw_cfg::{
     dma, e820, keys, E820Entry, FwCfg, FwCfgError, BOOTORDER_FILE, E820_FILE, FILE_NAME_MAX,

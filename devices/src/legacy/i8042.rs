@@ -1,5 +1,7 @@
-//! An i8042 PS/2 controller with nothing plugged in: enough for Linux's i8042 driver to probe it,
-//! and the pulse-reset command (0xFE) that PC reboot code uses.
+//! An i8042 PS/2 controller: enough for Linux's i8042 driver to probe it, and the pulse-reset
+//! command (0xFE) that PC reboot code uses. Nothing is plugged in, or (with
+//! [`I8042::with_keyboard`], the firmware path) a [`Ps2Keyboard`] that answers commands and has
+//! no keys.
 //!
 //! Mapping: one range of [`I8042_PORT_LEN`] (5) bytes at the data port (0x60), so offset 0 is the
 //! data port and offset 4 the command/status port (0x64). Offsets 1–3 read all ones and ignore
@@ -7,8 +9,9 @@
 //! reaches the bus).
 //!
 //! The model: the controller answers its own commands at once (the input buffer is never full,
-//! so `IBF` never sets), with a one-byte output buffer (`OBF`, `AUXDATA`). No keyboard or mouse is
-//! attached, so bytes sent to the devices are dropped; the loop-back commands (0xD2, 0xD3) still
+//! so `IBF` never sets), with a one-byte output buffer (`OBF`, `AUXDATA`). Without a keyboard,
+//! bytes sent to the devices are dropped (no mouse is ever attached); with one, its answers move
+//! into the output buffer one at a time as the guest reads them. The loop-back commands (0xD2, 0xD3) still
 //! work, as they are internal to the controller. No interrupts are raised (IRQ 1/12), so a guest
 //! has to poll; Linux does for its probe. Linux's AUX IRQ test therefore fails after 250 ms
 //! unless the AUX port is skipped, e.g. by an ACPI DSDT that declares only the keyboard
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use crate::bus::BusDevice;
 use crate::exit::{ExitSink, GuestExit};
 use crate::legacy::Once;
+use crate::legacy::Ps2Keyboard;
 
 /// Length of the port range: data at offset 0, command/status at offset 4.
 pub const I8042_PORT_LEN: u64 = 5;
@@ -136,6 +140,8 @@ pub struct I8042 {
     pending: Option<u8>,
     /// The last write went to the command port.
     last_was_cmd: bool,
+    /// The device on the keyboard port, if any.
+    keyboard: Option<Ps2Keyboard>,
     warned_cmd: Once,
     warned_device: Once,
 }
@@ -164,8 +170,33 @@ impl I8042 {
             last_out: 0,
             pending: None,
             last_was_cmd: false,
+            keyboard: None,
             warned_cmd: Once::default(),
             warned_device: Once::default(),
+        }
+    }
+
+    /// A controller with a [`Ps2Keyboard`] on its keyboard port (for firmware, which waits for
+    /// the keyboard's answers; a Linux guest then finds a keyboard that answers its commands
+    /// but, with no interrupts, only when it polls).
+    pub fn with_keyboard(exit: Arc<dyn ExitSink>) -> Self {
+        I8042 {
+            keyboard: Some(Ps2Keyboard::new()),
+            ..Self::new(exit)
+        }
+    }
+
+    /// The keyboard, if one is plugged in.
+    pub fn keyboard(&self) -> Option<&Ps2Keyboard> {
+        self.keyboard.as_ref()
+    }
+
+    /// Moves the keyboard's next answer into an empty output buffer.
+    fn refill(&mut self) {
+        if self.out.is_none() {
+            if let Some(byte) = self.keyboard.as_mut().and_then(Ps2Keyboard::pop) {
+                self.out = Some((byte, Source::Kbd));
+            }
         }
     }
 
@@ -198,6 +229,7 @@ impl I8042 {
         if let Some((byte, _)) = self.out.take() {
             self.last_out = byte;
         }
+        self.refill();
         self.last_out
     }
 
@@ -273,6 +305,13 @@ impl I8042 {
             Some(CMD_WRITE_OUTPUT_PORT) => self.write_output_port(value),
             Some(CMD_WRITE_KBD_BUFFER) => self.push_out(value, Source::Kbd),
             Some(CMD_WRITE_AUX_BUFFER) => self.push_out(value, Source::Aux),
+            // A byte for the keyboard, when one is plugged in.
+            None if self.keyboard.is_some() => {
+                if let Some(k) = self.keyboard.as_mut() {
+                    k.write(value);
+                }
+                self.refill();
+            }
             // CMD_WRITE_AUX, or a byte for the keyboard: nothing is attached to receive it.
             _ => {
                 if self.warned_device.first() {
@@ -577,5 +616,54 @@ mod tests {
                 }
             }
         }
+    }
+    /// OVMF's `Ps2KeyboardDxe` through the ports: controller self-test, the CTR it writes,
+    /// then keyboard commands whose answers it polls for (OBF, then the data port).
+    #[test]
+    fn a_plugged_in_keyboard_answers_through_the_output_buffer() {
+        let sink = Arc::new(RecordingSink::default());
+        let mut dev = I8042::with_keyboard(sink);
+        assert_eq!(
+            i8042_command(&mut dev, CMD_SELF_TEST, &[], 1),
+            Some(vec![0x55])
+        );
+        i8042_command(&mut dev, CMD_WRITE_RAM, &[0x67], 0).unwrap();
+        let kbd = |dev: &mut I8042, bytes: &[u8], n: usize| {
+            for &b in bytes {
+                assert_eq!(status(dev) & STS_IBF, 0);
+                dev.write(0x60, DATA, &[b]);
+            }
+            let mut out = Vec::new();
+            while status(dev) & STS_OBF != 0 {
+                assert_eq!(
+                    status(dev) & STS_AUXDATA,
+                    0,
+                    "keyboard bytes are not AUX data"
+                );
+                out.push(data(dev));
+            }
+            assert_eq!(out.len(), n);
+            out
+        };
+        assert_eq!(kbd(&mut dev, &[0xf4], 1), vec![0xfa]);
+        assert_eq!(kbd(&mut dev, &[0xff], 2), vec![0xfa, 0xaa]);
+        // Each parameter is acknowledged; polled after each byte as OVMF does.
+        assert_eq!(kbd(&mut dev, &[0xf0], 1), vec![0xfa]);
+        assert_eq!(kbd(&mut dev, &[0x02], 1), vec![0xfa]);
+        assert_eq!(kbd(&mut dev, &[0xed, 0x02], 2), vec![0xfa, 0xfa]);
+        assert_eq!(dev.keyboard().map(Ps2Keyboard::leds), Some(2));
+        // A controller answer still arrives while the keyboard is quiet.
+        assert_eq!(
+            i8042_command(&mut dev, CMD_READ_RAM, &[], 1),
+            Some(vec![0x67])
+        );
+    }
+
+    #[test]
+    fn without_a_keyboard_device_bytes_are_dropped() {
+        let (_, mut dev) = device();
+        assert!(dev.keyboard().is_none());
+        dev.write(0x60, DATA, &[0xff]);
+        assert_eq!(status(&mut dev) & STS_OBF, 0);
     }
 }

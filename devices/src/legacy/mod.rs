@@ -28,6 +28,7 @@ pub mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
 pub mod pc_testdev;
+pub mod ps2_keyboard;
 pub mod pvpanic;
 pub mod rtc;
 pub mod runner;
@@ -40,6 +41,7 @@ pub use pc_testdev::{
     IrqLevel, MprotectFlush, PageFlush, PcTestDev, PcTestDevIomem, PcTestDevIrq,
     PC_TESTDEV_IOMEM_LEN, PC_TESTDEV_IRQ_LEN, PC_TESTDEV_PORT_LEN,
 };
+pub use ps2_keyboard::Ps2Keyboard;
 pub use pvpanic::{PvPanic, PVPANIC_PORT_LEN};
 pub use rtc::{Cmos, CMOS_PORT_LEN};
 pub use runner::{RunnerPort, RUNNER_PORT_LEN};

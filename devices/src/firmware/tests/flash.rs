@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::bus::BusDevice;
-use crate::firmware::{CfiFlash, FlashError, FLASH_BLOCK_SIZE, OVMF_VARS_2M_LEN, OVMF_VARS_4M_LEN};
+use std::sync::{Arc, Mutex};
+
+use crate::firmware::{
+    ArrayMapping, CfiFlash, FlashError, FLASH_BLOCK_SIZE, OVMF_VARS_2M_LEN, OVMF_VARS_4M_LEN,
+};
 
 const BASE: u64 = 0xffc0_0000;
 const BLOCK: usize = FLASH_BLOCK_SIZE as usize;
@@ -367,4 +371,139 @@ fn reset_returns_to_read_array_with_status_ready() {
     // The half-finished erase was dropped: a 0xD0 now is an unknown command.
     wr(&mut f, 0, 0xd0);
     assert_eq!(f.data()[5], 0xa5);
+}
+
+/// A memory slot as KVM would keep it: where the array is mapped, if it is.
+#[derive(Default)]
+struct SlotState {
+    mapped: Option<(usize, usize)>,
+    maps: usize,
+    unmaps: usize,
+    fail_map: bool,
+}
+
+struct FakeSlot(Arc<Mutex<SlotState>>);
+
+impl ArrayMapping for FakeSlot {
+    unsafe fn map(&mut self, host: *const u8, len: usize) -> Result<(), String> {
+        let mut s = self.0.lock().unwrap();
+        if s.fail_map {
+            return Err("no free slot".into());
+        }
+        assert!(s.mapped.is_none(), "mapped twice");
+        assert_eq!(host as usize % 4096, 0, "a slot maps whole pages");
+        assert_eq!(len % 4096, 0);
+        s.mapped = Some((host as usize, len));
+        s.maps += 1;
+        Ok(())
+    }
+
+    fn unmap(&mut self) -> Result<(), String> {
+        let mut s = self.0.lock().unwrap();
+        assert!(s.mapped.take().is_some(), "unmapped while not mapped");
+        s.unmaps += 1;
+        Ok(())
+    }
+}
+
+fn mapped(len: usize) -> (CfiFlash, Arc<Mutex<SlotState>>) {
+    let mut f = patterned(len);
+    let slot = Arc::new(Mutex::new(SlotState::default()));
+    f.set_array_mapping(Box::new(FakeSlot(slot.clone())));
+    (f, slot)
+}
+
+/// A guest read: from the mapped memory while the slot is there (which must be the array
+/// itself), through the device otherwise.
+fn guest_rd(f: &mut CfiFlash, slot: &Mutex<SlotState>, offset: u64) -> u8 {
+    let m = slot.lock().unwrap().mapped;
+    match m {
+        Some((host, len)) => {
+            assert_eq!((host, len), (f.data().as_ptr() as usize, f.data().len()));
+            f.data()[offset as usize]
+        }
+        None => rd(f, offset),
+    }
+}
+
+#[test]
+fn the_array_is_mapped_exactly_in_read_array_mode() {
+    let (mut f, slot) = mapped(OVMF_VARS_4M_LEN as usize);
+    assert!(f.array_mapped());
+    assert_eq!(slot.lock().unwrap().maps, 1);
+    // OVMF's probe at offset 5 (0xa5): clear status keeps read-array (and the mapping), read
+    // status drops it so the status register is seen, read array maps it again.
+    wr(&mut f, 5, 0x50);
+    assert!(f.array_mapped());
+    assert_eq!(guest_rd(&mut f, &slot, 5), 0xa5);
+    wr(&mut f, 5, 0x70);
+    assert!(!f.array_mapped());
+    assert_eq!(guest_rd(&mut f, &slot, 5), 0x00);
+    wr(&mut f, 5, 0xff);
+    assert!(f.array_mapped());
+    // A variable written as OVMF writes it: unmapped from the first program command on, mapped
+    // again by the final read-array, and the guest then reads the new bytes from memory.
+    wr(&mut f, 0x100, 0x10);
+    assert!(!f.array_mapped());
+    // the status register (cleared by the probe's 0x50), not the array
+    assert_eq!(guest_rd(&mut f, &slot, 0x100), 0x00);
+    wr(&mut f, 0x100, 0x42);
+    ovmf_write(&mut f, 0x101, b"var");
+    assert!(f.array_mapped());
+    let got: Vec<u8> = (0x100..0x104).map(|o| guest_rd(&mut f, &slot, o)).collect();
+    assert_eq!(got, b"\x42var");
+    // Block erase and CFI query both leave read-array mode.
+    wr(&mut f, 0x1000, 0x20);
+    assert!(!f.array_mapped());
+    wr(&mut f, 0x1000, 0xd0);
+    assert_eq!(guest_rd(&mut f, &slot, 0x1000), 0x80);
+    wr(&mut f, 0x1000, 0xff);
+    assert!((0x1000..0x2000).all(|o| guest_rd(&mut f, &slot, o) == 0xff));
+    wr(&mut f, 0, 0x98);
+    assert!(!f.array_mapped());
+    let qry: Vec<u8> = (0x10..0x13).map(|o| guest_rd(&mut f, &slot, o)).collect();
+    assert_eq!(qry, b"QRY");
+    // A reset (in-place reboot) returns to read-array: mapped.
+    f.reset();
+    assert!(f.array_mapped());
+    let s = slot.lock().unwrap();
+    assert_eq!((s.maps, s.unmaps), (5, 4));
+}
+
+#[test]
+fn a_failed_mapping_leaves_reads_trapping_and_right() {
+    let mut f = patterned(OVMF_VARS_2M_LEN as usize);
+    let slot = Arc::new(Mutex::new(SlotState {
+        fail_map: true,
+        ..SlotState::default()
+    }));
+    f.set_array_mapping(Box::new(FakeSlot(slot.clone())));
+    assert!(!f.array_mapped());
+    assert!(ovmf_probe(&mut f));
+    ovmf_write(&mut f, 0x20, b"ok");
+    assert_eq!(
+        (guest_rd(&mut f, &slot, 0x20), guest_rd(&mut f, &slot, 0x21)),
+        (b'o', b'k')
+    );
+    assert_eq!(slot.lock().unwrap().maps, 0);
+}
+
+#[test]
+fn dropping_the_flash_removes_the_mapping_first() {
+    let (f, slot) = mapped(OVMF_VARS_2M_LEN as usize);
+    assert!(slot.lock().unwrap().mapped.is_some());
+    drop(f);
+    let s = slot.lock().unwrap();
+    assert!(s.mapped.is_none());
+    assert_eq!((s.maps, s.unmaps), (1, 1));
+}
+
+#[test]
+fn a_new_mapping_replaces_the_old_one_unmapped() {
+    let (mut f, old) = mapped(OVMF_VARS_2M_LEN as usize);
+    let new = Arc::new(Mutex::new(SlotState::default()));
+    f.set_array_mapping(Box::new(FakeSlot(new.clone())));
+    assert!(old.lock().unwrap().mapped.is_none());
+    assert!(new.lock().unwrap().mapped.is_some());
+    assert!(f.array_mapped());
 }
