@@ -161,6 +161,7 @@ pub struct SystemReset {
     fw_cfg: Arc<Mutex<FwCfg<GuestMemory>>>,
     flash: Option<Arc<Mutex<CfiFlash>>>,
     pm: Arc<Mutex<AcpiPm>>,
+    i8042: Arc<Mutex<I8042>>,
 }
 
 impl std::fmt::Debug for SystemReset {
@@ -174,8 +175,8 @@ impl SystemReset {
     /// register the platform first gave it (passed-through devices reset through VFIO, virtio
     /// devices reset), fw_cfg's selector and DMA address, the flash in read-array mode (its
     /// contents and file kept: they are the firmware's variables), the ACPI PM block's
-    /// registers. The serial port, the RTC and the consoles keep their state, as on a PC's
-    /// reset line. Call with every vCPU paused, on a thread whose sandbox allows a
+    /// registers, the i8042 and its keyboard. The serial port, the RTC and the consoles keep
+    /// their state, as on a PC's reset line. Call with every vCPU paused, on a thread whose sandbox allows a
     /// passed-through device's config accesses and resets (a paused vCPU's: `vm::Vm::reboot`).
     pub fn run(&self) {
         self.pci.system_reset();
@@ -187,6 +188,10 @@ impl SystemReset {
             f.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
         self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .system_reset();
     }
 }
 
@@ -205,6 +210,7 @@ pub struct Platform {
     flash: Option<Arc<Mutex<CfiFlash>>>,
     /// The ACPI PM block (on the port bus directly, or behind the LPC bridge).
     pm: Arc<Mutex<AcpiPm>>,
+    i8042: Arc<Mutex<I8042>>,
     tail: Arc<ConsoleTail>,
 }
 
@@ -304,10 +310,11 @@ impl Platform {
         } else {
             I8042::new(sink.clone())
         };
+        let i8042 = Arc::new(Mutex::new(i8042));
         insert(
             &pio,
             "the i8042",
-            Arc::new(Mutex::new(i8042)),
+            i8042.clone(),
             u64::from(ports::I8042_DATA),
             I8042_PORT_LEN,
         )?;
@@ -495,6 +502,7 @@ impl Platform {
             fw_cfg,
             flash,
             pm: pm_block,
+            i8042,
             device_gate,
             pio,
             mmio,
@@ -513,6 +521,7 @@ impl Platform {
             fw_cfg: self.fw_cfg.clone(),
             flash: self.flash.clone(),
             pm: self.pm.clone(),
+            i8042: self.i8042.clone(),
         }
     }
 

@@ -186,6 +186,22 @@ impl I8042 {
         }
     }
 
+    /// Back to the power-on state (a system reset, for a reboot in place): the controller's
+    /// RAM and output port, an empty output buffer, no command pending, and a keyboard, if one
+    /// is plugged in, as it comes out of its own reset.
+    pub fn system_reset(&mut self) {
+        self.ram = [0; RAM_LEN];
+        self.ram[0] = INITIAL_CTR;
+        self.output_port = INITIAL_OUTPUT_PORT;
+        self.out = None;
+        self.last_out = 0;
+        self.pending = None;
+        self.last_was_cmd = false;
+        if let Some(k) = self.keyboard.as_mut() {
+            *k = Ps2Keyboard::new();
+        }
+    }
+
     /// The keyboard, if one is plugged in.
     pub fn keyboard(&self) -> Option<&Ps2Keyboard> {
         self.keyboard.as_ref()
@@ -398,6 +414,27 @@ mod tests {
             out.push(data(dev));
         }
         Some(out)
+    }
+
+    /// A system reset: the CTR back to its power-on value, the output buffer empty, the
+    /// keyboard's state (scan-code set, LEDs, queued answers) as after its own reset.
+    #[test]
+    fn system_reset_restores_the_power_on_state() {
+        let sink = Arc::new(RecordingSink::default());
+        let mut dev = I8042::with_keyboard(sink);
+        let power_on_ctr = i8042_command(&mut dev, 0x20, &[], 1).unwrap();
+        i8042_command(&mut dev, 0x60, &[CTR_AUXINT], 0).unwrap();
+        dev.write(0x60, DATA, &[0xed]);
+        dev.write(0x60, DATA, &[0x07]);
+        dev.write(0x60, DATA, &[0xf0]);
+        dev.write(0x60, DATA, &[0x01]);
+        assert_eq!(dev.keyboard().unwrap().leds(), 0x07);
+        assert_ne!(status(&mut dev) & STS_OBF, 0, "answers queued");
+        dev.system_reset();
+        assert_eq!(status(&mut dev) & STS_OBF, 0);
+        assert_eq!(i8042_command(&mut dev, 0x20, &[], 1).unwrap(), power_on_ctr);
+        let k = dev.keyboard().unwrap();
+        assert_eq!((k.leds(), k.scan_set()), (0, 2));
     }
 
     #[test]
