@@ -14,7 +14,7 @@
 //! | FACS  | `0xE_0040`         | 64                                    |
 //! | FADT  | `0xE_0080`         | 276 (revision 6.5, not hardware-reduced) |
 //! | MCFG  | `0xE_01A0`         | 60 (one ECAM allocation)              |
-//! | WAET  | `0xE_01E0`         | 40 (RTC and PM timer good, [`waet`])  |
+//! | WAET  | `0xE_01E0`         | 40 (RTC and PM timer good, `waet.rs`)  |
 //! | XSDT  | `0xE_0210`         | 68 (FADT, MADT, MCFG, WAET)           |
 //! | MADT  | `0xE_0260`         | 82 + 8 per vCPU                       |
 //! | DSDT  | `0xE_02C0`         | about 2000 + 28 per vCPU              |
