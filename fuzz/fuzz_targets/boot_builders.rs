@@ -171,7 +171,12 @@ fn check_acpi(u: &mut Unstructured, mem: Option<&Mem>) -> Result<()> {
     let entries: Vec<u64> = (36..x.len()).step_by(8).map(|o| le(x, o, 8)).collect();
     assert_eq!(
         entries,
-        vec![tables.fadt.addr.0, tables.madt.addr.0, tables.mcfg.addr.0],
+        vec![
+            tables.fadt.addr.0,
+            tables.madt.addr.0,
+            tables.mcfg.addr.0,
+            tables.waet.addr.0
+        ],
         "XSDT entries"
     );
     let f = &tables.fadt.bytes;
