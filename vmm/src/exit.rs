@@ -313,7 +313,17 @@ impl ExitState {
     /// Records `reason` unless a reason was recorded first, and wakes the event loop.
     pub fn request(&self, reason: ExitReason) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
+        // A guest reset may be taken back (a reboot in place): a signal or a time limit
+        // arriving on top of one must not be lost with it.
+        let over_reset = matches!(*r, Some(ExitReason::Guest(GuestExit::Reset)))
+            && matches!(
+                reason,
+                ExitReason::Signal(_)
+                    | ExitReason::Timeout { .. }
+                    | ExitReason::BootTimeout { .. }
+                    | ExitReason::Stall { .. }
+            );
+        if r.is_none() || over_reset {
             log::debug!("stop requested: {reason:?}");
             *r = Some(reason);
         }
@@ -538,6 +548,18 @@ mod tests {
         let p = s.progress();
         assert_eq!((p.init_at, p.phase, p.crash_loaded), (Some(at), 1, true));
         assert_eq!(s.reason(), None, "events do not stop the VM");
+    }
+
+    #[test]
+    fn a_signal_or_a_limit_replaces_a_latched_reset() {
+        let s = ExitState::new().unwrap();
+        s.request(ExitReason::Guest(GuestExit::Reset));
+        s.request(ExitReason::Guest(GuestExit::PowerOff));
+        assert_eq!(s.reason(), Some(ExitReason::Guest(GuestExit::Reset)));
+        s.request(ExitReason::Signal(15));
+        assert_eq!(s.reason(), Some(ExitReason::Signal(15)));
+        assert!(!s.clear_reset());
+        assert_eq!(s.reason(), Some(ExitReason::Signal(15)));
     }
 
     #[test]

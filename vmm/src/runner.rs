@@ -63,6 +63,13 @@ impl Watchdog {
         }
     }
 
+    /// The guest restarted in place at `now` (a reboot): the stall clock starts again, so the
+    /// time the reboot took is not counted as the guest's silence. `--timeout` and
+    /// `--boot-timeout` still count from vfiovm's start.
+    pub fn restarted(&mut self, now: Instant) {
+        self.last_change = now;
+    }
+
     /// How long the event loop may sleep before the next [`Watchdog::check`].
     pub fn next_wake(&self, now: Instant) -> Duration {
         let mut wake = TICK;

@@ -382,6 +382,13 @@ fn run_loop(fd: &mut VcpuFd, c: &LoopCtx) -> ExitCounts {
                 error: format!("KVM_RUN failed: {e}"),
             }),
         };
+        // A reset KVM reports as a system event (the Hyper-V reset MSR) is requested like a
+        // device's: the vCPU keeps its thread, so a reboot in place can pause and reset it (and
+        // without one, the VMM stops it with the others).
+        if let VcpuAction::Stop(ExitReason::Guest(GuestExit::Reset)) = action {
+            c.exit.request(ExitReason::Guest(GuestExit::Reset));
+            continue;
+        }
         if let VcpuAction::Stop(reason) = action {
             if c.dump_on_crash && reason.status() != 0 && !matches!(reason, ExitReason::Guest(_)) {
                 dump_registers(id, fd);

@@ -438,6 +438,7 @@ impl Vm {
                 pit,
                 direct,
                 boots: 1,
+                prefaulted: config.ram.prefault,
             },
             dump_on_crash: config.verbosity > 0,
             runner: config.runner.clone(),
@@ -533,11 +534,15 @@ impl Vm {
                     && !panicked
                 {
                     match self.reboot(&threads) {
-                        Ok(()) => continue,
+                        // On to the event loop and the watch (signals, limits) before the
+                        // latch is looked at again: a guest that resets at once is still
+                        // stoppable.
+                        Ok(()) => watch.restarted(std::time::Instant::now()),
                         Err(e) => break Err(e),
                     }
+                } else {
+                    break Ok(reason);
                 }
-                break Ok(reason);
             }
             // Woken by the stop latch, a signal, console input, or at the latest when the
             // watch wants to look again.
@@ -601,8 +606,11 @@ impl Vm {
         self.vm
             .set_pit2(&self.reboot.pit)
             .map_err(|e| fail("KVM_SET_PIT2", &e))?;
-        memory::clear(&self.mem, self.passthrough.is_some())
-            .map_err(|e| fail("clearing guest RAM", &e))?;
+        memory::clear(
+            &self.mem,
+            self.passthrough.is_some() || self.reboot.prefaulted,
+        )
+        .map_err(|e| fail("clearing guest RAM", &e))?;
         let entry = match &mut self.reboot.direct {
             Some(d) => Some(
                 load_direct(
@@ -707,6 +715,8 @@ struct RebootState {
     direct: Option<DirectReload>,
     /// How many times the guest has started (1 before any reboot).
     boots: u32,
+    /// Guest RAM was populated up front (`prefault=on`): a reboot keeps it populated.
+    prefaulted: bool,
 }
 
 /// The images a direct boot loads again at a reboot.

@@ -482,9 +482,10 @@ impl PciDevice for PciTestDev {
         self.config.write(offset, data);
     }
 
-    /// No test in progress (the test number and count survive, as QEMU's do).
+    /// No test in progress, its eventfd unbound from KVM (the test number and count survive,
+    /// as QEMU's do).
     fn system_reset(&mut self) {
-        self.current = None;
+        self.stop();
     }
 
     fn bar_specs(&self) -> Vec<(usize, BarSpec)> {

@@ -366,17 +366,17 @@ pub fn populate(mem: &GuestMemory, threads: Option<u32>) -> Result<PopulateStats
     Ok(stats)
 }
 
-/// Zeroes all of guest RAM (a reboot in place). Private anonymous memory that no device has
-/// pinned for DMA (`pinned` false) is discarded (`MADV_DONTNEED`: no page is touched, and the
-/// host gets the memory back); everything else is written with zeros, since pages pinned for a
-/// passed-through device's DMA must stay the pages the IOMMU translates to, and a shared memfd or
-/// hugetlbfs file keeps its pages.
-pub fn clear(mem: &GuestMemory, pinned: bool) -> Result<(), vm_memory::GuestMemoryError> {
+/// Zeroes all of guest RAM (a reboot in place). Private anonymous memory is discarded
+/// (`MADV_DONTNEED`: no page is touched, and the host gets the memory back) unless `keep_pages`
+/// (pages a passed-through device's DMA has pinned must stay the pages the IOMMU translates to;
+/// RAM populated up front, `prefault=on`, stays populated); everything else is written with
+/// zeros (a shared memfd or hugetlbfs file keeps its pages).
+pub fn clear(mem: &GuestMemory, keep_pages: bool) -> Result<(), vm_memory::GuestMemoryError> {
     use vm_memory::{Address, Bytes};
     const CHUNK: u64 = 2 << 20;
     let zeros = vec![0u8; CHUNK as usize];
     for r in mem.iter() {
-        if !pinned && matches!(r.backing, Backing::Anonymous | Backing::AnonymousThp) {
+        if !keep_pages && matches!(r.backing, Backing::Anonymous | Backing::AnonymousThp) {
             match r.map.discard() {
                 Ok(()) => continue,
                 Err(e) => log::debug!("MADV_DONTNEED on guest RAM failed ({e}); writing zeros"),

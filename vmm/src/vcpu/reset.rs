@@ -48,9 +48,10 @@ const MSR_KVM_ASYNC_PF_EN: u32 = 0x4b56_4d02;
 const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
 const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
 
-/// The MSRs [`power_on`] writes, architectural ones first: KVM stops at the first MSR it
-/// refuses, so the paravirtual ones (which a host may not offer) come last.
-pub const RESET_MSRS: [(u32, u64); 16] = [
+/// The MSRs [`power_on`] writes in one `KVM_SET_MSRS`, all architectural (KVM stops at the
+/// first MSR it refuses); the paravirtual ones, which a host may not offer, are in
+/// [`PV_RESET_MSRS`] and written one at a time.
+pub const RESET_MSRS: [(u32, u64); 11] = [
     (MSR_IA32_SYSENTER_CS, 0),
     (MSR_IA32_SYSENTER_ESP, 0),
     (MSR_IA32_SYSENTER_EIP, 0),
@@ -64,6 +65,11 @@ pub const RESET_MSRS: [(u32, u64); 16] = [
     (MSR_MTRR_DEF_TYPE, 0),
     // Fast strings, as the processor comes out of reset.
     (MSR_IA32_MISC_ENABLE, 1),
+];
+
+/// The paravirtual MSRs [`power_on`] clears, one `KVM_SET_MSRS` each: a host without one
+/// (steal time needs `CONFIG_SCHED_INFO`) must not keep the others from being cleared.
+pub const PV_RESET_MSRS: [(u32, u64); 5] = [
     // KVM keeps writing kvmclock, steal time and async-#PF data into guest RAM while these are
     // enabled: a guest after reset must not find the old kernel's structures being updated.
     (MSR_KVM_SYSTEM_TIME_NEW, 0),
@@ -290,14 +296,14 @@ pub fn power_on(fd: &VcpuFd, cpu: u32, signature: u32) -> Result<(), ResetError>
             entries.get(set).map(|e| e.index).unwrap_or(0)
         );
     }
-    for (index, data) in hyperv_reset_msrs() {
+    for (index, data) in PV_RESET_MSRS.into_iter().chain(hyperv_reset_msrs()) {
         let one = Msrs::from_entries(&[kvm_msr_entry {
             index,
             data,
             ..Default::default()
         }]);
         if !matches!(one.map(|m| fd.set_msrs(&m)), Ok(Ok(1))) {
-            log::trace!("vCPU {cpu} reset: Hyper-V MSR {index:#x} refused (no enlightenments)");
+            log::trace!("vCPU {cpu} reset: paravirtual MSR {index:#x} refused (not offered)");
         }
     }
     Ok(())
