@@ -176,8 +176,9 @@ impl SystemReset {
     /// devices reset), fw_cfg's selector and DMA address, the flash in read-array mode (its
     /// contents and file kept: they are the firmware's variables), the ACPI PM block's
     /// registers, the i8042 and its keyboard. The serial port, the RTC and the consoles keep
-    /// their state, as on a PC's reset line. Call with every vCPU paused, on a thread whose sandbox allows a
-    /// passed-through device's config accesses and resets (a paused vCPU's: `vm::Vm::reboot`).
+    /// their state, as on a PC's reset line. Call with every vCPU paused, on a thread whose
+    /// sandbox allows a passed-through device's config accesses and resets (a paused vCPU's:
+    /// `vm::Vm::reboot`).
     pub fn run(&self) {
         self.pci.system_reset();
         self.fw_cfg

@@ -625,17 +625,15 @@ impl Vm {
             None => None,
         };
         for h in threads {
-            let (id, signature) = (h.id, h.signature());
-            h.on_paused(move |fd| {
-                vcpu::reset::power_on(fd, id, signature).map_err(|e| e.to_string())?;
-                match entry {
-                    Some(entry) => direct_boot_state(fd, id, entry, vcpu::reset::reset_lapic(id))
-                        .map_err(|e| e.to_string()),
-                    None => Ok(()),
-                }
-            })
-            .map_err(|e| fail("resetting a vCPU", &e))?
-            .map_err(|e| fail("resetting a vCPU", &e))?;
+            h.reset().map_err(|e| fail("resetting a vCPU", &e))?;
+            if let Some(entry) = entry {
+                let id = h.id;
+                h.on_paused(move |fd| {
+                    direct_boot_state(fd, id, entry, vcpu::reset::reset_lapic(id))
+                })
+                .map_err(|e| fail("setting a vCPU's kernel entry", &e))?
+                .map_err(|e| fail("setting a vCPU's kernel entry", &e))?;
+            }
         }
         self.exit.clear_reset();
         for h in threads {
@@ -704,7 +702,6 @@ fn guest_phys_bits(cpuid: &CpuId) -> u8 {
         .unwrap_or(36)
 }
 
-/// Where the boot vCPU starts a directly booted kernel.
 /// What a reboot in place puts back.
 struct RebootState {
     /// The PIC master, PIC slave and IOAPIC as KVM created them.
@@ -727,6 +724,7 @@ struct DirectReload {
     phys_bits: u8,
 }
 
+/// Where the boot vCPU starts a directly booted kernel.
 #[derive(Debug, Clone, Copy)]
 struct DirectEntry {
     kernel: LoadedKernel,

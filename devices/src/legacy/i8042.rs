@@ -190,16 +190,12 @@ impl I8042 {
     /// RAM and output port, an empty output buffer, no command pending, and a keyboard, if one
     /// is plugged in, as it comes out of its own reset.
     pub fn system_reset(&mut self) {
-        self.ram = [0; RAM_LEN];
-        self.ram[0] = INITIAL_CTR;
-        self.output_port = INITIAL_OUTPUT_PORT;
-        self.out = None;
-        self.last_out = 0;
-        self.pending = None;
-        self.last_was_cmd = false;
-        if let Some(k) = self.keyboard.as_mut() {
-            *k = Ps2Keyboard::new();
-        }
+        let exit = self.exit.clone();
+        *self = if self.keyboard.is_some() {
+            Self::with_keyboard(exit)
+        } else {
+            Self::new(exit)
+        };
     }
 
     /// The keyboard, if one is plugged in.

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::bar::{BarSpec, DecodedBar};
-use super::config::{ConfigHeader, ConfigSpace, COMMAND};
+use super::config::{ConfigHeader, ConfigSpace};
 use super::{BarAccess, PciDevice};
 use crate::bus::{Bus, SharedBusDevice};
 
@@ -76,6 +76,20 @@ impl LpcBridge {
         pm_len: u64,
         pm_base: u16,
     ) -> Result<Self, crate::bus::BusError> {
+        let mut lpc = LpcBridge {
+            config: Self::power_on_config(pm_base),
+            pio,
+            pm,
+            pm_len,
+            mapped: None,
+            reset_pm_base: pm_base,
+        };
+        lpc.remap()?;
+        Ok(lpc)
+    }
+
+    /// The config space at power-on, with the PM block decoding at `pm_base`.
+    fn power_on_config(pm_base: u16) -> ConfigSpace {
         let mut config = ConfigSpace::new(&ConfigHeader {
             vendor_id: LPC_VENDOR_ID,
             device_id: LPC_DEVICE_ID,
@@ -94,16 +108,7 @@ impl LpcBridge {
         config.set_u32(PIRQA_ROUT, 0x8080_8080);
         config.set_u32(PIRQE_ROUT, 0x8080_8080);
         config.set_masks(RCBA, &[0x01, 0xc0, 0xff, 0xff], &[0; 4]);
-        let mut lpc = LpcBridge {
-            config,
-            pio,
-            pm,
-            pm_len,
-            mapped: None,
-            reset_pm_base: pm_base,
-        };
-        lpc.remap()?;
-        Ok(lpc)
+        config
     }
 
     /// The I/O address PMBASE holds.
@@ -162,15 +167,7 @@ impl PciDevice for LpcBridge {
     /// PMBASE, ACPI_CNTL (the PM block back at its power-on base), the PIRQ routes, RCBA and
     /// the command register to their power-on values.
     fn system_reset(&mut self) {
-        self.config.set_u16(COMMAND, 0);
-        self.config.set_u32(
-            PMBASE,
-            (u32::from(self.reset_pm_base) & PMBASE_ADDR_MASK) | PMBASE_IO,
-        );
-        self.config.set_u8(ACPI_CNTL, ACPI_EN);
-        self.config.set_u32(PIRQA_ROUT, 0x8080_8080);
-        self.config.set_u32(PIRQE_ROUT, 0x8080_8080);
-        self.config.set_u32(RCBA, 0);
+        self.config = Self::power_on_config(self.reset_pm_base);
         if let Err(e) = self.remap() {
             log::warn!(
                 "LPC: cannot map the ACPI PM block at {:#x} after a reset: {e}",

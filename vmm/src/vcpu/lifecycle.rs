@@ -409,11 +409,6 @@ impl VcpuHandle {
         rx.recv().map_err(|_| VcpuError::Stopped(self.id))
     }
 
-    /// The CPU signature (CPUID leaf 1 EAX) its reset puts in EDX.
-    pub fn signature(&self) -> u32 {
-        self.signature
-    }
-
     /// Puts a paused vCPU into the architectural power-on state (what is and is not reset:
     /// [`reset::power_on`]). The vCPU stays paused; [`VcpuHandle::resume`] runs it from the
     /// reset vector.
